@@ -1,0 +1,116 @@
+# Shared set-up: config validation, paths, and input functions.
+import functools
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+# The library lives beside the scripts; the Snakefile imports it for validation and
+# the input functions below.
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
+from deemd.metadata import plate_digests
+from deemd.validate import check_config, load_schema
+
+SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
+check_config(config, load_schema(SCHEMAS / "config.schema.yaml"))
+
+DATASET = config["dataset"]["name"]
+SOURCE = config["dataset"]["source"]
+RESOURCES = f"resources/{DATASET}"
+RESULTS = f"results/{DATASET}"
+LOGS = f"logs/{DATASET}"
+BENCH = f"benchmarks/results/{DATASET}"
+
+# A synthetic screen is written where the dataset config says it is read from.
+if SOURCE == "synthetic":
+    for key, expected in (
+        ("metadata", f"{RESOURCES}/metadata.csv"),
+        ("images", f"{RESOURCES}/images/{{experiment}}/Plate{{plate}}/{{well}}_s{{site}}_w{{channel}}.png"),
+    ):
+        if config["dataset"][key] != expected:
+            raise ValueError(
+                f"config key dataset.{key}: {config['dataset'][key]!r}; with dataset.source "
+                f"'synthetic' it must be {expected!r}"
+            )
+
+
+wildcard_constraints:
+    plate_id=r"[A-Za-z0-9][A-Za-z0-9.-]*_\d+",
+    experiment=r"[A-Za-z0-9][A-Za-z0-9.-]*",
+    plate=r"\d+",
+
+
+# Config values handed to the jobs through params (so that changing one reruns exactly
+# the jobs that use it).
+STITCH_PARAMS = {
+    key: config["dataset"][key]
+    for key in ("images", "site_size", "site_layout", "channels", "channel_names", "on_bad_image")
+}
+NUCLEI_CHANNELS = {key: config["dataset"][key] for key in ("channels", "nuclear_channel")}
+SITES_PARAMS = {
+    key: config["dataset"].get(key)
+    for key in ("columns", "values", "defaults", "cell_types", "experiments")
+}
+
+
+def raw_metadata():
+    """The metadata CSV the sites table is built from."""
+    return config["dataset"]["metadata"]
+
+
+def sites_table(wildcards=None):
+    """The validated sites table; a checkpoint, because plates are known only from it."""
+    return checkpoints.sites_table.get().output[0]
+
+
+@functools.cache
+def _plate_digests(path, mtime):
+    return plate_digests(pd.read_parquet(path))
+
+
+def plate_digests_now():
+    path = sites_table()
+    return _plate_digests(path, Path(path).stat().st_mtime)
+
+
+def plate_ids():
+    """Every plate of the (filtered) sites table, e.g. 'HRCE-1_3'."""
+    return sorted(plate_digests_now())
+
+
+def plate_digest(wildcards):
+    """Content hash of one plate's metadata rows: a per-plate job reruns when it changes."""
+    return plate_digests_now()[wildcards.plate_id]
+
+
+def plate_sites_input(wildcards):
+    # ancient: a new plate rewrites the sites table, but must not rerun the other plates'
+    # jobs; those rerun through the plate_digest param only if their own rows change.
+    return ancient(sites_table())
+
+
+def split_plate_id(plate_id):
+    experiment, plate = plate_id.rsplit("_", 1)
+    return experiment, int(plate)
+
+
+def plate_images(wildcards):
+    """What must exist before a plate's PNGs can be read."""
+    experiment, plate = split_plate_id(wildcards.plate_id)
+    if SOURCE == "synthetic":
+        return f"{RESOURCES}/images/{experiment}/Plate{plate}"
+    if SOURCE == "rxrx19a":
+        return f"{RESOURCES}/unpacked/{experiment}.done"
+    return []
+
+
+def demo_plate_ids():
+    demo = config["demo"]
+    return [f"{demo['experiment']}_{plate}" for plate in range(1, demo["plates"] + 1)]
+
+
+def final_outputs(wildcards):
+    return [
+        f"{RESULTS}/nuclei/wells.parquet",
+        f"{RESULTS}/nuclei/nuclei_counts.png",
+    ]

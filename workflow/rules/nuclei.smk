@@ -1,0 +1,50 @@
+# Nuclei: Otsu + watershed count per stitched well, QC flags, infected vs non-infected.
+
+
+rule nuclei:
+    input:
+        sites=plate_sites_input,
+        store=f"{RESULTS}/store/{{plate_id}}.zarr",
+    output:
+        f"{RESULTS}/nuclei/plates/{{plate_id}}.parquet",
+    params:
+        dataset=NUCLEI_CHANNELS,
+        nuclei=config["nuclei"],
+        plate_digest=plate_digest,
+    log:
+        f"{LOGS}/nuclei/{{plate_id}}.log",
+    benchmark:
+        f"{BENCH}/nuclei/{{plate_id}}.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    script:
+        "../scripts/nuclei_plate.py"
+
+
+rule nuclei_summary:
+    input:
+        lambda wildcards: expand(f"{RESULTS}/nuclei/plates/{{plate_id}}.parquet", plate_id=plate_ids()),
+    output:
+        wells=f"{RESULTS}/nuclei/wells.parquet",
+        test=f"{RESULTS}/nuclei/mann_whitney.parquet",
+        figure=report(
+            f"{RESULTS}/nuclei/nuclei_counts.png",
+            caption="../report/nuclei_counts.rst",
+            category="Quality control",
+        ),
+    log:
+        f"{LOGS}/nuclei/summary.log",
+    benchmark:
+        f"{BENCH}/nuclei/summary.tsv"
+    conda:
+        "../../envs/plots.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    script:
+        "../scripts/nuclei_summary.py"

@@ -1,0 +1,26 @@
+# Stitch: the sites of each well tiled 2x2, one per-plate store per plate.
+
+
+rule stitch:
+    input:
+        sites=plate_sites_input,
+        images=plate_images,
+    output:
+        store=directory(f"{RESULTS}/store/{{plate_id}}.zarr"),
+        qc=f"{RESULTS}/store/{{plate_id}}.qc.parquet",
+    params:
+        dataset=STITCH_PARAMS,
+        store=config["store"],
+        plate_digest=plate_digest,
+    log:
+        f"{LOGS}/stitch/{{plate_id}}.log",
+    benchmark:
+        f"{BENCH}/stitch/{{plate_id}}.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    script:
+        "../scripts/stitch_plate.py"

@@ -1,0 +1,20 @@
+"""Snakemake glue: concatenate the demo plates' metadata parts into metadata.csv."""
+
+import logging
+import os
+
+import pandas as pd
+
+
+def main(parts, output, log):
+    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    # Strings throughout: the CSV is rewritten exactly, with no type guessing.
+    table = pd.concat([pd.read_csv(part, dtype=str, keep_default_na=False) for part in parts], ignore_index=True)
+    tmp = output + ".tmp"
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, output)
+    logging.info("%d rows from %d plates", len(table), len(parts))
+
+
+if "snakemake" in globals():
+    main(list(snakemake.input), snakemake.output[0], snakemake.log[0])

@@ -1,0 +1,26 @@
+"""Writing outputs so that a kill never leaves a complete-looking file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+
+def write_parquet_atomic(table: pd.DataFrame, path: str | Path) -> None:
+    """Write a Parquet table under a temporary name, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def save_figure_atomic(figure, path: str | Path, **kwargs) -> None:
+    """Save a matplotlib figure under a temporary name, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    figure.savefig(tmp, **kwargs)
+    os.replace(tmp, path)

@@ -1,0 +1,166 @@
+"""The sites table: metadata.csv (RxRx19a columns, or a facility's CSV mapped onto them)
+normalised, checked and filtered, one row per site."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+from deemd.validate import MetadataError, metadata_errors
+
+COLUMNS = [
+    "site_id",
+    "well_id",
+    "cell_type",
+    "experiment",
+    "plate",
+    "well",
+    "site",
+    "disease_condition",
+    "treatment",
+    "treatment_conc",
+    "SMILES",
+]
+INFECTED = "Active SARS-CoV-2"
+MOCK = "Mock"
+UV = "UV Inactivated SARS-CoV-2"
+CONDITIONS = (INFECTED, MOCK, UV)
+
+
+def read_metadata_csv(path: str) -> pd.DataFrame:
+    """Read a metadata CSV as strings (no type guessing: that is the schema's job)."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise MetadataError(f"{path}: cannot be read as CSV: {error}") from error
+
+
+def map_columns(
+    raw: pd.DataFrame, columns: dict | None, values: dict | None, defaults: dict | None, source: str
+) -> pd.DataFrame:
+    """Rename a CSV's columns to the standard ones, translate its vocabularies and fill
+    columns it lacks from ``defaults``; site_id and well_id are derived when absent."""
+    columns, values, defaults = columns or {}, values or {}, defaults or {}
+    missing = [name for name in columns.values() if name not in raw.columns]
+    if missing:
+        raise MetadataError(f"{source}: column(s) {missing} named in dataset.columns are not in the CSV {list(raw.columns)}")
+    table = raw.rename(columns={csv: std for std, csv in columns.items()})
+    for name, value in defaults.items():
+        if name not in table.columns:
+            table[name] = str(value)
+    for name, mapping in values.items():
+        if name in table.columns:
+            table[name] = table[name].map(lambda v, m=mapping: m.get(v, v) if isinstance(v, str) else v)
+    if "treatment_conc" not in table.columns:
+        table["treatment_conc"] = pd.NA
+    for name in ("treatment", "SMILES"):
+        if name not in table.columns:
+            table[name] = pd.NA
+    if "well_id" not in table.columns and {"experiment", "plate", "well"} <= set(table.columns):
+        table["well_id"] = table["experiment"] + "_" + table["plate"].astype(str) + "_" + table["well"]
+    if "site_id" not in table.columns and {"well_id", "site"} <= set(table.columns):
+        table["site_id"] = table["well_id"] + "_" + table["site"].astype(str)
+    return table
+
+
+def coerce_types(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Turn the numeric columns into numbers; a value that is not one is an error naming
+    its line, column and value (the schema then checks ranges and vocabularies)."""
+    table = table.copy()
+    for column, kind in (("plate", "int"), ("site", "int"), ("treatment_conc", "float")):
+        text = table[column]
+        numbers = pd.to_numeric(text, errors="coerce")
+        bad = numbers.isna() & text.notna()
+        if kind == "int":
+            bad |= numbers.notna() & (numbers != np.round(numbers))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise MetadataError(
+                f"{source}, line {row + 2}, column {column!r}: value {text.iloc[row]!r} is not "
+                f"{'an integer' if kind == 'int' else 'a number'}"
+            )
+        table[column] = numbers.astype("Int64") if kind == "int" else numbers.astype(float)
+    return table
+
+
+def consistency_errors(table: pd.DataFrame, source: str, max_errors: int = 20) -> list[str]:
+    """Rules across columns and rows that a per-row schema cannot state."""
+    messages = []
+
+    def report(mask: pd.Series, text: str) -> None:
+        if mask.any() and len(messages) < max_errors:
+            row = int(np.flatnonzero(mask.to_numpy())[0])
+            messages.append(f"{source}, line {row + 2}: {text} (site_id {table['site_id'].iloc[row]!r}); {int(mask.sum())} such row(s)")
+
+    treated = table["treatment"].notna()
+    report(treated & table["treatment_conc"].isna(), "treated site without treatment_conc")
+    report(~treated & table["treatment_conc"].notna(), "treatment_conc given but treatment is empty")
+    report(table["site_id"].duplicated(keep="first"), "site_id appears more than once")
+    report(table.duplicated(["experiment", "plate", "well", "site"], keep="first"), "the same experiment, plate, well and site appear twice")
+    per_well = table.groupby("well_id")[["disease_condition", "treatment", "treatment_conc"]].nunique(dropna=False)
+    mixed = table["well_id"].map((per_well > 1).any(axis=1))
+    report(mixed, "the sites of one well disagree on condition, treatment or concentration")
+    return messages
+
+
+def build_sites_table(
+    raw: pd.DataFrame,
+    schema: dict,
+    source: str,
+    columns: dict | None = None,
+    values: dict | None = None,
+    defaults: dict | None = None,
+    cell_types: list | None = None,
+    experiments: list | None = None,
+) -> pd.DataFrame:
+    """Normalise, validate and filter a raw metadata table into the sites table.
+
+    Adds ``plate_id`` (experiment_plate), the unit of work of the workflow. Raises
+    MetadataError naming file, line, column and value on the first batch of problems.
+    """
+    table = map_columns(raw, columns, values, defaults, source)
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise MetadataError(f"{source}: missing column(s) {missing}; map them with dataset.columns or dataset.defaults")
+    table = coerce_types(table[COLUMNS], source)
+    messages = metadata_errors(table, schema, source)
+    if not messages:
+        messages = consistency_errors(table, source)
+    if messages:
+        raise MetadataError("invalid metadata:\n  " + "\n  ".join(messages))
+    if cell_types:
+        table = table[table["cell_type"].isin(cell_types)]
+    if experiments:
+        table = table[table["experiment"].isin(experiments)]
+    if table.empty:
+        raise MetadataError(f"{source}: no site left after selecting cell types {cell_types} and experiments {experiments}")
+    table = table.assign(plate_id=table["experiment"] + "_" + table["plate"].astype(str))
+    table = table.sort_values(["plate_id", "well", "site"], kind="stable").reset_index(drop=True)
+    return table
+
+
+def plate_digests(sites: pd.DataFrame) -> dict[str, str]:
+    """A short content hash of each plate's rows, so that a per-plate job reruns exactly
+    when its own plate's metadata changes (used as a Snakemake param)."""
+    row_hashes = pd.util.hash_pandas_object(sites[COLUMNS], index=False).to_numpy()
+    digests = {}
+    for plate_id, rows in sites.groupby("plate_id", sort=True).indices.items():
+        digests[plate_id] = hashlib.sha1(row_hashes[rows].tobytes()).hexdigest()[:16]
+    return digests
+
+
+def well_table(sites: pd.DataFrame) -> pd.DataFrame:
+    """One row per well of a sites table, in store order (plate_id, well)."""
+    wells = sites.groupby(["plate_id", "well"], sort=True, as_index=False).agg(
+        well_id=("well_id", "first"),
+        experiment=("experiment", "first"),
+        plate=("plate", "first"),
+        cell_type=("cell_type", "first"),
+        disease_condition=("disease_condition", "first"),
+        treatment=("treatment", "first"),
+        treatment_conc=("treatment_conc", "first"),
+        n_sites=("site", "size"),
+    )
+    return wells

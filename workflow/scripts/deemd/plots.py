@@ -1,0 +1,54 @@
+"""Figures (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from deemd.metadata import INFECTED, MOCK, UV  # noqa: E402
+
+GROUP_COLOURS = {"non-infected": "#4C72B0", "infected": "#C44E52"}
+
+
+def nuclei_count_figure(wells: pd.DataFrame, test: dict):
+    """Nucleus counts per well, untreated infected vs non-infected (Mock + UV), overall
+    (violin + points, Mann-Whitney p in the title) and per plate (box plots)."""
+    untreated = wells[wells["treatment"].isna() & ~wells["no_nuclei"]].copy()
+    untreated["group"] = np.where(untreated["disease_condition"] == INFECTED, "infected", "non-infected")
+    untreated = untreated[untreated["disease_condition"].isin([INFECTED, MOCK, UV])]
+    plates = sorted(untreated["plate_id"].unique())
+    figure, (ax_all, ax_plate) = plt.subplots(
+        1, 2, figsize=(4 + 0.9 * max(len(plates), 2), 4), gridspec_kw={"width_ratios": [1, max(len(plates), 2) / 2]}
+    )
+    groups = ["non-infected", "infected"]
+    data = [untreated.loc[untreated["group"] == g, "nuclei_count"].to_numpy() for g in groups]
+    present = [i for i, d in enumerate(data) if len(d)]
+    if present:
+        parts = ax_all.violinplot([data[i] for i in present], positions=present, showmedians=True)
+        for body, i in zip(parts["bodies"], present):
+            body.set_facecolor(GROUP_COLOURS[groups[i]])
+    rng = np.random.default_rng(0)
+    for i, values in enumerate(data):
+        ax_all.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=6, color=GROUP_COLOURS[groups[i]], alpha=0.6)
+    ax_all.set_xticks([0, 1], [f"{g}\n(n={len(d)})" for g, d in zip(groups, data)])
+    ax_all.set_ylabel("nuclei per well")
+    p = test.get("p_value", np.nan)
+    ax_all.set_title(f"Mann-Whitney two-sided p = {p:.2g}" if np.isfinite(p) else "Mann-Whitney: too few wells")
+    width = 0.38
+    for j, group in enumerate(groups):
+        series = [untreated.loc[(untreated["plate_id"] == plate) & (untreated["group"] == group), "nuclei_count"] for plate in plates]
+        positions = np.arange(len(plates)) + (j - 0.5) * width
+        box = ax_plate.boxplot(series, positions=positions, widths=width * 0.9, patch_artist=True, showfliers=False)
+        for patch in box["boxes"]:
+            patch.set_facecolor(GROUP_COLOURS[group])
+    ax_plate.set_xticks(np.arange(len(plates)), plates, rotation=45, ha="right")
+    ax_plate.set_title("per plate")
+    ax_plate.legend(
+        [plt.Rectangle((0, 0), 1, 1, color=GROUP_COLOURS[g]) for g in groups], groups, loc="lower right", fontsize=8
+    )
+    figure.tight_layout()
+    return figure

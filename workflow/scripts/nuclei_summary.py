@@ -1,0 +1,27 @@
+"""Snakemake glue: gather the per-plate well tables, test infected vs non-infected
+nucleus counts, draw the figure."""
+
+import logging
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from deemd.io import save_figure_atomic, write_parquet_atomic
+from deemd.nuclei import infected_vs_noninfected
+from deemd.plots import nuclei_count_figure
+
+
+def main(plate_tables, output, log):
+    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    wells = pd.concat([pd.read_parquet(path) for path in plate_tables], ignore_index=True)
+    test = infected_vs_noninfected(wells)
+    logging.info("%d wells from %d plates; %s", len(wells), len(plate_tables), test)
+    write_parquet_atomic(wells, output["wells"])
+    write_parquet_atomic(pd.DataFrame([test]), output["test"])
+    figure = nuclei_count_figure(wells, test)
+    save_figure_atomic(figure, output["figure"], dpi=150)
+    plt.close(figure)
+
+
+if "snakemake" in globals():
+    main(list(snakemake.input), snakemake.output, snakemake.log[0])

@@ -1,0 +1,29 @@
+"""Snakemake glue: metadata CSV -> validated, normalised sites table (Parquet)."""
+
+import logging
+
+from deemd.io import write_parquet_atomic
+from deemd.metadata import build_sites_table, read_metadata_csv
+from deemd.validate import load_schema
+
+
+def main(metadata_path, schema_path, output, dataset, log):
+    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    raw = read_metadata_csv(metadata_path)
+    logging.info("%s: %d rows", metadata_path, len(raw))
+    sites = build_sites_table(
+        raw,
+        load_schema(schema_path),
+        source=metadata_path,
+        columns=dataset.get("columns"),
+        values=dataset.get("values"),
+        defaults=dataset.get("defaults"),
+        cell_types=dataset.get("cell_types"),
+        experiments=dataset.get("experiments"),
+    )
+    logging.info("%d sites on %d plates after filtering", len(sites), sites["plate_id"].nunique())
+    write_parquet_atomic(sites, output)
+
+
+if "snakemake" in globals():
+    main(snakemake.input.metadata, snakemake.input.schema, snakemake.output[0], snakemake.params.dataset, snakemake.log[0])
