@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -74,7 +75,7 @@ def check_config(config: dict, schema: dict) -> None:
 def _json_value(value):
     """A table cell as JSON sees it: NaN/None -> None, numpy scalars -> Python scalars,
     integral floats -> int (CSV readers turn int columns with gaps into floats)."""
-    if value is None:
+    if value is None or value is pd.NA:
         return None
     if isinstance(value, float):
         if math.isnan(value):
@@ -102,11 +103,12 @@ def metadata_errors(table: pd.DataFrame, schema: dict, source: str, max_errors: 
         if column not in properties:
             continue
         validator = jsonschema.Draft202012Validator(properties[column])
-        values = table[column]
-        first_rows = pd.Series(values.index, index=values.index).groupby(values.astype("string").fillna("\0NA"), sort=False).first()
-        for row in first_rows.to_numpy():
-            value = _json_value(values.loc[row])
-            line = int(table.index.get_loc(row)) + 2
+        values = table[column].to_numpy(dtype=object)
+        codes, _ = pd.factorize(table[column], use_na_sentinel=False)
+        _, first_positions = np.unique(codes, return_index=True)
+        for position in np.sort(first_positions):
+            value = _json_value(values[position])
+            line = int(position) + 2
             if value is None and column in required:
                 messages.append(f"{source}, line {line}, column {column!r}: empty, but the column is required")
             else:

@@ -1,0 +1,139 @@
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deemd.metadata import (
+    COLUMNS,
+    build_sites_table,
+    coerce_types,
+    consistency_errors,
+    map_columns,
+    plate_digests,
+    read_metadata_csv,
+    well_table,
+)
+from deemd.validate import MetadataError, load_schema
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = load_schema(REPO / "workflow" / "schemas" / "metadata.schema.yaml")
+
+
+def raw_metadata(plates=(1, 2), wells=("A01", "B02"), experiment="HRCE-1"):
+    rows = []
+    for plate in plates:
+        for i, well in enumerate(wells):
+            treated = i % 2 == 1
+            for site in range(1, 5):
+                rows.append(
+                    {
+                        "site_id": f"{experiment}_{plate}_{well}_{site}",
+                        "well_id": f"{experiment}_{plate}_{well}",
+                        "cell_type": "HRCE",
+                        "experiment": experiment,
+                        "plate": str(plate),
+                        "well": well,
+                        "site": str(site),
+                        "disease_condition": "Active SARS-CoV-2" if treated else "Mock",
+                        "treatment": "Remdesivir" if treated else np.nan,
+                        "treatment_conc": "0.3" if treated else np.nan,
+                        "SMILES": "CCO" if treated else np.nan,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_build_sites_table_types_order_and_plate_id():
+    sites = build_sites_table(raw_metadata(plates=(2, 1)), SCHEMA, "m.csv")
+    assert list(sites.columns) == COLUMNS + ["plate_id"]
+    assert sites["plate"].dtype == "Int64" and sites["treatment_conc"].dtype == float
+    assert sites["plate_id"].tolist()[:4] == ["HRCE-1_1"] * 4
+    assert sites["site"].tolist()[:4] == [1, 2, 3, 4]
+
+
+def test_filters_cell_types_and_experiments():
+    raw = pd.concat([raw_metadata(), raw_metadata(experiment="VERO-1").assign(cell_type="VERO")])
+    sites = build_sites_table(raw, SCHEMA, "m.csv", cell_types=["HRCE"])
+    assert set(sites["cell_type"]) == {"HRCE"}
+    sites = build_sites_table(raw, SCHEMA, "m.csv", experiments=["VERO-1"])
+    assert set(sites["experiment"]) == {"VERO-1"}
+    with pytest.raises(MetadataError, match="no site left"):
+        build_sites_table(raw, SCHEMA, "m.csv", cell_types=["Huh7"])
+
+
+def test_non_numeric_value_names_line_and_column():
+    raw = raw_metadata()
+    raw.loc[5, "treatment_conc"] = "ten"
+    with pytest.raises(MetadataError, match=r"m\.csv, line 7, column 'treatment_conc': value 'ten' is not a number"):
+        build_sites_table(raw, SCHEMA, "m.csv")
+    raw = raw_metadata()
+    raw.loc[2, "site"] = "2.5"
+    with pytest.raises(MetadataError, match=r"line 4, column 'site': value '2.5' is not an integer"):
+        coerce_types(raw, "m.csv")
+
+
+def test_consistency_rules():
+    sites = coerce_types(raw_metadata(), "m.csv")
+    assert consistency_errors(sites, "m.csv") == []
+    broken = sites.copy()
+    broken.loc[4, "treatment_conc"] = np.nan
+    assert "treated site without treatment_conc" in consistency_errors(broken, "m.csv")[0]
+    broken = sites.copy()
+    broken.loc[1, "site_id"] = broken.loc[0, "site_id"]
+    assert any("site_id appears more than once" in m for m in consistency_errors(broken, "m.csv"))
+    broken = sites.copy()
+    broken.loc[1, "disease_condition"] = "Active SARS-CoV-2"
+    assert any("sites of one well disagree" in m for m in consistency_errors(broken, "m.csv"))
+
+
+def test_facility_mapping_derives_ids_and_translates_values():
+    raw = pd.DataFrame(
+        {
+            "Barcode": ["7", "7"],
+            "Pos": ["C03", "C03"],
+            "Field": ["1", "2"],
+            "Infection": ["virus", "virus"],
+            "Drug": ["X", "X"],
+            "Dose": ["1", "1"],
+        }
+    )
+    table = map_columns(
+        raw,
+        columns={"plate": "Barcode", "well": "Pos", "site": "Field", "disease_condition": "Infection", "treatment": "Drug", "treatment_conc": "Dose"},
+        values={"disease_condition": {"virus": "Active SARS-CoV-2"}},
+        defaults={"experiment": "LAB-1", "cell_type": "HRCE"},
+        source="f.csv",
+    )
+    assert table["well_id"].tolist() == ["LAB-1_7_C03"] * 2
+    assert table["site_id"].tolist() == ["LAB-1_7_C03_1", "LAB-1_7_C03_2"]
+    assert set(table["disease_condition"]) == {"Active SARS-CoV-2"}
+    with pytest.raises(MetadataError, match=r"column\(s\) \['Nope'\]"):
+        map_columns(raw, {"plate": "Nope"}, None, None, "f.csv")
+
+
+def test_plate_digests_change_only_for_the_changed_plate():
+    sites = build_sites_table(raw_metadata(plates=(1, 2)), SCHEMA, "m.csv")
+    before = plate_digests(sites)
+    changed = sites.copy()
+    changed.loc[changed["plate_id"] == "HRCE-1_2", "treatment_conc"] = changed["treatment_conc"] * 2
+    after = plate_digests(changed)
+    assert before["HRCE-1_1"] == after["HRCE-1_1"]
+    assert before["HRCE-1_2"] != after["HRCE-1_2"]
+    more = build_sites_table(raw_metadata(plates=(1, 2, 3)), SCHEMA, "m.csv")
+    assert {k: v for k, v in plate_digests(more).items() if k in before} == before
+
+
+def test_well_table_one_row_per_well():
+    sites = build_sites_table(raw_metadata(), SCHEMA, "m.csv")
+    wells = well_table(sites)
+    assert len(wells) == 4 and (wells["n_sites"] == 4).all()
+    assert wells["treatment"].notna().sum() == 2
+
+
+def test_read_metadata_csv_keeps_strings(tmp_path):
+    path = tmp_path / "m.csv"
+    raw_metadata().to_csv(path, index=False)
+    table = read_metadata_csv(str(path))
+    assert table["plate"].map(type).eq(str).all()
+    assert table["treatment"].isna().sum() == 8

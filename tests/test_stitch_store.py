@@ -1,0 +1,117 @@
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from deemd.stitch import ImageReadError, image_path, read_png, read_site, read_well_sites, stitch_plate, stitch_sites
+from deemd.store import create_plate_store, open_plate_store, site_slices
+
+LAYOUT = [[1, 2], [3, 4]]
+PATTERN = "{root}/{experiment}/Plate{plate}/{well}_s{site}_w{channel}.png"
+
+
+def test_image_path_accepts_format_specs():
+    assert image_path("x/{plate}/{well}_f{site:02d}_c{channel}.png", "E", 3, "B07", 2, 5) == "x/3/B07_f02_c5.png"
+
+
+def test_site_slices_follow_layout():
+    slices = site_slices([[2, 1], [4, 3]], 8)
+    assert slices[2] == (slice(0, 8), slice(0, 8))
+    assert slices[3] == (slice(8, 16), slice(8, 16))
+
+
+def test_stitch_sites_places_each_site_and_marks_missing():
+    sites = {s: np.full((2, 4, 4), s * 10, dtype=np.uint8) for s in (1, 2, 4)}
+    well, valid = stitch_sites(sites, LAYOUT, 4, 2)
+    assert well.shape == (2, 8, 8)
+    assert (well[:, :4, :4] == 10).all() and (well[:, :4, 4:] == 20).all()
+    assert (well[:, 4:, :4] == 0).all() and (well[:, 4:, 4:] == 40).all()
+    assert valid.tolist() == [True, True, False, True]
+
+
+def write_png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_read_png_errors_name_the_file(tmp_path):
+    good = tmp_path / "good.png"
+    write_png(good, np.arange(64, dtype=np.uint8).reshape(8, 8))
+    assert read_png(str(good), 8)[1, 1] == 9
+    with pytest.raises(ImageReadError, match="missing.png: file not found"):
+        read_png(str(tmp_path / "missing.png"), 8)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(ImageReadError, match="truncated.png: corrupt or truncated"):
+        read_png(str(truncated), 8)
+    with pytest.raises(ImageReadError, match="good.png: size 8x8, expected 16x16"):
+        read_png(str(good), 16)
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(rgb)
+    with pytest.raises(ImageReadError, match="rgb.png: mode 'RGB'"):
+        read_png(str(rgb), 8)
+
+
+def make_plate(tmp_path, wells=("A01", "A02", "B01"), site_size=8, channels=(1, 2)):
+    rows = []
+    for w, well in enumerate(wells):
+        for site in range(1, 5):
+            rows.append({"site_id": f"E_1_{well}_{site}", "experiment": "E", "plate": 1, "well": well, "site": site})
+            for channel in channels:
+                value = np.uint8(w * 50 + site * 10 + channel)
+                write_png(tmp_path / "E" / "Plate1" / f"{well}_s{site}_w{channel}.png", np.full((site_size, site_size), value))
+    pattern = PATTERN.replace("{root}", str(tmp_path))
+    return pd.DataFrame(rows), pattern
+
+
+def test_read_site_stacks_channels(tmp_path):
+    _, pattern = make_plate(tmp_path)
+    site = read_site([image_path(pattern, "E", 1, "A02", 3, c) for c in (1, 2)], 8)
+    assert site.shape == (2, 8, 8) and site[0, 0, 0] == 50 + 30 + 1 and site[1, 0, 0] == 50 + 30 + 2
+
+
+def test_stitch_plate_round_trip_through_store(tmp_path):
+    sites, pattern = make_plate(tmp_path)
+    store = create_plate_store(tmp_path / "p.zarr", ["A01", "A02", "B01"], ["a", "b"], 8, LAYOUT)
+    with ThreadPoolExecutor(2) as pool:
+        dropped = stitch_plate(sites, store, pattern, [1, 2], "error", 2, pool)
+    assert dropped == []
+    with pytest.raises(ValueError, match="not finished"):
+        open_plate_store(tmp_path / "p.zarr")
+    store.group.attrs["complete"] = True
+    reopened = open_plate_store(tmp_path / "p.zarr")
+    assert reopened.wells == ["A01", "A02", "B01"] and reopened.site_size == 8
+    images = reopened.read_wells()
+    assert images.shape == (3, 2, 16, 16)
+    # well B01 (index 2), site 4 (bottom right), channel 2
+    assert images[2, 1, 12, 12] == 2 * 50 + 40 + 2
+    assert reopened.read_wells(1, 2, channel=0)[0, 0, 9] == 50 + 20 + 1
+    assert reopened.site_valid.all()
+
+
+def test_bad_png_stops_or_is_dropped_and_listed(tmp_path):
+    sites, pattern = make_plate(tmp_path)
+    (tmp_path / "E" / "Plate1" / "A02_s3_w2.png").write_bytes(b"not a png")
+    store = create_plate_store(tmp_path / "p.zarr", ["A01", "A02", "B01"], ["a", "b"], 8, LAYOUT)
+    with ThreadPoolExecutor(2) as pool, pytest.raises(ImageReadError, match="A02_s3_w2.png"):
+        stitch_plate(sites, store, pattern, [1, 2], "error", 2, pool)
+    with ThreadPoolExecutor(2) as pool:
+        dropped = stitch_plate(sites, store, pattern, [1, 2], "drop", 2, pool)
+    assert [(d["well"], d["site"]) for d in dropped] == [("A02", 3)]
+    assert "A02_s3_w2.png" in dropped[0]["reason"]
+    valid = store.site_valid
+    assert valid[1].tolist() == [True, True, False, True] and valid[[0, 2]].all()
+
+
+def test_read_well_sites_drop_keeps_good_sites(tmp_path):
+    sites, pattern = make_plate(tmp_path, wells=("A01",))
+    (tmp_path / "E" / "Plate1" / "A01_s1_w1.png").unlink()
+    good, dropped = read_well_sites(sites, pattern, [1, 2], 8, "drop")
+    assert sorted(good) == [2, 3, 4] and dropped[0]["site"] == 1
+
+
+def test_open_plate_store_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a deemd plate store"):
+        open_plate_store(tmp_path / "nothing.zarr")

@@ -1,0 +1,104 @@
+import copy
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from deemd.validate import ConfigError, check_config, config_errors, load_schema, metadata_errors
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = load_schema(REPO / "workflow" / "schemas" / "config.schema.yaml")
+META_SCHEMA = load_schema(REPO / "workflow" / "schemas" / "metadata.schema.yaml")
+
+
+@pytest.fixture
+def config():
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "rxrx19a.yaml", "facility.yaml"])
+def test_shipped_configs_are_valid(name):
+    merged = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    override = yaml.safe_load((REPO / "config" / name).read_text())
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    check_config(merged, SCHEMA)
+
+
+def test_out_of_range_value_names_key_and_value(config):
+    config["dataset"]["site_size"] = 100
+    with pytest.raises(ConfigError, match=r"dataset\.site_size: 100 is not a multiple of 8"):
+        check_config(config, SCHEMA)
+
+
+def test_unknown_key_and_bad_enum_are_both_reported(config):
+    config["dataset"]["on_bad_image"] = "ignore"
+    config["nuclei"]["smoothing_sigmaa"] = 2
+    messages = config_errors(config, SCHEMA)
+    assert any("dataset.on_bad_image: 'ignore' is not one of" in m for m in messages)
+    assert any("nuclei" in m and "smoothing_sigmaa" in m for m in messages)
+
+
+def test_cross_key_rules(config):
+    bad = copy.deepcopy(config)
+    bad["dataset"]["nuclear_channel"] = 9
+    with pytest.raises(ConfigError, match="nuclear_channel: 9 is not one of dataset.channels"):
+        check_config(bad, SCHEMA)
+    bad = copy.deepcopy(config)
+    bad["dataset"]["channel_names"] = ["a", "b"]
+    with pytest.raises(ConfigError, match="2 names for 5 channels"):
+        check_config(bad, SCHEMA)
+    bad = copy.deepcopy(config)
+    bad["dataset"]["site_layout"] = [[1, 1], [3, 4]]
+    with pytest.raises(ConfigError, match="site_layout"):
+        check_config(bad, SCHEMA)
+
+
+def _sites(**overrides):
+    table = pd.DataFrame(
+        {
+            "site_id": ["E_1_A01_1", "E_1_A01_2"],
+            "well_id": ["E_1_A01", "E_1_A01"],
+            "cell_type": ["HRCE", "HRCE"],
+            "experiment": ["E", "E"],
+            "plate": pd.array([1, 1], dtype="Int64"),
+            "well": ["A01", "A01"],
+            "site": pd.array([1, 2], dtype="Int64"),
+            "disease_condition": ["Mock", "Mock"],
+            "treatment": [None, None],
+            "treatment_conc": [np.nan, np.nan],
+            "SMILES": [None, None],
+        }
+    )
+    for column, (row, value) in overrides.items():
+        table[column] = table[column].astype(object)
+        table.loc[row, column] = value
+    return table
+
+
+def test_valid_metadata_has_no_errors():
+    assert metadata_errors(_sites(), META_SCHEMA, "m.csv") == []
+
+
+def test_metadata_error_names_file_line_column_value():
+    messages = metadata_errors(_sites(disease_condition=(1, "Infected")), META_SCHEMA, "m.csv")
+    assert len(messages) == 1
+    assert "m.csv, line 3, column 'disease_condition': value 'Infected'" in messages[0]
+
+
+def test_metadata_missing_required_value_and_column():
+    messages = metadata_errors(_sites(cell_type=(0, None)), META_SCHEMA, "m.csv")
+    assert messages == ["m.csv, line 2, column 'cell_type': empty, but the column is required"]
+    messages = metadata_errors(_sites().drop(columns=["well"]), META_SCHEMA, "m.csv")
+    assert "missing column(s) ['well']" in messages[0]
+
+
+def test_metadata_range_errors():
+    messages = metadata_errors(_sites(site=(1, 7), well=(0, "A1")), META_SCHEMA, "m.csv")
+    assert any("column 'site': value 7" in m for m in messages)
+    assert any("column 'well': value 'A1'" in m for m in messages)

@@ -1,0 +1,749 @@
+"""Synthetic demo screen in the exact RxRx19a layout, with its hidden truth.
+
+A seeded, deterministic world (DESIGN section 2): HRCE-like cells with five stains,
+SARS-CoV-2 infection spreading in local foci with cytopathic effects, and a compound
+library whose hidden dose-response (efficacy and toxicity) drives each treated well.
+
+Geometry: the four sites of a well are rendered as one contiguous 2x2 field
+(s1 s2 / s3 s4) and then cut, so nuclei on site borders are real shared objects (that is
+what stitching is for). All lengths are fractions of the site size, so one config renders
+at 128 px and at 1024 px.
+
+Randomness: every plate draws from ``np.random.SeedSequence`` entropy built from
+(seed, experiment, plate, library digest, config digest without ``plates``), every well
+from that plus the well name, so adding a plate or changing the order of work never
+changes another plate. Strings enter the entropy through ``zlib.crc32`` (Python's
+``hash()`` is salted per process).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+METADATA_COLUMNS = [
+    "site_id",
+    "well_id",
+    "cell_type",
+    "experiment",
+    "plate",
+    "well",
+    "site",
+    "disease_condition",
+    "treatment",
+    "treatment_conc",
+    "SMILES",
+]
+LIBRARY_COLUMNS = [
+    "treatment",
+    "SMILES",
+    "kind",
+    "ec50_um",
+    "emax",
+    "hill",
+    "tox_ic50_um",
+    "tox_max",
+    "max_efficacy",
+]
+TRUTH_COLUMNS = [
+    "site_id",
+    "well_id",
+    "plate",
+    "well",
+    "site",
+    "disease_condition",
+    "treatment",
+    "treatment_conc",
+    "failed",
+    "n_cells",
+    "n_nuclei",
+    "n_infected",
+    "n_dead",
+    "infected_fraction",
+    "moi_effective",
+    "toxic_kill",
+]
+INFECTED = "Active SARS-CoV-2"
+MOCK = "Mock"
+UV = "UV Inactivated SARS-CoV-2"
+CONDITIONS = (INFECTED, MOCK, UV)
+CHANNELS = ("Hoechst", "ConA", "Phalloidin", "Syto14", "WGA")
+SITES = 4
+CELL_TYPE = "HRCE"
+# Hill slope of toxicity (the library table has no column for it: one slope for all).
+TOX_HILL = 2.0
+
+# Defaults of the optional keys; the config may override any of them.
+CELL_DEFAULTS = {
+    "per_site": 45,
+    "nucleus_radius": 0.03,  # fraction of the site size
+    "cell_radius": 0.065,  # fraction of the site size
+    "min_spacing": 2.8,  # nucleus centres at least this many nucleus radii apart
+    "density_sd": 0.08,  # log-sd of the well-to-well seeding density
+}
+INFECTION_DEFAULTS = {
+    "foci_per_site": 2.0,
+    "death_rate": 0.35,
+    "syncytia_rate": 0.2,
+    "cpe_strength": 1.0,
+    "fragmentation": 0.3,
+    "debris": 0.5,  # share of dead cells that leave a small bright debris spot
+}
+PLATE_DEFAULTS = {
+    "gain_sd": 0.15,
+    "illumination": 0.25,  # vignetting: relative intensity loss in the site corners
+    "noise": 0.02,  # read noise sd, fraction of full scale (shot noise grows with signal)
+    "blur": 0.004,  # optical blur sigma, fraction of the site size
+    "background": 0.04,  # mean background level, fraction of full scale
+}
+
+DEFAULT_DEMO = {
+    "seed": 20211,
+    "experiment": "HRCE-1",
+    "plates": 3,
+    "plate_rows": 16,
+    "plate_columns": 24,
+    "site_size": 128,
+    "compounds": 24,
+    "concentrations_um": [0.03, 0.1, 0.3, 1.0, 3.0, 10.0],
+    "replicates_per_plate": 1,
+    "controls_per_plate": {MOCK: 16, UV: 16, INFECTED: 32},
+    "failed_wells_per_plate": 1,
+    "compound_classes": {"effective": 0.25, "partial": 0.15, "toxic": 0.15, "effective_toxic": 0.1, "inactive": 0.35},
+    "moi": 0.4,
+    "cells": {"per_site": 45, "nucleus_radius": 0.03, "cell_radius": 0.065},
+    "infection": {"foci_per_site": 2.0, "death_rate": 0.35, "syncytia_rate": 0.2, "cpe_strength": 1.0, "fragmentation": 0.3},
+    "plate_effects": {"gain_sd": 0.15, "illumination": 0.25, "noise": 0.02},
+}
+
+
+# --------------------------------------------------------------------------- seeding
+
+
+def _entropy_word(part) -> int:
+    """One non-negative int per part: ints as they are, anything else via crc32 of its text."""
+    if isinstance(part, (bool, np.bool_)):
+        return int(part)
+    if isinstance(part, (int, np.integer)) and part >= 0:
+        return int(part)
+    return zlib.crc32(str(part).encode("utf-8"))
+
+
+def rng_from(*parts) -> np.random.Generator:
+    """Generator seeded by a SeedSequence over ``parts`` (ints or strings); stable across
+    processes and Python versions."""
+    return np.random.default_rng(np.random.SeedSequence([_entropy_word(p) for p in parts]))
+
+
+def config_digest(demo: dict) -> int:
+    """crc32 of the demo config without ``plates`` (the plate count must not change a plate)."""
+    body = {k: v for k, v in demo.items() if k != "plates"}
+    return zlib.crc32(json.dumps(body, sort_keys=True, default=str).encode("utf-8"))
+
+
+def library_digest(library: pd.DataFrame) -> int:
+    """crc32 of the library's canonical CSV text: equal for a table and its CSV round trip
+    (values are stored rounded to 6 significant digits)."""
+    text = library[LIBRARY_COLUMNS].to_csv(index=False, float_format="%.6g", lineterminator="\n")
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def plate_entropy(demo: dict, experiment: str, plate: int, library: pd.DataFrame) -> list[int]:
+    """Entropy words that fix one plate's content."""
+    return [
+        _entropy_word(int(demo["seed"])),
+        _entropy_word(str(experiment)),
+        int(plate),
+        library_digest(library),
+        config_digest(demo),
+    ]
+
+
+def _section(demo: dict, key: str, defaults: dict) -> dict:
+    """A config section with defaults filled in."""
+    return {**defaults, **(demo.get(key) or {})}
+
+
+# --------------------------------------------------------------------------- library
+
+
+def hill(conc, top, ec50, slope) -> np.ndarray:
+    """Hill curve top * c^h / (c^h + ec50^h); 0 where there is no curve (top 0 or ec50 NaN)."""
+    c = np.asarray(conc, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        x = (c / np.asarray(ec50, dtype=float)) ** np.asarray(slope, dtype=float)
+        effect = np.asarray(top, dtype=float) * x / (1.0 + x)
+        effect = np.where(np.isinf(x), np.asarray(top, dtype=float) + 0 * x, effect)
+    return np.where(np.isfinite(effect), effect, 0.0)
+
+
+def class_counts(n: int, fractions: dict) -> dict:
+    """Split n items over classes by their fractions (largest remainder; ties by order)."""
+    names = list(fractions)
+    share = np.array([float(fractions[k]) for k in names])
+    if share.sum() <= 0:
+        raise ValueError("compound_classes: fractions must sum to more than 0")
+    exact = share / share.sum() * n
+    counts = np.floor(exact).astype(int)
+    order = sorted(range(len(names)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in order[: n - counts.sum()]:
+        counts[i] += 1
+    return dict(zip(names, counts.tolist()))
+
+
+_RINGS = ["c1ccccc1", "c1ccncc1", "c1ccc2ccccc2c1", "C1CCNCC1", "C1CCOCC1", "c1ccsc1", "c1cn[nH]c1", "C1CC1", "c1ccoc1"]
+_LINKERS = ["C(=O)N", "NC(=O)", "CC", "O", "N", "S(=O)(=O)N", "C(=O)O", "CN", "OC", "C=C", "CC(C)"]
+_CAPS = ["C", "F", "Cl", "OC", "C(F)(F)F", "N", "O", "C#N", "CC", "Br"]
+
+
+def random_smiles(rng: np.random.Generator) -> str:
+    """A plausible drug-like SMILES: 2-3 rings joined by linkers, capped by a substituent.
+    Every fragment closes its own rings, so the concatenation is valid SMILES."""
+    n_rings = int(rng.integers(2, 4))
+    parts = []
+    for i in range(n_rings):
+        parts.append(str(rng.choice(_RINGS)))
+        if i < n_rings - 1:
+            parts.append(str(rng.choice(_LINKERS)))
+    return str(rng.choice(_CAPS)) + "".join(parts)
+
+
+def _r6(x) -> np.ndarray:
+    """Round to 6 significant digits so the CSV round trip is exact."""
+    return np.array([float(f"{v:.6g}") if np.isfinite(v) else np.nan for v in np.asarray(x, float)])
+
+
+def make_library(demo: dict) -> pd.DataFrame:
+    """Compound library with hidden truth, one row per compound (LIBRARY_COLUMNS).
+
+    Kinds: effective (emax 0.85-1), partial (0.35-0.65), toxic (no antiviral effect; kills
+    cells with tox_ic50 1-8 uM), effective_toxic (effective, toxic at 3-20 uM), inactive.
+    EC50s sit inside the tested range so curves are visible. max_efficacy is the largest
+    antiviral effect over the tested concentrations (the ranking truth)."""
+    concs = np.asarray(demo["concentrations_um"], dtype=float)
+    n = int(demo["compounds"])
+    counts = class_counts(n, demo["compound_classes"])
+    rng = rng_from(demo["seed"], "library", n, json.dumps(demo["compound_classes"], sort_keys=True), json.dumps(list(map(float, concs))))
+    kinds = np.array([k for k, c in counts.items() for _ in range(c)], dtype=object)
+    kinds = kinds[rng.permutation(n)]
+    lo, hi = np.log10(concs.min()), np.log10(concs.max())
+    rows = []
+    for i, kind in enumerate(kinds):
+        u = rng.random(6)  # fixed draws per compound: kinds do not shift each other's values
+        ec50 = emax = slope = tox_ic50 = np.nan
+        tox_max = 0.0
+        if kind in ("effective", "partial", "effective_toxic"):
+            # EC50 log-uniform over the lower 3/4 of the tested range
+            ec50 = 10 ** (lo + 0.3 + u[0] * 0.7 * (hi - lo))
+            emax = 0.85 + 0.15 * u[1] if kind != "partial" else 0.35 + 0.3 * u[1]
+            slope = 1.0 + 1.5 * u[2]
+        else:
+            emax = 0.0
+        if kind == "toxic":
+            tox_ic50 = 10 ** (np.log10(1.0) + u[3] * np.log10(8.0))
+            tox_max = 0.7 + 0.25 * u[4]
+        elif kind == "effective_toxic":
+            tox_ic50 = 10 ** (np.log10(3.0) + u[3] * np.log10(20.0 / 3.0))
+            tox_max = 0.6 + 0.3 * u[4]
+        rows.append(
+            {
+                "treatment": f"DEMO-{i + 1:03d}",
+                "SMILES": random_smiles(rng),
+                "kind": str(kind),
+                "ec50_um": ec50,
+                "emax": emax,
+                "hill": slope,
+                "tox_ic50_um": tox_ic50,
+                "tox_max": tox_max,
+            }
+        )
+    lib = pd.DataFrame(rows)
+    for col in ("ec50_um", "emax", "hill", "tox_ic50_um", "tox_max"):
+        lib[col] = _r6(lib[col])
+    effects = hill(concs[None, :], lib["emax"].to_numpy()[:, None], lib["ec50_um"].to_numpy()[:, None], lib["hill"].to_numpy()[:, None])
+    lib["max_efficacy"] = _r6(effects.max(axis=1))
+    return lib[LIBRARY_COLUMNS]
+
+
+# --------------------------------------------------------------------------- plate layout
+
+
+def well_names(rows: int, columns: int) -> list[str]:
+    """Well names in plate order: A01, A02, ..., P24 (row letters, 2-digit columns)."""
+    letters = [chr(ord("A") + r) if r < 26 else "A" + chr(ord("A") + r - 26) for r in range(rows)]
+    return [f"{letters[r]}{c + 1:02d}" for r in range(rows) for c in range(columns)]
+
+
+def well_effects(library: pd.DataFrame, treatment, conc, moi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Effective MOI and toxic kill fraction of treated wells (treatment names, uM)."""
+    lib = library.set_index("treatment")
+    rows = lib.loc[list(treatment)]
+    c = np.asarray(conc, dtype=float)
+    effect = hill(c, rows["emax"].to_numpy(), rows["ec50_um"].to_numpy(), rows["hill"].to_numpy())
+    tox = hill(c, rows["tox_max"].to_numpy(), rows["tox_ic50_um"].to_numpy(), TOX_HILL)
+    return moi * (1.0 - effect), tox
+
+
+def plate_layout(library: pd.DataFrame, demo: dict, experiment: str, plate: int) -> pd.DataFrame:
+    """One row per used well of a plate, in plate order: well, disease_condition,
+    treatment, treatment_conc, SMILES, and the hidden failed, moi_effective, toxic_kill.
+
+    Each plate holds every control and every (compound, concentration) x replicates at
+    random positions; ``failed_wells_per_plate`` wells get no cells."""
+    rng = rng_from(*plate_entropy(demo, experiment, plate, library), "layout")
+    wells = well_names(int(demo["plate_rows"]), int(demo["plate_columns"]))
+    entries = []
+    for condition, n in demo["controls_per_plate"].items():
+        if condition not in CONDITIONS:
+            raise ValueError(f"controls_per_plate: unknown disease_condition {condition!r}")
+        entries += [(condition, None, np.nan, None)] * int(n)
+    for _ in range(int(demo["replicates_per_plate"])):
+        for name, smiles in zip(library["treatment"], library["SMILES"]):
+            for c in demo["concentrations_um"]:
+                entries.append((INFECTED, name, float(c), smiles))
+    if len(entries) > len(wells):
+        raise ValueError(f"plate needs {len(entries)} wells but has {len(wells)}")
+    position = np.sort(rng.permutation(len(wells))[: len(entries)])
+    order = rng.permutation(len(entries))  # random assignment of entries to the used wells
+    layout = pd.DataFrame([entries[i] for i in order], columns=["disease_condition", "treatment", "treatment_conc", "SMILES"])
+    layout.insert(0, "well", [wells[p] for p in position])
+    layout["treatment_conc"] = layout["treatment_conc"].astype(float)
+    n_failed = min(int(demo.get("failed_wells_per_plate", 0)), len(layout))
+    failed = np.zeros(len(layout), dtype=bool)
+    failed[rng.choice(len(layout), n_failed, replace=False)] = True
+    layout["failed"] = failed
+    moi = float(demo["moi"])
+    layout["moi_effective"] = np.where(layout["disease_condition"] == INFECTED, moi, 0.0)
+    layout["toxic_kill"] = 0.0
+    treated = layout["treatment"].notna().to_numpy()
+    if treated.any():
+        m, t = well_effects(library, layout.loc[treated, "treatment"], layout.loc[treated, "treatment_conc"], moi)
+        layout.loc[treated, "moi_effective"] = m
+        layout.loc[treated, "toxic_kill"] = t
+    return layout
+
+
+def metadata_table(layout: pd.DataFrame, experiment: str, plate: int, sites: int = SITES) -> pd.DataFrame:
+    """RxRx19a metadata rows (METADATA_COLUMNS) for every site of the plate's wells;
+    the hidden truth columns are not part of it."""
+    rep = layout.loc[layout.index.repeat(sites)].reset_index(drop=True)
+    site = np.tile(np.arange(1, sites + 1), len(layout))
+    well_id = [f"{experiment}_{plate}_{w}" for w in rep["well"]]
+    meta = pd.DataFrame(
+        {
+            "site_id": [f"{wid}_{s}" for wid, s in zip(well_id, site)],
+            "well_id": well_id,
+            "cell_type": CELL_TYPE,
+            "experiment": experiment,
+            "plate": int(plate),
+            "well": rep["well"].to_numpy(),
+            "site": site,
+            "disease_condition": rep["disease_condition"].to_numpy(),
+            "treatment": rep["treatment"].to_numpy(),
+            "treatment_conc": rep["treatment_conc"].to_numpy(dtype=float),
+            "SMILES": rep["SMILES"].to_numpy(),
+        }
+    )
+    return meta[METADATA_COLUMNS]
+
+
+# --------------------------------------------------------------------------- optics
+
+
+def plate_effects(rng: np.random.Generator, site_size: int, plate_cfg: dict) -> dict:
+    """A plate's optics and staining: per-channel ``gain`` and ``offset`` (fractions of full
+    scale) and ``illumination`` (5, S, S), a smooth vignetting field per channel whose
+    centre drifts from plate to plate, reaching 1 - illumination in the corners."""
+    s = int(site_size)
+    gain = np.exp(rng.normal(0.0, plate_cfg["gain_sd"], 5))
+    offset = plate_cfg["background"] * np.exp(rng.normal(0.0, 0.25, 5))
+    yy, xx = (np.mgrid[0:s, 0:s].astype(np.float32) + 0.5) / s - 0.5
+    fields = []
+    for _ in range(5):
+        cy, cx = rng.normal(0.0, 0.08, 2)
+        strength = plate_cfg["illumination"] * rng.uniform(0.8, 1.2)
+        r2 = ((yy - cy) ** 2 + (xx - cx) ** 2) / 0.5
+        fields.append(np.clip(1.0 - strength * r2, 0.05, None))
+    return {"gain": gain.astype(np.float32), "offset": offset.astype(np.float32), "illumination": np.stack(fields).astype(np.float32)}
+
+
+def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Zero-mean, unit-sd random field with features of about ``scale`` px. White noise is
+    blurred on a grid coarsened by ~scale/2 and upsampled, so cost stays low at 1024 px."""
+    step = max(1, int(scale // 2))
+    coarse = tuple(int(np.ceil(n / step)) + 2 for n in shape)
+    g = ndi.gaussian_filter(rng.standard_normal(coarse, dtype=np.float32), sigma=max(scale / step, 0.5), mode="wrap")
+    if step > 1:
+        g = ndi.zoom(g, step, order=1)
+    g = g[: shape[0], : shape[1]]
+    return ((g - g.mean()) / (g.std() + 1e-12)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- cells
+
+
+def place_cells(rng: np.random.Generator, n: int, extent: float, min_dist: float, iters: int = 30) -> np.ndarray:
+    """n cell centres (y, x) in [0, extent)^2, uniform then pushed apart pairwise until no
+    two are closer than ``min_dist`` (approximately; a crowded field stays crowded)."""
+    yx = rng.random((n, 2)) * extent
+    if n < 2:
+        return yx
+    for _ in range(iters):
+        d = yx[:, None, :] - yx[None, :, :]
+        r = np.sqrt((d**2).sum(-1))
+        np.fill_diagonal(r, np.inf)
+        overlap = np.clip(min_dist * 1.02 - r, 0.0, None)
+        if not overlap.any():
+            break
+        # each of a too-close pair moves away by a little over half the overlap
+        push = (d / np.maximum(r, 1e-6)[..., None] * overlap[..., None]).sum(1) * 0.55
+        push += rng.normal(0.0, 1e-3 * min_dist, push.shape) * (overlap.sum(1) > 0)[:, None]
+        yx = np.clip(yx + push, 0.0, np.nextafter(extent, 0))
+    return yx
+
+
+def site_of(yx: np.ndarray, site_size: int) -> np.ndarray:
+    """Site index 0..3 of points in a 2x2 well field (s1 s2 / s3 s4)."""
+    return (yx[:, 0] >= site_size).astype(int) * 2 + (yx[:, 1] >= site_size).astype(int)
+
+
+def make_cells(rng: np.random.Generator, n: int, site_size: int, cells_cfg: dict) -> dict:
+    """Per-cell parameters for n cells in a 2x2 well field: positions (px), radii (px),
+    nucleus ellipse, nucleoli, Golgi and fibre directions, per-channel brightness.
+    Cells whose centres round to the same pixel are dropped (one seed per pixel)."""
+    s = int(site_size)
+    rn = cells_cfg["nucleus_radius"] * s
+    yx = place_cells(rng, n, 2 * s, cells_cfg["min_spacing"] * rn)
+    pix = np.rint(np.clip(yx, 0, 2 * s - 1)).astype(int)
+    _, first = np.unique(pix[:, 0] * (2 * s) + pix[:, 1], return_index=True)
+    yx = yx[np.sort(first)]
+    n = len(yx)
+    size = np.exp(rng.normal(0.0, 0.1, n))
+    aspect = 1.0 + rng.uniform(0.0, 0.35, n)
+    return {
+        "yx": yx,
+        "site": site_of(yx, s),
+        "r_cell": cells_cfg["cell_radius"] * s * np.exp(rng.normal(0.0, 0.12, n)),
+        "nuc_a": rn * size * np.sqrt(aspect),  # semi-axes with area of a circle of radius rn*size
+        "nuc_b": rn * size / np.sqrt(aspect),
+        "theta": rng.uniform(0.0, np.pi, n),
+        "bright": np.exp(rng.normal(0.0, 0.18, (n, 5))),
+        "nucleoli": rng.uniform(-0.45, 0.45, (n, 2, 2)),  # positions in unit-nucleus coords
+        "nucleoli_int": rng.uniform(0.4, 1.0, (n, 2)) * (rng.random((n, 2)) < 0.85),
+        "golgi_angle": rng.uniform(0.0, 2 * np.pi, n),
+        "fibre_angle": rng.uniform(0.0, np.pi, n),
+        "fibre_phase": rng.uniform(0.0, 2 * np.pi, n),
+        "lobes": rng.normal(0.0, 1.0, (n, 3, 2)),  # directions of nuclear fragments
+        "cpe": rng.uniform(0.6, 1.4, n),  # per-cell strength of cytopathic effects
+        "infected": np.zeros(n, dtype=bool),
+        "dead": np.zeros(n, dtype=bool),
+        "syncytial": np.zeros(n, dtype=bool),
+        "fragmented": np.zeros(n, dtype=bool),
+        "debris": np.zeros(n, dtype=bool),
+        "body": np.arange(n),
+    }
+
+
+def foci_centres(rng: np.random.Generator, site_size: int, foci_per_site: float) -> np.ndarray:
+    """Infection foci (y, x): per site 1 + Poisson(foci_per_site - 1), uniform in the site,
+    so every site of an infected well has a focus to grow from."""
+    s = int(site_size)
+    out = []
+    for k in range(SITES):
+        m = 1 + rng.poisson(max(foci_per_site - 1.0, 0.0))
+        oy, ox = (k // 2) * s, (k % 2) * s
+        out.append(rng.random((m, 2)) * s + [oy, ox])
+    return np.concatenate(out)
+
+
+def choose_infected(rng: np.random.Generator, yx: np.ndarray, site: np.ndarray, p_infected: float, foci: np.ndarray) -> np.ndarray:
+    """Per site, Binomial(n_site, p) cells infected: those nearest to any focus (with a
+    ragged, noisy distance) so infection forms local clusters."""
+    n = len(yx)
+    infected = np.zeros(n, dtype=bool)
+    if n == 0 or p_infected <= 0 or len(foci) == 0:
+        return infected
+    d = np.sqrt(((yx[:, None, :] - foci[None, :, :]) ** 2).sum(-1)).min(1)
+    d = d * np.exp(rng.normal(0.0, 0.3, n))
+    for s in range(SITES):
+        idx = np.flatnonzero(site == s)
+        k = rng.binomial(len(idx), min(p_infected, 1.0))
+        infected[idx[np.argsort(d[idx], kind="stable")[:k]]] = True
+    return infected
+
+
+def fuse_syncytia(rng: np.random.Generator, yx: np.ndarray, candidates: np.ndarray, rate: float, max_dist: float) -> np.ndarray:
+    """Body label per cell: each candidate fuses with probability ``rate`` with its nearest
+    candidate neighbour (if closer than max_dist); fused groups share one label."""
+    n = len(yx)
+    body = np.arange(n)
+    idx = np.flatnonzero(candidates)
+    if len(idx) < 2 or rate <= 0:
+        return body
+    p = yx[idx]
+    d = np.sqrt(((p[:, None, :] - p[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    nn = d.argmin(1)
+    ok = (rng.random(len(idx)) < rate) & (d[np.arange(len(idx)), nn] < max_dist)
+    graph = coo_matrix((np.ones(ok.sum()), (np.flatnonzero(ok), nn[ok])), shape=(len(idx), len(idx)))
+    _, comp = connected_components(graph, directed=False)
+    body[idx] = n + comp
+    return np.unique(body, return_inverse=True)[1]
+
+
+def apply_fate(rng: np.random.Generator, cells: dict, site_size: int, moi_effective: float, toxic_kill: float, infection_cfg: dict) -> dict:
+    """Infection (a 1 - exp(-MOI_eff) share, in foci), death of infected cells (more at
+    focus centres), toxic death of any cell, syncytia among surviving infected neighbours,
+    fragmented nuclei and debris. Returns a new cell dict."""
+    c = dict(cells)
+    n = len(c["yx"])
+    foci = foci_centres(rng, site_size, infection_cfg["foci_per_site"])
+    p_inf = 1.0 - np.exp(-max(moi_effective, 0.0))
+    infected = choose_infected(rng, c["yx"], c["site"], p_inf, foci)
+    # Death probability falls from 2x death_rate at a focus centre to 0 at its rim.
+    d = np.sqrt(((c["yx"][:, None, :] - foci[None, :, :]) ** 2).sum(-1)).min(1) if n else np.zeros(0)
+    q = np.zeros(n)
+    if infected.any():
+        q[infected] = (np.argsort(np.argsort(d[infected])) + 0.5) / infected.sum()
+    dies = infected & (rng.random(n) < np.clip(infection_cfg["death_rate"] * 2.0 * (1.0 - q), 0.0, 1.0))
+    toxic = rng.random(n) < toxic_kill
+    dead = dies | toxic
+    alive_inf = infected & ~dead
+    c["infected"] = infected
+    c["dead"] = dead
+    c["body"] = fuse_syncytia(rng, c["yx"], alive_inf, infection_cfg["syncytia_rate"], 2.4 * np.median(c["r_cell"]) if n else 0.0)
+    syncytial = np.bincount(c["body"], minlength=n)[c["body"]] > 1 if n else np.zeros(0, bool)
+    c["syncytial"] = syncytial & alive_inf
+    c["fragmented"] = alive_inf & (rng.random(n) < infection_cfg["fragmentation"])
+    c["debris"] = dead & (rng.random(n) < infection_cfg.get("debris", 0.5))
+    return c
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _edges(labels: np.ndarray) -> np.ndarray:
+    """Pixels of a label image (0 = background) that touch a different label."""
+    e = np.zeros(labels.shape, dtype=bool)
+    dv = labels[1:, :] != labels[:-1, :]
+    dh = labels[:, 1:] != labels[:, :-1]
+    e[1:, :] |= dv
+    e[:-1, :] |= dv
+    e[:, 1:] |= dh
+    e[:, :-1] |= dh
+    return e & (labels > 0)
+
+
+def render_well(rng: np.random.Generator, cells: dict, site_size: int, cpe_strength: float = 1.0, toxic_kill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free stain intensities (5, 2S, 2S) float32 of a well field, and the mask of
+    living infected cell bodies (2S, 2S) bool.
+
+    Territories are nearest-seed regions (distance transform with indices) bounded by each
+    cell's ragged radius; per-pixel quantities come from the owning cell's parameters,
+    gathered by the index image, so there is no per-pixel or per-cell Python loop."""
+    s = int(site_size)
+    f = 2 * s
+    raw = np.zeros((5, f, f), dtype=np.float32)
+    mask = np.zeros((f, f), dtype=bool)
+    rn = float(np.median(np.sqrt(cells["nuc_a"] * cells["nuc_b"]))) if len(cells["yx"]) else 1.0
+    soft = max(0.6, 0.12 * rn)  # edge softness of nuclei and cells, px
+    alive = np.flatnonzero(~cells["dead"])
+    if alive.size:
+        g = {k: np.asarray(v)[alive] for k, v in cells.items() if k not in ("yx", "site", "body")}
+        pix = np.rint(np.clip(cells["yx"][alive], 0, f - 1)).astype(int)
+        markers = np.zeros((f, f), dtype=np.int32)
+        markers[pix[:, 0], pix[:, 1]] = np.arange(1, alive.size + 1)
+        dist, (ny, nx) = ndi.distance_transform_edt(markers == 0, return_indices=True)
+        dist = dist.astype(np.float32)
+        own = markers[ny, nx] - 1
+        dy = (np.arange(f, dtype=np.float32)[:, None] - ny).astype(np.float32)
+        dx = (np.arange(f, dtype=np.float32)[None, :] - nx).astype(np.float32)
+        del ny, nx
+
+        inf = g["infected"]
+        syn = g["syncytial"]
+        cpe = (cpe_strength * g["cpe"] * inf).astype(np.float32)
+        tex = {name: smooth_noise(rng, (f, f), sc) for name, sc in (("shape", 0.6 * np.median(cells["r_cell"])), ("chrom", 0.2 * rn), ("ret", 0.3 * rn), ("punct", 0.2 * rn), ("fib", 1.0 * rn))}
+
+        # Cell body: ragged radius; infected cells round up and shrink, syncytia spread.
+        r_cell = g["r_cell"] * np.where(inf, np.where(syn, 1.2, 0.75), 1.0) * (1.0 - 0.15 * toxic_kill)
+        ragged = np.where(inf & ~syn, 0.05, 0.18)
+        R = r_cell[own] * (1.0 + ragged[own] * tex["shape"])
+        body_soft = np.clip((R - dist) / soft + 0.5, 0.0, 1.0)
+
+        # Nucleus: rotated ellipse in the owner's frame; condensed (smaller) when infected.
+        shrink = np.where(inf, 0.85, 1.0)
+        a = (g["nuc_a"] * shrink)[own]
+        b = (g["nuc_b"] * shrink)[own]
+        ct, st = np.cos(g["theta"])[own], np.sin(g["theta"])[own]
+        u = (dx * ct + dy * st) / a
+        v = (-dx * st + dy * ct) / b
+        rho = np.sqrt(u * u + v * v)
+        nuc = np.clip((1.0 - rho) * b / soft + 0.5, 0.0, 1.0)
+        # Fragmented nuclei: three overlapping lobes, still one blob after smoothing.
+        fr = np.flatnonzero((g["fragmented"][own] & (rho < 1.6)).ravel())
+        if fr.size:
+            o = own.ravel()[fr]
+            pu, pv = u.ravel()[fr], v.ravel()[fr]
+            lob = g["lobes"][o]  # (m, 3, 2)
+            lob = 0.42 * lob / np.maximum(np.linalg.norm(lob, axis=-1, keepdims=True), 1e-6)
+            rl = 0.6
+            dl = np.sqrt((pu[:, None] - lob[..., 0]) ** 2 + (pv[:, None] - lob[..., 1]) ** 2) / rl
+            val = np.clip((1.0 - dl) * rl * b.ravel()[fr][:, None] / soft + 0.5, 0.0, 1.0).max(1)
+            nuc.ravel()[fr] = val
+        nuc *= body_soft > 0  # a nucleus never leaves its cell (seeds are its centre)
+        cyto = body_soft * (1.0 - nuc)
+        dist_nuc = np.clip(dist - b, 0.0, None)
+        perinuc = np.exp(-dist_nuc / (0.45 * r_cell[own]))
+
+        # Membranes: edges of the body label image; fused syncytia share a label.
+        labels = np.where(body_soft > 0.5, cells["body"][alive][own] + 1, 0)
+        edge = _edges(labels).astype(np.float32)
+        sig_m = 0.08 * rn
+        if sig_m >= 0.5:
+            edge = np.clip(ndi.gaussian_filter(edge, sig_m) * (sig_m * 2.0), 0.0, 1.0)
+        edge *= body_soft
+
+        cp = cpe[own] * body_soft  # per-pixel CPE strength
+        punct = np.clip(tex["punct"] - 1.0, 0.0, None)  # sparse bright puncta (replication sites)
+        bright = g["bright"]
+        tox_dim = 1.0 - 0.5 * toxic_kill
+
+        # w1 Hoechst: chromatin-textured nuclei, brighter when condensed.
+        raw[0] = 0.45 * bright[:, 0][own] * (1.0 + 0.35 * inf[own]) * nuc * (1.0 + 0.3 * tex["chrom"] * (1 - 0.5 * inf[own])) * (1.0 - 0.15 * toxic_kill)
+        # w2 ConA: perinuclear ER reticulum; infected: brighter and spread, with puncta.
+        er = cyto * (perinuc * (1.0 + cp) + 0.6 * cp) * (0.6 + 0.4 * np.clip(tex["ret"], -1.5, 1.5)) + 0.08 * body_soft
+        raw[1] = 0.30 * bright[:, 1][own] * (er + 0.5 * cp * punct) * tox_dim
+        # w3 Phalloidin: cortex + stress fibres; infected cells round: fibres fade, cortex up.
+        fw = -dx * np.sin(g["fibre_angle"])[own] + dy * np.cos(g["fibre_angle"])[own]
+        fib = (0.5 + 0.5 * np.cos(2 * np.pi * fw / (0.9 * rn) + g["fibre_phase"][own] + 1.2 * tex["fib"])) ** 4
+        actin = 0.8 * edge * (1.0 + 0.8 * cp) + 0.45 * fib * cyto * (1.0 - 0.7 * np.clip(cp, 0, 1)) + 0.1 * body_soft * (1.0 + 1.5 * cp)
+        raw[2] = 0.32 * bright[:, 2][own] * actin * tox_dim
+        # w4 Syto14: nucleoli + faint nucleoplasm + cytoplasmic RNA; viral RNA when infected.
+        nl = g["nucleoli"][own]  # (f, f, 2, 2)
+        spots = (g["nucleoli_int"][own] * np.exp(-((u[..., None] - nl[..., 0]) ** 2 + (v[..., None] - nl[..., 1]) ** 2) / (2 * 0.2**2))).sum(-1)
+        rna = cyto * perinuc * (1.0 + 2.5 * cp) + 0.6 * cp * punct * cyto
+        raw[3] = 0.30 * bright[:, 3][own] * (nuc * (0.25 + 0.9 * spots) + 0.2 * rna) * tox_dim
+        # w5 WGA: Golgi spot beside the nucleus + membrane; infected: Golgi disperses, membrane up.
+        ga = g["golgi_angle"][own]
+        gd = 1.3 * np.sqrt(g["nuc_a"] * g["nuc_b"])[own]
+        gsig = 0.45 * rn * (1.0 + 0.8 * np.clip(cp, 0, 1))
+        golgi = np.exp(-((dy - gd * np.sin(ga)) ** 2 + (dx - gd * np.cos(ga)) ** 2) / (2 * gsig**2)) * (0.7 + 0.3 * np.clip(-tex["ret"], -1, 1))
+        wga = golgi * body_soft * (1.0 - 0.5 * np.clip(cp, 0, 1)) + 0.55 * edge * (1.0 + 0.7 * cp) + 0.07 * body_soft * (1.0 + 2.0 * cp)
+        raw[4] = 0.34 * bright[:, 4][own] * wga * tox_dim
+
+        mask = (body_soft > 0.5) & inf[own] & ~cells["dead"][alive][own]
+
+    # Debris of dead cells: tiny bright spots, much smaller than a nucleus.
+    deb = np.flatnonzero(cells["debris"])
+    if deb.size:
+        spot = np.zeros((f, f), dtype=np.float32)
+        p = np.rint(np.clip(cells["yx"][deb], 0, f - 1)).astype(int)
+        np.add.at(spot, (p[:, 0], p[:, 1]), 1.0)
+        sig = max(0.5, 0.18 * rn)
+        spot = ndi.gaussian_filter(spot, sig) * (2 * np.pi * sig**2)
+        raw[0] += 0.35 * spot
+        raw[3] += 0.15 * spot
+        raw[4] += 0.25 * spot
+    return raw, mask
+
+
+def split_sites(field: np.ndarray) -> np.ndarray:
+    """Cut a 2x2 well field (..., 2S, 2S) into sites (4, ..., S, S), order s1 s2 / s3 s4."""
+    *lead, h, w = field.shape
+    s = h // 2
+    x = field.reshape(*lead, 2, s, 2, s)
+    x = np.moveaxis(x, (-4, -2), (0, 1))  # (2, 2, ..., s, s)
+    return x.reshape(4, *lead, s, s)
+
+
+def form_images(rng: np.random.Generator, raw: np.ndarray, optics: dict, plate_cfg: dict, site_size: int) -> np.ndarray:
+    """Microscope: optical blur of the well field, then per site (field of view) the plate's
+    vignetting, gain and offset, shot and read noise, and 8-bit quantisation.
+    Returns uint8 (4, 5, S, S)."""
+    sig = plate_cfg["blur"] * site_size
+    if sig >= 0.3:
+        raw = ndi.gaussian_filter(raw, (0, sig, sig))
+    sites = split_sites(raw)  # (4, 5, S, S)
+    well_gain = np.exp(rng.normal(0.0, 0.04, 5)).astype(np.float32)  # well-to-well staining
+    img = optics["offset"][:, None, None] + (optics["gain"] * well_gain)[:, None, None] * optics["illumination"] * sites
+    noise = plate_cfg["noise"]
+    sd = noise * np.sqrt(1.0 + 12.0 * np.clip(img, 0.0, None))
+    img += sd * rng.standard_normal(img.shape, dtype=np.float32)
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- wells
+
+
+def synth_well(rng: np.random.Generator, well: dict, demo: dict, optics: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One well: images uint8 (4, 5, S, S), infected masks bool (4, S, S), and per-site
+    truth counts (arrays of length 4: n_cells, n_nuclei, n_infected, n_dead).
+    ``well`` needs failed, moi_effective, toxic_kill."""
+    s = int(demo["site_size"])
+    cells_cfg = _section(demo, "cells", CELL_DEFAULTS)
+    inf_cfg = _section(demo, "infection", INFECTION_DEFAULTS)
+    plate_cfg = _section(demo, "plate_effects", PLATE_DEFAULTS)
+    density = np.exp(rng.normal(0.0, cells_cfg["density_sd"]))
+    n = 0 if well["failed"] else int(rng.poisson(cells_cfg["per_site"] * SITES * density))
+    cells = make_cells(rng, n, s, cells_cfg)
+    cells = apply_fate(rng, cells, s, float(well["moi_effective"]), float(well["toxic_kill"]), inf_cfg)
+    raw, mask = render_well(rng, cells, s, inf_cfg["cpe_strength"], float(well["toxic_kill"]))
+    images = form_images(rng, raw, optics, plate_cfg, s)
+    site = cells["site"]
+    alive = ~cells["dead"]
+    counts = {
+        "n_cells": np.bincount(site, minlength=SITES),
+        "n_nuclei": np.bincount(site[alive], minlength=SITES),
+        "n_infected": np.bincount(site[alive & cells["infected"]], minlength=SITES),
+        "n_dead": np.bincount(site[cells["dead"]], minlength=SITES),
+    }
+    return images, split_sites(mask), counts
+
+
+def truth_rows(layout_row: dict, counts: dict, experiment: str, plate: int) -> list[dict]:
+    """Per-site truth rows (TRUTH_COLUMNS) of one well."""
+    rows = []
+    for k in range(SITES):
+        well_id = f"{experiment}_{plate}_{layout_row['well']}"
+        nn = int(counts["n_nuclei"][k])
+        ni = int(counts["n_infected"][k])
+        rows.append(
+            {
+                "site_id": f"{well_id}_{k + 1}",
+                "well_id": well_id,
+                "plate": int(plate),
+                "well": layout_row["well"],
+                "site": k + 1,
+                "disease_condition": layout_row["disease_condition"],
+                "treatment": layout_row["treatment"],
+                "treatment_conc": layout_row["treatment_conc"],
+                "failed": bool(layout_row["failed"]),
+                "n_cells": int(counts["n_cells"][k]),
+                "n_nuclei": nn,
+                "n_infected": ni,
+                "n_dead": int(counts["n_dead"][k]),
+                "infected_fraction": ni / nn if nn else 0.0,
+                "moi_effective": float(layout_row["moi_effective"]),
+                "toxic_kill": float(layout_row["toxic_kill"]),
+            }
+        )
+    return rows
+
+
+def iter_plate(demo: dict, experiment: str, plate: int, library: pd.DataFrame):
+    """Yield (layout_row, images, masks, truth rows) for every well of a plate, in plate
+    order. Each well has its own generator, so wells are independent of each other."""
+    entropy = plate_entropy(demo, experiment, plate, library)
+    layout = plate_layout(library, demo, experiment, plate)
+    plate_cfg = _section(demo, "plate_effects", PLATE_DEFAULTS)
+    optics = plate_effects(rng_from(*entropy, "optics"), int(demo["site_size"]), plate_cfg)
+    for row in layout.to_dict("records"):
+        images, masks, counts = synth_well(rng_from(*entropy, "well", row["well"]), row, demo, optics)
+        yield row, images, masks, truth_rows(row, counts, experiment, plate)

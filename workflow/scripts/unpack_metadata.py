@@ -1,0 +1,28 @@
+"""Snakemake glue: extract metadata.csv from the metadata archive (rule unpack_metadata)."""
+
+from __future__ import annotations
+
+import csv
+
+from deemd.download import extract_single_member, log_to_file
+
+
+def main(archive: str, member: str, output: str, log: str | None = None) -> None:
+    """Extract ``member`` (e.g. ``metadata.csv``, found at any depth) to ``output``, atomically."""
+    with log_to_file(log) as logger:
+        logger.info("extracting %s from %s -> %s", member, archive, output)
+        extract_single_member(archive, member, output)
+        with open(output, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            rows = sum(1 for _ in reader)
+        logger.info("%s: %d rows, columns: %s", output, rows, ", ".join(header))
+
+
+if "snakemake" in globals():
+    main(
+        archive=snakemake.input[0],
+        member=snakemake.params.member,
+        output=snakemake.output[0],
+        log=snakemake.log[0],
+    )
