@@ -9,6 +9,8 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+
 # Where the plates come from: synthesised, or downloaded (RxRx19a); local plates need neither.
 if SOURCE == "synthetic":
 
@@ -26,6 +28,6 @@ include: "workflow/rules/nuclei.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs,
-    default_target: True

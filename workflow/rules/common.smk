@@ -25,7 +25,10 @@ BENCH = f"benchmarks/results/{DATASET}"
 if SOURCE == "synthetic":
     for key, expected in (
         ("metadata", f"{RESOURCES}/metadata.csv"),
-        ("images", f"{RESOURCES}/images/{{experiment}}/Plate{{plate}}/{{well}}_s{{site}}_w{{channel}}.png"),
+        (
+            "images",
+            f"{RESOURCES}/images/{{experiment}}/Plate{{plate}}/{{well}}_s{{site}}_w{{channel}}.png",
+        ),
     ):
         if config["dataset"][key] != expected:
             raise ValueError(
@@ -44,9 +47,18 @@ wildcard_constraints:
 # the jobs that use it).
 STITCH_PARAMS = {
     key: config["dataset"][key]
-    for key in ("images", "site_size", "site_layout", "channels", "channel_names", "on_bad_image")
+    for key in (
+        "images",
+        "site_size",
+        "site_layout",
+        "channels",
+        "channel_names",
+        "on_bad_image",
+    )
 }
-NUCLEI_CHANNELS = {key: config["dataset"][key] for key in ("channels", "nuclear_channel")}
+NUCLEI_CHANNELS = {
+    key: config["dataset"][key] for key in ("channels", "nuclear_channel")
+}
 SITES_PARAMS = {
     key: config["dataset"].get(key)
     for key in ("columns", "values", "defaults", "cell_types", "experiments")

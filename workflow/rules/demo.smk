@@ -5,8 +5,6 @@
 rule demo_library:
     output:
         f"{RESOURCES}/truth/compounds.csv",
-    params:
-        demo=config.get("demo"),
     log:
         f"{LOGS}/demo/library.log",
     benchmark:
@@ -17,6 +15,8 @@ rule demo_library:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        demo=config.get("demo"),
     script:
         "../scripts/synth_library.py"
 
@@ -29,8 +29,6 @@ rule demo_plate:
         metadata=f"{RESOURCES}/parts/{{experiment}}_{{plate}}.csv",
         truth=f"{RESOURCES}/truth/sites/{{experiment}}_{{plate}}.parquet",
         masks=f"{RESOURCES}/truth/masks/{{experiment}}_{{plate}}.npz",
-    params:
-        demo=config.get("demo"),
     log:
         f"{LOGS}/demo/{{experiment}}_{{plate}}.log",
     benchmark:
@@ -41,6 +39,8 @@ rule demo_plate:
     resources:
         mem_mb=2000,
         runtime=60,
+    params:
+        demo=config.get("demo"),
     script:
         "../scripts/synth_plate.py"
 

@@ -9,8 +9,6 @@ checkpoint sites_table:
         schema=SCHEMAS / "metadata.schema.yaml",
     output:
         f"{RESULTS}/metadata/sites.parquet",
-    params:
-        dataset=SITES_PARAMS,
     log:
         f"{LOGS}/metadata/sites_table.log",
     benchmark:
@@ -21,5 +19,7 @@ checkpoint sites_table:
     resources:
         mem_mb=4000,
         runtime=20,
+    params:
+        dataset=SITES_PARAMS,
     script:
         "../scripts/sites_table.py"

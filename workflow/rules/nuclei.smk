@@ -7,10 +7,6 @@ rule nuclei:
         store=f"{RESULTS}/store/{{plate_id}}.zarr",
     output:
         f"{RESULTS}/nuclei/plates/{{plate_id}}.parquet",
-    params:
-        dataset=NUCLEI_CHANNELS,
-        nuclei=config["nuclei"],
-        plate_digest=plate_digest,
     log:
         f"{LOGS}/nuclei/{{plate_id}}.log",
     benchmark:
@@ -21,13 +17,19 @@ rule nuclei:
     resources:
         mem_mb=4000,
         runtime=120,
+    params:
+        dataset=NUCLEI_CHANNELS,
+        nuclei=config["nuclei"],
+        plate_digest=plate_digest,
     script:
         "../scripts/nuclei_plate.py"
 
 
 rule nuclei_summary:
     input:
-        lambda wildcards: expand(f"{RESULTS}/nuclei/plates/{{plate_id}}.parquet", plate_id=plate_ids()),
+        lambda wildcards: expand(
+            f"{RESULTS}/nuclei/plates/{{plate_id}}.parquet", plate_id=plate_ids()
+        ),
     output:
         wells=f"{RESULTS}/nuclei/wells.parquet",
         test=f"{RESULTS}/nuclei/mann_whitney.parquet",

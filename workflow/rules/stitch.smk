@@ -8,10 +8,6 @@ rule stitch:
     output:
         store=directory(f"{RESULTS}/store/{{plate_id}}.zarr"),
         qc=f"{RESULTS}/store/{{plate_id}}.qc.parquet",
-    params:
-        dataset=STITCH_PARAMS,
-        store=config["store"],
-        plate_digest=plate_digest,
     log:
         f"{LOGS}/stitch/{{plate_id}}.log",
     benchmark:
@@ -22,5 +18,9 @@ rule stitch:
     resources:
         mem_mb=4000,
         runtime=120,
+    params:
+        dataset=STITCH_PARAMS,
+        store=config["store"],
+        plate_digest=plate_digest,
     script:
         "../scripts/stitch_plate.py"

@@ -7,7 +7,6 @@ skipped, so an interrupted unpack resumes. The flag file (the rule's output) is 
 last, atomically, and lists the counts.
 """
 
-from __future__ import annotations
 
 from pathlib import Path
 

@@ -1,6 +1,5 @@
 """Snakemake glue: extract metadata.csv from the metadata archive (rule unpack_metadata)."""
 
-from __future__ import annotations
 
 import csv
 

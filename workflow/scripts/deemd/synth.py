@@ -26,6 +26,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 METADATA_COLUMNS = [
     "site_id",
@@ -373,16 +374,42 @@ def plate_effects(rng: np.random.Generator, site_size: int, plate_cfg: dict) -> 
     return {"gain": gain.astype(np.float32), "offset": offset.astype(np.float32), "illumination": np.stack(fields).astype(np.float32)}
 
 
-def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
-    """Zero-mean, unit-sd random field with features of about ``scale`` px. White noise is
-    blurred on a grid coarsened by ~scale/2 and upsampled, so cost stays low at 1024 px."""
-    step = max(1, int(scale // 2))
-    coarse = tuple(int(np.ceil(n / step)) + 2 for n in shape)
-    g = ndi.gaussian_filter(rng.standard_normal(coarse, dtype=np.float32), sigma=max(scale / step, 0.5), mode="wrap")
+def smooth_noise(rng: np.random.Generator, n: int, scale: float) -> np.ndarray:
+    """Periodic zero-mean, unit-sd random field (n, n) with features of about ``scale`` px.
+    White noise is blurred on a grid coarsened by a power of two ~scale/2 and upsampled,
+    so the cost stays low at 1024 px; periodic so that rolled copies have no seam."""
+    step = 1
+    while step * 2 <= max(scale / 2.0, 1.0) and n % (step * 2) == 0:
+        step *= 2
+    g = ndi.gaussian_filter(rng.standard_normal((n // step, n // step), dtype=np.float32), sigma=max(scale / step, 0.5), mode="wrap")
     if step > 1:
-        g = ndi.zoom(g, step, order=1)
-    g = g[: shape[0], : shape[1]]
+        g = ndi.zoom(g, step, order=1, mode="grid-wrap", grid_mode=True)
     return ((g - g.mean()) / (g.std() + 1e-12)).astype(np.float32)
+
+
+TEXTURES = ("shape", "chrom", "ret", "punct", "fib")
+
+
+def texture_bank(rng: np.random.Generator, site_size: int, cells_cfg: dict) -> np.ndarray:
+    """Textures (5, 2S, 2S) of a plate, in TEXTURES order: cell outline raggedness,
+    chromatin, ER reticulum, puncta, fibre waviness. Wells use randomly rolled and flipped
+    copies (see ``well_textures``): generating fresh noise per well would cost more than
+    rendering the cells."""
+    s = int(site_size)
+    rn, rc = cells_cfg["nucleus_radius"] * s, cells_cfg["cell_radius"] * s
+    scales = {"shape": 0.6 * rc, "chrom": 0.2 * rn, "ret": 0.3 * rn, "punct": 0.2 * rn, "fib": 1.0 * rn}
+    return np.stack([smooth_noise(rng, 2 * s, scales[k]) for k in TEXTURES])
+
+
+def well_textures(rng: np.random.Generator, bank: np.ndarray) -> dict:
+    """A well's textures: the plate bank rolled by a random offset and randomly flipped."""
+    f = bank.shape[-1]
+    t = np.roll(bank, tuple(rng.integers(0, f, 2)), axis=(1, 2))
+    if rng.random() < 0.5:
+        t = t[:, ::-1]
+    if rng.random() < 0.5:
+        t = t[:, :, ::-1]
+    return dict(zip(TEXTURES, t))
 
 
 # --------------------------------------------------------------------------- cells
@@ -395,15 +422,18 @@ def place_cells(rng: np.random.Generator, n: int, extent: float, min_dist: float
     if n < 2:
         return yx
     for _ in range(iters):
-        d = yx[:, None, :] - yx[None, :, :]
-        r = np.sqrt((d**2).sum(-1))
-        np.fill_diagonal(r, np.inf)
-        overlap = np.clip(min_dist * 1.02 - r, 0.0, None)
-        if not overlap.any():
+        pairs = cKDTree(yx).query_pairs(min_dist, output_type="ndarray")
+        if len(pairs) == 0:
             break
+        i, j = pairs[:, 0], pairs[:, 1]
+        d = yx[i] - yx[j]
+        r = np.maximum(np.sqrt((d**2).sum(1)), 1e-6)
         # each of a too-close pair moves away by a little over half the overlap
-        push = (d / np.maximum(r, 1e-6)[..., None] * overlap[..., None]).sum(1) * 0.55
-        push += rng.normal(0.0, 1e-3 * min_dist, push.shape) * (overlap.sum(1) > 0)[:, None]
+        step = d / r[:, None] * ((min_dist * 1.02 - r) * 0.55)[:, None]
+        step += rng.normal(0.0, 1e-3 * min_dist, step.shape)  # breaks exact ties
+        push = np.zeros_like(yx)
+        np.add.at(push, i, step)
+        np.add.at(push, j, -step)
         yx = np.clip(yx + push, 0.0, np.nextafter(extent, 0))
     return yx
 
@@ -540,13 +570,21 @@ def _edges(labels: np.ndarray) -> np.ndarray:
     return e & (labels > 0)
 
 
-def render_well(rng: np.random.Generator, cells: dict, site_size: int, cpe_strength: float = 1.0, toxic_kill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def render_well(
+    rng: np.random.Generator,
+    cells: dict,
+    site_size: int,
+    cpe_strength: float = 1.0,
+    toxic_kill: float = 0.0,
+    bank: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free stain intensities (5, 2S, 2S) float32 of a well field, and the mask of
     living infected cell bodies (2S, 2S) bool.
 
     Territories are nearest-seed regions (distance transform with indices) bounded by each
     cell's ragged radius; per-pixel quantities come from the owning cell's parameters,
-    gathered by the index image, so there is no per-pixel or per-cell Python loop."""
+    gathered by the index image, so there is no per-pixel or per-cell Python loop.
+    ``bank``: the plate's texture bank (made from ``rng`` when not given)."""
     s = int(site_size)
     f = 2 * s
     raw = np.zeros((5, f, f), dtype=np.float32)
@@ -555,7 +593,9 @@ def render_well(rng: np.random.Generator, cells: dict, site_size: int, cpe_stren
     soft = max(0.6, 0.12 * rn)  # edge softness of nuclei and cells, px
     alive = np.flatnonzero(~cells["dead"])
     if alive.size:
+        # per-cell parameters of the living cells, float32 so per-pixel maths stays float32
         g = {k: np.asarray(v)[alive] for k, v in cells.items() if k not in ("yx", "site", "body")}
+        g = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in g.items()}
         pix = np.rint(np.clip(cells["yx"][alive], 0, f - 1)).astype(int)
         markers = np.zeros((f, f), dtype=np.int32)
         markers[pix[:, 0], pix[:, 1]] = np.arange(1, alive.size + 1)
@@ -569,7 +609,9 @@ def render_well(rng: np.random.Generator, cells: dict, site_size: int, cpe_stren
         inf = g["infected"]
         syn = g["syncytial"]
         cpe = (cpe_strength * g["cpe"] * inf).astype(np.float32)
-        tex = {name: smooth_noise(rng, (f, f), sc) for name, sc in (("shape", 0.6 * np.median(cells["r_cell"])), ("chrom", 0.2 * rn), ("ret", 0.3 * rn), ("punct", 0.2 * rn), ("fib", 1.0 * rn))}
+        if bank is None:
+            bank = texture_bank(rng, s, {"nucleus_radius": rn / s, "cell_radius": float(np.median(cells["r_cell"])) / s})
+        tex = well_textures(rng, bank)
 
         # Cell body: ragged radius; infected cells round up and shrink, syncytia spread.
         r_cell = g["r_cell"] * np.where(inf, np.where(syn, 1.2, 0.75), 1.0) * (1.0 - 0.15 * toxic_kill)
@@ -626,8 +668,12 @@ def render_well(rng: np.random.Generator, cells: dict, site_size: int, cpe_stren
         actin = 0.8 * edge * (1.0 + 0.8 * cp) + 0.45 * fib * cyto * (1.0 - 0.7 * np.clip(cp, 0, 1)) + 0.1 * body_soft * (1.0 + 1.5 * cp)
         raw[2] = 0.32 * bright[:, 2][own] * actin * tox_dim
         # w4 Syto14: nucleoli + faint nucleoplasm + cytoplasmic RNA; viral RNA when infected.
-        nl = g["nucleoli"][own]  # (f, f, 2, 2)
-        spots = (g["nucleoli_int"][own] * np.exp(-((u[..., None] - nl[..., 0]) ** 2 + (v[..., None] - nl[..., 1]) ** 2) / (2 * 0.2**2))).sum(-1)
+        spots = np.zeros((f, f), dtype=np.float32)
+        inn = np.flatnonzero(nuc.ravel() > 0)  # nucleoli only matter inside nuclei
+        o = own.ravel()[inn]
+        nl = g["nucleoli"][o]  # (m, 2, 2) unit-nucleus coordinates
+        d2 = (u.ravel()[inn, None] - nl[..., 0]) ** 2 + (v.ravel()[inn, None] - nl[..., 1]) ** 2
+        spots.ravel()[inn] = (g["nucleoli_int"][o] * np.exp(d2 * np.float32(-1.0 / (2 * 0.2**2)))).sum(-1)
         rna = cyto * perinuc * (1.0 + 2.5 * cp) + 0.6 * cp * punct * cyto
         raw[3] = 0.30 * bright[:, 3][own] * (nuc * (0.25 + 0.9 * spots) + 0.2 * rna) * tox_dim
         # w5 WGA: Golgi spot beside the nucleus + membrane; infected: Golgi disperses, membrane up.
@@ -682,10 +728,11 @@ def form_images(rng: np.random.Generator, raw: np.ndarray, optics: dict, plate_c
 # --------------------------------------------------------------------------- wells
 
 
-def synth_well(rng: np.random.Generator, well: dict, demo: dict, optics: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+def synth_well(rng: np.random.Generator, well: dict, demo: dict, optics: dict, bank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """One well: images uint8 (4, 5, S, S), infected masks bool (4, S, S), and per-site
     truth counts (arrays of length 4: n_cells, n_nuclei, n_infected, n_dead).
-    ``well`` needs failed, moi_effective, toxic_kill."""
+    ``well`` needs failed, moi_effective, toxic_kill; ``optics`` from ``plate_effects``,
+    ``bank`` from ``texture_bank``."""
     s = int(demo["site_size"])
     cells_cfg = _section(demo, "cells", CELL_DEFAULTS)
     inf_cfg = _section(demo, "infection", INFECTION_DEFAULTS)
@@ -694,7 +741,9 @@ def synth_well(rng: np.random.Generator, well: dict, demo: dict, optics: dict) -
     n = 0 if well["failed"] else int(rng.poisson(cells_cfg["per_site"] * SITES * density))
     cells = make_cells(rng, n, s, cells_cfg)
     cells = apply_fate(rng, cells, s, float(well["moi_effective"]), float(well["toxic_kill"]), inf_cfg)
-    raw, mask = render_well(rng, cells, s, inf_cfg["cpe_strength"], float(well["toxic_kill"]))
+    if bank is None:
+        bank = texture_bank(rng, s, cells_cfg)
+    raw, mask = render_well(rng, cells, s, inf_cfg["cpe_strength"], float(well["toxic_kill"]), bank)
     images = form_images(rng, raw, optics, plate_cfg, s)
     site = cells["site"]
     alive = ~cells["dead"]
@@ -744,6 +793,7 @@ def iter_plate(demo: dict, experiment: str, plate: int, library: pd.DataFrame):
     layout = plate_layout(library, demo, experiment, plate)
     plate_cfg = _section(demo, "plate_effects", PLATE_DEFAULTS)
     optics = plate_effects(rng_from(*entropy, "optics"), int(demo["site_size"]), plate_cfg)
+    bank = texture_bank(rng_from(*entropy, "textures"), int(demo["site_size"]), _section(demo, "cells", CELL_DEFAULTS))
     for row in layout.to_dict("records"):
-        images, masks, counts = synth_well(rng_from(*entropy, "well", row["well"]), row, demo, optics)
+        images, masks, counts = synth_well(rng_from(*entropy, "well", row["well"]), row, demo, optics, bank)
         yield row, images, masks, truth_rows(row, counts, experiment, plate)

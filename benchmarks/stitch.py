@@ -1,0 +1,96 @@
+"""Stitch step throughput against the bare PNG decode of the same files, and read
+throughput of the per-plate store against decoding the PNGs.
+
+Usage: python benchmarks/stitch.py [--configfile CONFIG] [--threads N] [--plates K]
+Runs `snakemake --until sites_table` for the config first (on the demo that synthesises
+the plates), then times, on the same N threads:
+  decode  every channel PNG of every site decoded (PIL), nothing else;
+  stitch  the stitch step itself (decode + 2x2 tiling + Blosc compression + zarr write);
+  read    every well read back from the per-plate store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+from deemd.metadata import well_table  # noqa: E402
+from deemd.stitch import image_path, read_png, stitch_plate  # noqa: E402
+from deemd.store import create_plate_store  # noqa: E402
+
+
+def best_of(repeats, function):
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configfile", default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--plates", type=int, default=1, help="plates to time")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    command = ["snakemake", "--cores", str(args.threads), "--until", "sites_table", "--quiet"]
+    if args.configfile:
+        config.update(yaml.safe_load(Path(args.configfile).read_text()))
+        command += ["--configfile", args.configfile]
+    subprocess.run(command, cwd=REPO, check=True)
+    dataset, store_cfg = config["dataset"], config["store"]
+    sites = pd.read_parquet(REPO / "results" / dataset["name"] / "metadata" / "sites.parquet")
+    plates = sorted(sites["plate_id"].unique())[: args.plates]
+    sites = sites[sites["plate_id"].isin(plates)]
+    pattern = dataset["images"] if Path(dataset["images"]).is_absolute() else str(REPO / dataset["images"])
+    paths = [
+        image_path(pattern, r.experiment, r.plate, r.well, r.site, channel)
+        for r in sites.itertuples()
+        for channel in dataset["channels"]
+    ]
+    size = dataset["site_size"]
+    n_sites = len(sites)
+    tmp = Path(tempfile.mkdtemp(prefix="deemd-bench-"))
+    with ThreadPoolExecutor(args.threads) as pool:
+        list(pool.map(lambda p: read_png(p, size), paths))  # warm the page cache
+        decode = best_of(args.repeats, lambda: list(pool.map(lambda p: read_png(p, size), paths)))
+
+        stores = {}
+
+        def stitch_all():
+            for plate in plates:
+                plate_sites = sites[sites["plate_id"] == plate]
+                wells = well_table(plate_sites)["well"].tolist()
+                store = create_plate_store(tmp / f"{plate}.zarr", wells, dataset["channel_names"], size,
+                                           dataset["site_layout"], store_cfg["codec"], store_cfg["clevel"])
+                stitch_plate(plate_sites, store, pattern, dataset["channels"], "error", store_cfg["batch_wells"], pool)
+                stores[plate] = store
+
+        stitch = best_of(args.repeats, stitch_all)
+        read = best_of(args.repeats, lambda: [s.read_wells() for s in stores.values()])
+    png_bytes = sum(Path(p).stat().st_size for p in paths)
+    store_bytes = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+    shutil.rmtree(tmp)
+    print(f"{len(plates)} plate(s), {n_sites} sites of {size} px, {len(paths)} PNGs, {args.threads} threads")
+    print(f"bare PNG decode      {n_sites / decode:10.1f} sites/s")
+    print(f"stitch step          {n_sites / stitch:10.1f} sites/s   ratio to bare decode {decode / stitch:.2f} (target >= 0.7)")
+    print(f"read per-plate store {n_sites / read:10.1f} sites/s   {decode / read:.1f}x faster than decoding the PNGs (target >= 5)")
+    print(f"size: PNGs {png_bytes / 1e6:.1f} MB, store {store_bytes / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

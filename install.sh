@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install everything deemd needs on a Debian/Ubuntu machine: R and rstatix from apt (as
+# root), the pinned Python packages from requirements.txt with pip. Idempotent.
+# Not root (an HPC login node)? Skip this: install snakemake alone and let it build the
+# per-rule conda envs (`snakemake --sdm conda`, see README "Running on a cluster").
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    if ! command -v Rscript >/dev/null || ! Rscript -e 'library(rstatix)' >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            r-base-core r-cran-rstatix >/dev/null
+    fi
+else
+    echo "install.sh: not root or no apt-get: R (rstatix) is not installed here;" \
+         "use the conda envs (snakemake --sdm conda) for the R rule." >&2
+fi
+
+python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt

@@ -1,0 +1,73 @@
+"""Helpers for tests that run the workflow with Snakemake on tiny configs."""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A tiny demo screen: two 4x6 plates of 64 px sites, 3 compounds at 2 doses.
+TINY = {
+    "dataset": {"name": "tiny", "site_size": 64, "metadata": "resources/tiny/metadata.csv",
+                "images": "resources/tiny/images/{experiment}/Plate{plate}/{well}_s{site}_w{channel}.png"},
+    "demo": {
+        "plates": 2,
+        "plate_rows": 4,
+        "plate_columns": 6,
+        "site_size": 64,
+        "compounds": 3,
+        "concentrations_um": [0.3, 3.0],
+        "controls_per_plate": {"Mock": 3, "UV Inactivated SARS-CoV-2": 3, "Active SARS-CoV-2": 6},
+        "failed_wells_per_plate": 1,
+    },
+    "store": {"batch_wells": 4},
+}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def write_config(directory: Path, *overrides: dict, name: str = "config.yaml") -> Path:
+    """The default config with overrides merged in, written to directory/name."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for override in overrides:
+        config = deep_merge(config, override)
+    path = Path(directory) / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def snakemake(directory: Path, *args: str, config: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the workflow in ``directory`` (its own results/ and resources/)."""
+    command = ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(directory), "--cores", "2",
+               "--configfile", str(config or Path(directory) / "config.yaml"), *args]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+    return result
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Rule -> job count from the last 'Job stats' table Snakemake printed."""
+    if "Job stats:" not in output:
+        return {}
+    table = output.split("Job stats:")[-1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts
