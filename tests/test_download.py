@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.server
-import os
 import re
 import socket
 import subprocess
@@ -170,14 +169,23 @@ def test_resumes_after_dropped_connections(server, tmp_path):
     lines = []
     dest = tmp_path / "archive.zip"
 
-    out = dl.download(url, dest, md5=md5(data), sha256=sha256(data), progress=lines.append,
-                      progress_interval=0.0, **FAST)
+    out = dl.download(
+        url,
+        dest,
+        md5=md5(data),
+        sha256=sha256(data),
+        progress=lines.append,
+        progress_interval=0.0,
+        **FAST,
+    )
 
     assert out == dest and dest.read_bytes() == data
     assert not (tmp_path / "archive.zip.part").exists()
     # 1st request: full body, cut at half; then two Range requests continue from there.
     assert [r for _, r in server.state.requests] == [
-        None, f"bytes={len(data) // 2}-", f"bytes={len(data) // 2 + (len(data) - len(data) // 2) // 2}-"
+        None,
+        f"bytes={len(data) // 2}-",
+        f"bytes={len(data) // 2 + (len(data) - len(data) // 2) // 2}-",
     ]
     assert server.state.bytes_sent == len(data)  # nothing was transferred twice
     assert lines and lines[-1].done == len(data) and lines[-1].total == len(data)
@@ -291,8 +299,14 @@ def test_backoff_grows_without_progress(tmp_path):
         port = s.getsockname()[1]
     sleeps = []
     with pytest.raises(dl.DownloadError, match="giving up after 4 retries"):
-        dl.download(f"http://127.0.0.1:{port}/x", tmp_path / "x", retries=4,
-                    sleep=sleeps.append, backoff=1.0, max_backoff=5.0)
+        dl.download(
+            f"http://127.0.0.1:{port}/x",
+            tmp_path / "x",
+            retries=4,
+            sleep=sleeps.append,
+            backoff=1.0,
+            max_backoff=5.0,
+        )
     assert sleeps == [1.0, 2.0, 4.0, 5.0]
     assert not list(tmp_path.iterdir())
 
@@ -363,7 +377,9 @@ def test_parse_content_range_and_progress_text():
     assert dl.parse_content_range("bytes */1000") == (None, None, 1000)
     assert dl.parse_content_range("items 1-2/3") is None
     text = str(dl.Progress("RxRx19a-images.zip", 222_500_000_000, 445_000_000_000, 50e6, 100))
-    assert text.startswith("RxRx19a-images.zip: 222.50 GB / 445.00 GB (50.0 %), 50.00 MB/s, ETA 1:14:10")
+    assert text.startswith(
+        "RxRx19a-images.zip: 222.50 GB / 445.00 GB (50.0 %), 50.00 MB/s, ETA 1:14:10"
+    )
     with pytest.raises(ValueError):
         dl.normalise_checksums(md5="abc")
 
@@ -373,8 +389,14 @@ def test_download_script_logs_progress(server, tmp_path):
     url = server.add("archive.zip", data)
     server.state.drops = 1
     log = tmp_path / "logs" / "download.log"
-    download_archive.main(url, str(tmp_path / "a.zip"), log=str(log), md5=md5(data),
-                          chunk_mib=1 / 64, progress_interval_s=0.0)
+    download_archive.main(
+        url,
+        str(tmp_path / "a.zip"),
+        log=str(log),
+        md5=md5(data),
+        chunk_mib=1 / 64,
+        progress_interval_s=0.0,
+    )
     text = log.read_text()
     assert (tmp_path / "a.zip").read_bytes() == data
     assert "MB/s" in text and "100.0 %" in text and "resuming at" in text and "retry 1/20" in text
@@ -440,23 +462,28 @@ def test_unpack_resumes_and_skips_present_files(tmp_path, monkeypatch):
     want = selected(members, "HRCE-1")
     names = sorted(want)
 
-    # Interrupt the first run at the 6th member, mid-copy.
+    # Kill the first run at the 6th member, mid-copy, without any cleanup (as SIGKILL would).
     real_copy = dl.shutil.copyfileobj
     calls = []
 
     def flaky_copy(src, dst, length=0):
-        calls.append(1)
+        calls.append(dst.name)
         if len(calls) == 6:
             dst.write(b"half")
             raise KeyboardInterrupt
         return real_copy(src, dst, length)
 
     monkeypatch.setattr(dl.shutil, "copyfileobj", flaky_copy)
+    monkeypatch.setattr(dl.Path, "unlink", lambda self, missing_ok=False: None)
     with pytest.raises(KeyboardInterrupt):
         dl.unpack_experiment(tmp_path / "images.zip", root, "HRCE-1")
-    monkeypatch.setattr(dl.shutil, "copyfileobj", real_copy)
+    monkeypatch.undo()
     done = tree(root)
+    stale = Path(calls[-1])
+    assert stale.name.startswith(".") and stale.name.endswith(".part") and stale.exists()
+    del done[stale.relative_to(root).as_posix()]
     assert len(done) == 5 and all(want[n] == c for n, c in done.items())  # no partial file
+    assert stale.with_name(stale.name[1 : -len(".part")]).exists() is False
 
     # A truncated file (wrong size) is redone; files present with the right size are not.
     (root / names[-1]).parent.mkdir(parents=True, exist_ok=True)
@@ -465,6 +492,7 @@ def test_unpack_resumes_and_skips_present_files(tmp_path, monkeypatch):
     assert (result.files, result.extracted, result.skipped) == (16, 11, 5)
     assert tree(root) == want
 
+    assert not stale.exists()  # the stray temporary was overwritten and renamed
     again = dl.unpack_experiment(tmp_path / "images.zip", root, "HRCE-1")
     assert (again.extracted, again.skipped) == (0, 16)
 
@@ -472,8 +500,9 @@ def test_unpack_resumes_and_skips_present_files(tmp_path, monkeypatch):
 def test_unpack_images_script_writes_flag_last(tmp_path, monkeypatch):
     members = make_images_zip(tmp_path / "images.zip")
     root, flag = tmp_path / "res", tmp_path / "res" / "unpacked" / "HRCE-2.done"
-    unpack_images.main(str(tmp_path / "images.zip"), str(root), str(flag), "HRCE-2",
-                       log=str(tmp_path / "u.log"))
+    unpack_images.main(
+        str(tmp_path / "images.zip"), str(root), str(flag), "HRCE-2", log=str(tmp_path / "u.log")
+    )
     assert "files: 8\n" in flag.read_text() and "experiment: HRCE-2\n" in flag.read_text()
     assert tree(root / "images") == {
         k.removeprefix("images/"): v for k, v in selected(members, "HRCE-2").items()
@@ -483,8 +512,11 @@ def test_unpack_images_script_writes_flag_last(tmp_path, monkeypatch):
 
     # A failing unpack writes no flag.
     flag2 = root / "unpacked" / "VERO-1.done"
-    monkeypatch.setattr(unpack_images, "unpack_experiment",
-                        lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(
+        unpack_images,
+        "unpack_experiment",
+        lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")),
+    )
     with pytest.raises(OSError):
         unpack_images.main(str(tmp_path / "images.zip"), str(root), str(flag2), "VERO-1")
     assert not flag2.exists()
@@ -497,7 +529,9 @@ def test_unpack_whole_archive_strips_top_folder(tmp_path):
     flag = tmp_path / "emb" / "embeddings.done"
     unpack_images.main(str(tmp_path / "emb.zip"), str(tmp_path / "emb"), str(flag), None)
     assert tree(tmp_path / "emb") == {
-        "embeddings.csv": b"a,b\n1,2\n", "sub/readme.txt": b"hi", "embeddings.done": flag.read_bytes()
+        "embeddings.csv": b"a,b\n1,2\n",
+        "sub/readme.txt": b"hi",
+        "embeddings.done": flag.read_bytes(),
     }
     assert "files: 2\n" in flag.read_text()
 
@@ -505,8 +539,9 @@ def test_unpack_whole_archive_strips_top_folder(tmp_path):
 def test_unpack_metadata(tmp_path):
     make_images_zip(tmp_path / "meta.zip")
     out = tmp_path / "res" / "metadata.csv"
-    unpack_metadata.main(str(tmp_path / "meta.zip"), "metadata.csv", str(out),
-                         log=str(tmp_path / "m.log"))
+    unpack_metadata.main(
+        str(tmp_path / "meta.zip"), "metadata.csv", str(out), log=str(tmp_path / "m.log")
+    )
     assert out.read_bytes() == b"site_id,experiment\nHRCE-1_1_A01_1,HRCE-1\n"
     assert "1 rows" in (tmp_path / "m.log").read_text()
     with pytest.raises(dl.UnpackError, match="no member 'other.csv'"):
@@ -561,12 +596,27 @@ def test_rules_download_and_unpack_end_to_end(server, tmp_path):
     (work / "Snakefile").write_text(
         TEST_SNAKEFILE.format(rules=REPO / "workflow" / "rules" / "download.smk")
     )
-    (work / "config.yaml").write_text(TEST_CONFIG.format(
-        base_url=server.base_url, meta_size=len(meta), meta_md5=md5(meta),
-        images_sha256=sha256(images),
-    ))
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "1", "-s", str(work / "Snakefile"),
-           "--configfile", str(work / "config.yaml"), "--directory", str(work)]
+    (work / "config.yaml").write_text(
+        TEST_CONFIG.format(
+            base_url=server.base_url,
+            meta_size=len(meta),
+            meta_md5=md5(meta),
+            images_sha256=sha256(images),
+        )
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        "1",
+        "-s",
+        str(work / "Snakefile"),
+        "--configfile",
+        str(work / "config.yaml"),
+        "--directory",
+        str(work),
+    ]
 
     run = subprocess.run(cmd + ["unpack_metadata"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
@@ -582,14 +632,19 @@ def test_rules_download_and_unpack_end_to_end(server, tmp_path):
     assert run.returncode == 0, run.stderr
     assert (res / "downloads" / "RxRx19a-images.zip").read_bytes() == images
     for exp in ("HRCE-1", "VERO-1"):
-        assert f"files: {len(selected(members, exp))}\n" in (res / "unpacked" / f"{exp}.done").read_text()
+        assert (
+            f"files: {len(selected(members, exp))}\n"
+            in (res / "unpacked" / f"{exp}.done").read_text()
+        )
     assert tree(res / "images") == {
         k.removeprefix("images/"): v
-        for exp in ("HRCE-1", "VERO-1") for k, v in selected(members, exp).items()
+        for exp in ("HRCE-1", "VERO-1")
+        for k, v in selected(members, exp).items()
     }
     assert (res / "embeddings" / "embeddings.csv").read_text() == "site_id,f0\nx,0.5\n"
     assert not list(res.rglob("*.part"))
 
-    dry = subprocess.run(cmd + ["download_all", "--dry-run"], capture_output=True, text=True,
-                         timeout=120)
+    dry = subprocess.run(
+        cmd + ["download_all", "--dry-run"], capture_output=True, text=True, timeout=120
+    )
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr

@@ -91,7 +91,7 @@ def test_corrupt_png_is_an_error_naming_the_file_or_dropped_and_listed(tiny_run,
     shutil.copytree(source, directory, symlinks=True)
     bad = sorted((directory / "resources/tiny/images/HRCE-1/Plate1").glob("*_s2_w1.png"))[0]
     bad.write_bytes(bad.read_bytes()[:100])
-    shutil.rmtree(directory / "results/tiny/store")
+    shutil.rmtree(directory / "results/tiny")
     result = snakemake(directory, check=False)
     assert result.returncode != 0
     assert f"{bad.name}: corrupt or truncated PNG" in (directory / "logs/tiny/stitch/HRCE-1_1.log").read_text() + result.stderr

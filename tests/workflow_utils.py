@@ -11,15 +11,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A tiny demo screen: two 4x6 plates of 64 px sites, 3 compounds at 2 doses.
+# A tiny demo screen: two 4x6 plates of 128 px sites, 3 compounds at 2 doses.
 TINY = {
-    "dataset": {"name": "tiny", "site_size": 64, "metadata": "resources/tiny/metadata.csv",
+    "dataset": {"name": "tiny", "site_size": 128, "metadata": "resources/tiny/metadata.csv",
                 "images": "resources/tiny/images/{experiment}/Plate{plate}/{well}_s{site}_w{channel}.png"},
     "demo": {
         "plates": 2,
         "plate_rows": 4,
         "plate_columns": 6,
-        "site_size": 64,
+        "site_size": 128,
         "compounds": 3,
         "concentrations_um": [0.3, 3.0],
         "controls_per_plate": {"Mock": 3, "UV Inactivated SARS-CoV-2": 3, "Active SARS-CoV-2": 6},

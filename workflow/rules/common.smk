@@ -65,6 +65,16 @@ SITES_PARAMS = {
 }
 
 
+# The demo's plates must not change when plates are added, so the plate count is not a
+# param of the per-plate job; the library depends only on its own keys.
+DEMO = config.get("demo") or {}
+DEMO_PLATE_PARAMS = {key: value for key, value in DEMO.items() if key != "plates"}
+DEMO_LIBRARY_PARAMS = {
+    key: DEMO.get(key)
+    for key in ("seed", "compounds", "concentrations_um", "compound_classes")
+}
+
+
 def raw_metadata():
     """The metadata CSV the sites table is built from."""
     return config["dataset"]["metadata"]

@@ -16,7 +16,7 @@ rule demo_library:
         mem_mb=1000,
         runtime=10,
     params:
-        demo=config.get("demo"),
+        demo=DEMO_LIBRARY_PARAMS,
     script:
         "../scripts/synth_library.py"
 
@@ -40,7 +40,7 @@ rule demo_plate:
         mem_mb=2000,
         runtime=60,
     params:
-        demo=config.get("demo"),
+        demo=DEMO_PLATE_PARAMS,
     script:
         "../scripts/synth_plate.py"
 

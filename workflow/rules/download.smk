@@ -15,41 +15,38 @@
 # after the fact makes Snakemake redo that download (445 GB for the images). To keep a
 # finished download, run with `--rerun-triggers mtime` once, or `--touch` the archive.
 
+import posixpath
 import re
-import urllib.parse
+from pathlib import Path
+from urllib.parse import quote
 
 DOWNLOAD = config["download"]
 DOWNLOAD_ARCHIVES = DOWNLOAD["archives"]
-# file name -> config key (metadata, images, embeddings)
-DOWNLOAD_FILES = {spec["file"]: key for key, spec in DOWNLOAD_ARCHIVES.items()}
+# Downloaded archive per config key (metadata, images, embeddings).
+DOWNLOAD_PATHS = {
+    key: f"{RESOURCES}/downloads/{spec['file']}"
+    for key, spec in DOWNLOAD_ARCHIVES.items()
+}
+# Config entry per archive file name (the archive_file wildcard).
+DOWNLOAD_SPECS = {spec["file"]: spec for spec in DOWNLOAD_ARCHIVES.values()}
+# URL per archive file name: the entry's own `url` if given, else base_url + file.
+DOWNLOAD_URLS = {
+    file: spec.get("url") or posixpath.join(DOWNLOAD["base_url"], quote(file))
+    for file, spec in DOWNLOAD_SPECS.items()
+}
 DOWNLOAD_EXPERIMENTS = DOWNLOAD.get("experiments") or ["HRCE-1", "HRCE-2"]
-
-
-def download_archive_path(key):
-    """Path of the downloaded archive that config calls `key` (metadata, images, ...)."""
-    return f"{RESOURCES}/downloads/{DOWNLOAD_ARCHIVES[key]['file']}"
-
-
-def download_spec(wildcards):
-    """Config entry of the archive named by the archive_file wildcard."""
-    return DOWNLOAD_ARCHIVES[DOWNLOAD_FILES[wildcards.archive_file]]
-
-
-def download_url(wildcards):
-    """URL of an archive: its own `url` if configured, else base_url/file."""
-    spec = download_spec(wildcards)
-    if spec.get("url"):
-        return spec["url"]
-    return f"{DOWNLOAD['base_url'].rstrip('/')}/{urllib.parse.quote(spec['file'])}"
-
-
-def download_all_targets():
-    """Everything rule download_all asks for."""
-    targets = [f"{RESOURCES}/metadata.csv"]
-    targets += expand(f"{RESOURCES}/unpacked/{{experiment}}.done", experiment=DOWNLOAD_EXPERIMENTS)
-    if "embeddings" in DOWNLOAD_ARCHIVES:
-        targets.append(f"{RESOURCES}/embeddings/embeddings.done")
-    return targets
+# What rule download_all asks for.
+DOWNLOAD_ALL = (
+    [f"{RESOURCES}/metadata.csv"]
+    + expand(
+        f"{RESOURCES}/unpacked/{{experiment}}.done", experiment=DOWNLOAD_EXPERIMENTS
+    )
+    + (
+        [f"{RESOURCES}/embeddings/embeddings.done"]
+        if "embeddings" in DOWNLOAD_ARCHIVES
+        else []
+    )
+)
 
 
 # Runs on the submitting host: on clusters, compute nodes often have no internet access
@@ -58,27 +55,27 @@ def download_all_targets():
 rule download_archive:
     output:
         f"{RESOURCES}/downloads/{{archive_file}}",
-    params:
-        url=download_url,
-        size=lambda wildcards: download_spec(wildcards).get("size"),
-        md5=lambda wildcards: download_spec(wildcards).get("md5"),
-        sha256=lambda wildcards: download_spec(wildcards).get("sha256"),
-        retries=DOWNLOAD.get("retries", 20),
-        timeout_s=DOWNLOAD.get("timeout_s", 60),
-        chunk_mib=DOWNLOAD.get("chunk_mib", 8),
-    wildcard_constraints:
-        archive_file="|".join(re.escape(f) for f in DOWNLOAD_FILES),
     log:
         f"{LOGS}/download_archive/{{archive_file}}.log",
     benchmark:
         f"{BENCH}/download_archive/{{archive_file}}.tsv"
+    wildcard_constraints:
+        archive_file="|".join(re.escape(f) for f in DOWNLOAD_SPECS),
+    localrule: True
+    conda:
+        "../../envs/imaging.yaml"
     threads: 1
     resources:
         downloads=1,
         mem_mb=512,
-    localrule: True
-    conda:
-        "../../envs/imaging.yaml"
+    params:
+        url=lambda wildcards: DOWNLOAD_URLS[wildcards.archive_file],
+        size=lambda wildcards: DOWNLOAD_SPECS[wildcards.archive_file].get("size"),
+        md5=lambda wildcards: DOWNLOAD_SPECS[wildcards.archive_file].get("md5"),
+        sha256=lambda wildcards: DOWNLOAD_SPECS[wildcards.archive_file].get("sha256"),
+        retries=DOWNLOAD.get("retries", 20),
+        timeout_s=DOWNLOAD.get("timeout_s", 60),
+        chunk_mib=DOWNLOAD.get("chunk_mib", 8),
     script:
         "../scripts/download_archive.py"
 
@@ -86,21 +83,21 @@ rule download_archive:
 # Tiny (one CSV out of a small zip): not worth a cluster job.
 rule unpack_metadata:
     input:
-        download_archive_path("metadata"),
+        DOWNLOAD_PATHS["metadata"],
     output:
         f"{RESOURCES}/metadata.csv",
-    params:
-        member=DOWNLOAD.get("metadata_member", "metadata.csv"),
     log:
         f"{LOGS}/unpack_metadata.log",
     benchmark:
         f"{BENCH}/unpack_metadata.tsv"
-    threads: 1
-    resources:
-        mem_mb=512,
     localrule: True
     conda:
         "../../envs/imaging.yaml"
+    threads: 1
+    resources:
+        mem_mb=512,
+    params:
+        member=DOWNLOAD.get("metadata_member", "metadata.csv"),
     script:
         "../scripts/unpack_metadata.py"
 
@@ -109,52 +106,56 @@ rule unpack_metadata:
 # The images are not declared outputs (1.5 M files); the flag file stands for them.
 rule unpack_images:
     input:
-        download_archive_path("images"),
+        DOWNLOAD_PATHS["images"],
     output:
         f"{RESOURCES}/unpacked/{{experiment}}.done",
-    params:
-        dest_root=RESOURCES,
-        experiment=lambda wildcards: wildcards.experiment,
-    wildcard_constraints:
-        experiment=r"[A-Za-z0-9][A-Za-z0-9.-]*",
     log:
         f"{LOGS}/unpack_images/{{experiment}}.log",
     benchmark:
         f"{BENCH}/unpack_images/{{experiment}}.tsv"
+    wildcard_constraints:
+        experiment=r"[A-Za-z0-9][A-Za-z0-9.-]*",
+    conda:
+        "../../envs/imaging.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=24 * 60,
-    conda:
-        "../../envs/imaging.yaml"
-    script:
-        "../scripts/unpack_images.py"
-
-
-rule download_embeddings:
-    input:
-        download_archive_path("embeddings"),
-    output:
-        f"{RESOURCES}/embeddings/embeddings.done",
     params:
-        dest_root=f"{RESOURCES}/embeddings",
-        experiment=None,
-    log:
-        f"{LOGS}/download_embeddings.log",
-    benchmark:
-        f"{BENCH}/download_embeddings.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=4 * 60,
-    conda:
-        "../../envs/imaging.yaml"
+        # {RESOURCES}, derived from the output path (lint: no hard-coded prefixes)
+        dest_root=lambda wildcards, output: str(Path(output[0]).parent.parent),
+        experiment=lambda wildcards: wildcards.experiment,
     script:
         "../scripts/unpack_images.py"
+
+
+# Only when config lists an embeddings archive.
+if "embeddings" in DOWNLOAD_ARCHIVES:
+
+    rule download_embeddings:
+        input:
+            DOWNLOAD_PATHS["embeddings"],
+        output:
+            f"{RESOURCES}/embeddings/embeddings.done",
+        log:
+            f"{LOGS}/download_embeddings.log",
+        benchmark:
+            f"{BENCH}/download_embeddings.tsv"
+        conda:
+            "../../envs/imaging.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=4 * 60,
+        params:
+            dest_root=lambda wildcards, output: str(Path(output[0]).parent),
+            experiment=None,
+        script:
+            "../scripts/unpack_images.py"
 
 
 # Pseudo-target: `snakemake download_all` fetches and unpacks everything configured.
 rule download_all:
     input:
-        download_all_targets(),
+        DOWNLOAD_ALL,
     localrule: True

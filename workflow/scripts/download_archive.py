@@ -4,7 +4,6 @@ Everything happens in :func:`deemd.download.download`; this script maps the rule
 params/output/log onto it and logs progress lines into the rule's log.
 """
 
-
 from deemd.download import MiB, download, log_to_file
 
 

@@ -7,7 +7,6 @@ skipped, so an interrupted unpack resumes. The flag file (the rule's output) is 
 last, atomically, and lists the counts.
 """
 
-
 from pathlib import Path
 
 from deemd.download import log_to_file, unpack_archive, unpack_experiment, write_flag
@@ -38,7 +37,7 @@ def main(
             "extracted": result.extracted,
             "skipped": result.skipped,
             "bytes_extracted": result.bytes_extracted,
-            "folders": result.plates,
+            ("plates" if experiment else "folders"): result.plates,
         }
         write_flag(flag, fields)
         logger.info("done: %s", ", ".join(f"{k}={v}" for k, v in fields.items()))

@@ -1,6 +1,5 @@
 """Snakemake glue: extract metadata.csv from the metadata archive (rule unpack_metadata)."""
 
-
 import csv
 
 from deemd.download import extract_single_member, log_to_file

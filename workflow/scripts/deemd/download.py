@@ -287,7 +287,9 @@ class _Transfer:
             return
         self.last_report = now
         elapsed = max(now - self.started, 1e-9)
-        self.progress(Progress(self.dest.name, done, self.total, self.transferred / elapsed, elapsed))
+        self.progress(
+            Progress(self.dest.name, done, self.total, self.transferred / elapsed, elapsed)
+        )
 
 
 def _request(url: str, offset: int) -> urllib.request.Request:
@@ -376,6 +378,10 @@ def _attempt(t: _Transfer, offset: int) -> None:
             raise _Transient(f"connection closed after {received} of {length} bytes")
 
 
+def _describe(err: BaseException) -> str:
+    return str(err) if isinstance(err, _Transient) else f"{type(err).__name__}: {err}"
+
+
 #: Exceptions that mean "the network let us down, try again".
 _TRANSIENT = (
     _Transient,
@@ -447,19 +453,38 @@ def download(
         if not problems:
             log.info("%s: already present and verified, nothing to download", dest)
             return dest
-        log.warning("%s: existing file fails verification (%s); %s", dest, "; ".join(problems),
-                    discard(dest))
+        log.warning(
+            "%s: existing file fails verification (%s); %s",
+            dest,
+            "; ".join(problems),
+            discard(dest),
+        )
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    t = _Transfer(url, dest, part, expected_size, expected, chunk_size, timeout, progress,
-                  progress_interval, use_server_md5, total=expected_size)
+    t = _Transfer(
+        url,
+        dest,
+        part,
+        expected_size,
+        expected,
+        chunk_size,
+        timeout,
+        progress,
+        progress_interval,
+        use_server_md5,
+        total=expected_size,
+    )
     t.reset_hashers()
     failures = restarts = 0
     while True:
         offset = part.stat().st_size if part.exists() else 0
         if t.total is not None and offset > t.total:
-            log.warning("%s: partial file (%d bytes) is larger than the file (%d): starting over",
-                        dest.name, offset, t.total)
+            log.warning(
+                "%s: partial file (%d bytes) is larger than the file (%d): starting over",
+                dest.name,
+                offset,
+                t.total,
+            )
             part.unlink()
             offset = 0
         if offset and t.total is not None and offset == t.total:
@@ -476,18 +501,27 @@ def download(
             part.unlink(missing_ok=True)
             t.reset_hashers()
             if restarts > retries:
-                raise DownloadError(f"{dest}: cannot resume ({err}) after {retries} restarts") from err
+                raise DownloadError(
+                    f"{dest}: cannot resume ({err}) after {retries} restarts"
+                ) from err
         except _TRANSIENT as err:
             now = part.stat().st_size if part.exists() else 0
             failures = 1 if now > offset else failures + 1
             if failures > retries:
                 raise DownloadError(
-                    f"{dest}: giving up after {retries} retries ({type(err).__name__}: {err}); "
+                    f"{dest}: giving up after {retries} retries ({_describe(err)}); "
                     f"{format_bytes(now)} kept in {part}, run again to resume"
                 ) from err
             delay = min(max_backoff, backoff * 2 ** (failures - 1))
-            log.warning("%s: %s: %s at %s; retry %d/%d in %.1f s", dest.name,
-                        type(err).__name__, err, format_bytes(now), failures, retries, delay)
+            log.warning(
+                "%s: %s at %s; retry %d/%d in %.1f s",
+                dest.name,
+                _describe(err),
+                format_bytes(now),
+                failures,
+                retries,
+                delay,
+            )
             sleep(delay)
 
     if not part.exists():  # an empty body never opened the file (0-byte download)
@@ -510,7 +544,11 @@ def download(
             problems.append(f"{algo}: expected {want} ({source}), got {actual[algo]}")
     if problems:
         where = discard(part)
-        cls = SizeMismatchError if all(p.startswith("size") for p in problems) else ChecksumMismatchError
+        cls = (
+            SizeMismatchError
+            if all(p.startswith("size") for p in problems)
+            else ChecksumMismatchError
+        )
         raise cls(f"{dest}: download verification failed: {'; '.join(problems)}; {where}")
     for algo in sorted(actual):
         log.info("%s: %s %s verified", dest.name, algo, actual[algo])
@@ -537,7 +575,12 @@ class UnpackResult:
 def safe_relpath(rel: str) -> str:
     """Return a zip member path if it stays inside the destination, else raise UnpackError."""
     parts = rel.split("/")
-    if rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts) or ":" in parts[0]:
+    if (
+        rel.startswith("/")
+        or "\\" in rel
+        or any(p in ("", ".", "..") for p in parts)
+        or ":" in parts[0]
+    ):
         raise UnpackError(f"unsafe path in archive: {rel!r}")
     return rel
 
@@ -650,20 +693,25 @@ def unpack_experiment(
     the config should fail loudly, not produce an empty image folder).
     """
     result = unpack_members(
-        zip_path, dest_root, lambda name: image_member_path(name, experiment),
-        label=kwargs.pop("label", experiment), **kwargs,
+        zip_path,
+        dest_root,
+        lambda name: image_member_path(name, experiment),
+        label=kwargs.pop("label", experiment),
+        **kwargs,
     )
     if result.files == 0:
         raise UnpackError(f"{zip_path}: no member under images/{experiment}/")
     return result
 
 
-def unpack_archive(zip_path: str | os.PathLike, dest_root: str | os.PathLike, **kwargs) -> UnpackResult:
+def unpack_archive(
+    zip_path: str | os.PathLike, dest_root: str | os.PathLike, **kwargs
+) -> UnpackResult:
     """Unpack a whole archive to ``dest_root``, dropping a single top-level folder."""
     with zipfile.ZipFile(zip_path) as zf:
         names = [i.filename for i in zf.infolist() if not i.is_dir()]
     top = common_top_level(names)
-    return unpack_members(zip_path, dest_root, lambda name: name[len(top):], **kwargs)
+    return unpack_members(zip_path, dest_root, lambda name: name[len(top) :], **kwargs)
 
 
 def find_member(names: list[str], member: str) -> str:
@@ -681,7 +729,9 @@ def find_member(names: list[str], member: str) -> str:
     raise UnpackError(f"member {member!r} is ambiguous: {', '.join(hits)}")
 
 
-def extract_single_member(zip_path: str | os.PathLike, member: str, dest: str | os.PathLike) -> Path:
+def extract_single_member(
+    zip_path: str | os.PathLike, member: str, dest: str | os.PathLike
+) -> Path:
     """Extract one member (found with :func:`find_member`) to ``dest``, atomically."""
     dest = Path(dest)
     with zipfile.ZipFile(zip_path) as zf:
@@ -716,7 +766,9 @@ def write_flag(path: str | os.PathLike, fields: dict) -> Path:
 
 
 @contextlib.contextmanager
-def log_to_file(path: str | os.PathLike | None, level: int = logging.INFO) -> Iterator[logging.Logger]:
+def log_to_file(
+    path: str | os.PathLike | None, level: int = logging.INFO
+) -> Iterator[logging.Logger]:
     """Send records of the root logger to ``path`` while the block runs (scripts' logs).
 
     Yields a logger for the caller; the handler is removed afterwards, so tests can call

@@ -85,7 +85,7 @@ CELL_DEFAULTS = {
     "per_site": 45,
     "nucleus_radius": 0.03,  # fraction of the site size
     "cell_radius": 0.065,  # fraction of the site size
-    "min_spacing": 2.8,  # nucleus centres at least this many nucleus radii apart
+    "min_spacing": 3.2,  # nucleus centres at least this many nucleus radii apart
     "density_sd": 0.08,  # log-sd of the well-to-well seeding density
 }
 INFECTION_DEFAULTS = {
@@ -178,9 +178,8 @@ def hill(conc, top, ec50, slope) -> np.ndarray:
     """Hill curve top * c^h / (c^h + ec50^h); 0 where there is no curve (top 0 or ec50 NaN)."""
     c = np.asarray(conc, dtype=float)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        x = (c / np.asarray(ec50, dtype=float)) ** np.asarray(slope, dtype=float)
-        effect = np.asarray(top, dtype=float) * x / (1.0 + x)
-        effect = np.where(np.isinf(x), np.asarray(top, dtype=float) + 0 * x, effect)
+        # written as top / (1 + (ec50/c)^h): exact limits at c = 0 and c -> inf
+        effect = np.asarray(top, dtype=float) / (1.0 + (np.asarray(ec50, dtype=float) / c) ** np.asarray(slope, dtype=float))
     return np.where(np.isfinite(effect), effect, 0.0)
 
 
@@ -200,7 +199,8 @@ def class_counts(n: int, fractions: dict) -> dict:
 
 _RINGS = ["c1ccccc1", "c1ccncc1", "c1ccc2ccccc2c1", "C1CCNCC1", "C1CCOCC1", "c1ccsc1", "c1cn[nH]c1", "C1CC1", "c1ccoc1"]
 _LINKERS = ["C(=O)N", "NC(=O)", "CC", "O", "N", "S(=O)(=O)N", "C(=O)O", "CN", "OC", "C=C", "CC(C)"]
-_CAPS = ["C", "F", "Cl", "OC", "C(F)(F)F", "N", "O", "C#N", "CC", "Br"]
+# Caps start the string, so their last atom must have a free valence for the next fragment.
+_CAPS = ["C", "F", "Cl", "CO", "FC(F)(F)", "N", "O", "N#C", "CC", "Br"]
 
 
 def random_smiles(rng: np.random.Generator) -> str:
@@ -387,17 +387,17 @@ def smooth_noise(rng: np.random.Generator, n: int, scale: float) -> np.ndarray:
     return ((g - g.mean()) / (g.std() + 1e-12)).astype(np.float32)
 
 
-TEXTURES = ("shape", "chrom", "ret", "punct", "fib")
+TEXTURES = ("shape", "chrom", "ret", "punct", "fib", "amp")
 
 
 def texture_bank(rng: np.random.Generator, site_size: int, cells_cfg: dict) -> np.ndarray:
-    """Textures (5, 2S, 2S) of a plate, in TEXTURES order: cell outline raggedness,
-    chromatin, ER reticulum, puncta, fibre waviness. Wells use randomly rolled and flipped
+    """Textures (6, 2S, 2S) of a plate, in TEXTURES order: cell outline raggedness,
+    chromatin, ER reticulum, puncta, fibre waviness, fibre strength. Wells use randomly rolled and flipped
     copies (see ``well_textures``): generating fresh noise per well would cost more than
     rendering the cells."""
     s = int(site_size)
     rn, rc = cells_cfg["nucleus_radius"] * s, cells_cfg["cell_radius"] * s
-    scales = {"shape": 0.6 * rc, "chrom": 0.2 * rn, "ret": 0.3 * rn, "punct": 0.2 * rn, "fib": 1.0 * rn}
+    scales = {"shape": 0.6 * rc, "chrom": 0.2 * rn, "ret": 0.3 * rn, "punct": 0.2 * rn, "fib": 1.0 * rn, "amp": 0.5 * rc}
     return np.stack([smooth_noise(rng, 2 * s, scales[k]) for k in TEXTURES])
 
 
@@ -415,26 +415,28 @@ def well_textures(rng: np.random.Generator, bank: np.ndarray) -> dict:
 # --------------------------------------------------------------------------- cells
 
 
-def place_cells(rng: np.random.Generator, n: int, extent: float, min_dist: float, iters: int = 30) -> np.ndarray:
-    """n cell centres (y, x) in [0, extent)^2, uniform then pushed apart pairwise until no
-    two are closer than ``min_dist`` (approximately; a crowded field stays crowded)."""
-    yx = rng.random((n, 2)) * extent
-    if n < 2:
-        return yx
-    for _ in range(iters):
-        pairs = cKDTree(yx).query_pairs(min_dist, output_type="ndarray")
-        if len(pairs) == 0:
+def place_cells(rng: np.random.Generator, n: int, extent: float, min_dist: float, rounds: int = 50) -> np.ndarray:
+    """Up to n cell centres (y, x) in [0, extent)^2, no two closer than ``min_dist``.
+
+    Random sequential adsorption done in vectorised rounds: a batch of uniform candidates,
+    minus those near accepted centres, minus those near a batch rival with a smaller random
+    mark. Unlike pushing points apart, this leaves no chains or rings. A field too crowded
+    for n cells gets fewer."""
+    yx = np.zeros((0, 2))
+    for _ in range(rounds):
+        need = n - len(yx)
+        if need <= 0:
             break
-        i, j = pairs[:, 0], pairs[:, 1]
-        d = yx[i] - yx[j]
-        r = np.maximum(np.sqrt((d**2).sum(1)), 1e-6)
-        # each of a too-close pair moves away by a little over half the overlap
-        step = d / r[:, None] * ((min_dist * 1.02 - r) * 0.55)[:, None]
-        step += rng.normal(0.0, 1e-3 * min_dist, step.shape)  # breaks exact ties
-        push = np.zeros_like(yx)
-        np.add.at(push, i, step)
-        np.add.at(push, j, -step)
-        yx = np.clip(yx + push, 0.0, np.nextafter(extent, 0))
+        cand = rng.random((2 * need + 16, 2)) * extent
+        if len(yx):
+            d, _ = cKDTree(yx).query(cand, distance_upper_bound=min_dist)
+            cand = cand[~np.isfinite(d)]
+        if len(cand) > 1:
+            mark = rng.random(len(cand))
+            pairs = cKDTree(cand).query_pairs(min_dist, output_type="ndarray")
+            lose = np.where(mark[pairs[:, 0]] > mark[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
+            cand = np.delete(cand, np.unique(lose), axis=0)
+        yx = np.concatenate([yx, cand[:need]])
     return yx
 
 
@@ -606,97 +608,105 @@ def render_well(
         dx = (np.arange(f, dtype=np.float32)[None, :] - nx).astype(np.float32)
         del ny, nx
 
+        # Per-cell coefficients first (cheap), then one gather each into the pixel grid.
+        f32 = np.float32
         inf = g["infected"]
         syn = g["syncytial"]
-        cpe = (cpe_strength * g["cpe"] * inf).astype(np.float32)
+        infk = inf.astype(f32)
+        cpe = (cpe_strength * g["cpe"] * infk).astype(f32)
+        cpe1 = np.minimum(cpe, 1.0)
+        bright = g["bright"]
+        tox_dim = f32(1.0 - 0.5 * toxic_kill)  # toxicity: surviving cells lose signal
         if bank is None:
             bank = texture_bank(rng, s, {"nucleus_radius": rn / s, "cell_radius": float(np.median(cells["r_cell"])) / s})
         tex = well_textures(rng, bank)
 
         # Cell body: ragged radius; infected cells round up and shrink, syncytia spread.
-        r_cell = g["r_cell"] * np.where(inf, np.where(syn, 1.2, 0.75), 1.0) * (1.0 - 0.15 * toxic_kill)
-        ragged = np.where(inf & ~syn, 0.05, 0.18)
-        R = r_cell[own] * (1.0 + ragged[own] * tex["shape"])
-        body_soft = np.clip((R - dist) / soft + 0.5, 0.0, 1.0)
+        r_cell = (g["r_cell"] * np.where(inf, np.where(syn, 1.2, 0.75), 1.0) * (1.0 - 0.15 * toxic_kill)).astype(f32)
+        ragged = np.where(inf & ~syn, 0.05, 0.18).astype(f32)
+        body_soft = np.clip((r_cell[own] * (1.0 + ragged[own] * tex["shape"]) - dist) * f32(1.0 / soft) + 0.5, 0.0, 1.0)
 
         # Nucleus: rotated ellipse in the owner's frame; condensed (smaller) when infected.
-        shrink = np.where(inf, 0.85, 1.0)
+        shrink = np.where(inf, 0.85, 1.0).astype(f32)
+        b_c = g["nuc_b"] * shrink
         a = (g["nuc_a"] * shrink)[own]
-        b = (g["nuc_b"] * shrink)[own]
+        b = b_c[own]
         ct, st = np.cos(g["theta"])[own], np.sin(g["theta"])[own]
         u = (dx * ct + dy * st) / a
         v = (-dx * st + dy * ct) / b
         rho = np.sqrt(u * u + v * v)
-        nuc = np.clip((1.0 - rho) * b / soft + 0.5, 0.0, 1.0)
+        nuc = np.clip((1.0 - rho) * b * f32(1.0 / soft) + 0.5, 0.0, 1.0)
         # Fragmented nuclei: three overlapping lobes, still one blob after smoothing.
         fr = np.flatnonzero((g["fragmented"][own] & (rho < 1.6)).ravel())
         if fr.size:
             o = own.ravel()[fr]
-            pu, pv = u.ravel()[fr], v.ravel()[fr]
             lob = g["lobes"][o]  # (m, 3, 2)
             lob = 0.42 * lob / np.maximum(np.linalg.norm(lob, axis=-1, keepdims=True), 1e-6)
             rl = 0.6
-            dl = np.sqrt((pu[:, None] - lob[..., 0]) ** 2 + (pv[:, None] - lob[..., 1]) ** 2) / rl
-            val = np.clip((1.0 - dl) * rl * b.ravel()[fr][:, None] / soft + 0.5, 0.0, 1.0).max(1)
-            nuc.ravel()[fr] = val
+            dl = np.sqrt((u.ravel()[fr, None] - lob[..., 0]) ** 2 + (v.ravel()[fr, None] - lob[..., 1]) ** 2) / rl
+            nuc.ravel()[fr] = np.clip((1.0 - dl) * rl * b_c[o][:, None] / soft + 0.5, 0.0, 1.0).max(1)
         nuc *= body_soft > 0  # a nucleus never leaves its cell (seeds are its centre)
         cyto = body_soft * (1.0 - nuc)
-        dist_nuc = np.clip(dist - b, 0.0, None)
-        perinuc = np.exp(-dist_nuc / (0.45 * r_cell[own]))
+        perinuc = np.exp(-np.clip(dist - b, 0.0, None) * (f32(1.0) / (0.45 * r_cell))[own])
 
         # Membranes: edges of the body label image; fused syncytia share a label.
-        labels = np.where(body_soft > 0.5, cells["body"][alive][own] + 1, 0)
-        edge = _edges(labels).astype(np.float32)
+        labels = np.where(body_soft > 0.5, (cells["body"][alive] + 1).astype(np.int32)[own], 0)
+        edge = _edges(labels).astype(f32)
         sig_m = 0.08 * rn
         if sig_m >= 0.5:
             edge = np.clip(ndi.gaussian_filter(edge, sig_m) * (sig_m * 2.0), 0.0, 1.0)
         edge *= body_soft
 
         cp = cpe[own] * body_soft  # per-pixel CPE strength
+        cp1 = cpe1[own] * body_soft
         punct = np.clip(tex["punct"] - 1.0, 0.0, None)  # sparse bright puncta (replication sites)
-        bright = g["bright"]
-        tox_dim = 1.0 - 0.5 * toxic_kill
 
-        # w1 Hoechst: chromatin-textured nuclei, brighter when condensed.
-        raw[0] = 0.45 * bright[:, 0][own] * (1.0 + 0.35 * inf[own]) * nuc * (1.0 + 0.3 * tex["chrom"] * (1 - 0.5 * inf[own])) * (1.0 - 0.15 * toxic_kill)
-        # w2 ConA: perinuclear ER reticulum; infected: brighter and spread, with puncta.
-        er = cyto * (perinuc * (1.0 + cp) + 0.6 * cp) * (0.6 + 0.4 * np.clip(tex["ret"], -1.5, 1.5)) + 0.08 * body_soft
-        raw[1] = 0.30 * bright[:, 1][own] * (er + 0.5 * cp * punct) * tox_dim
+        # w1 Hoechst: chromatin-textured nuclei, brighter and smoother when condensed.
+        k0 = 0.45 * bright[:, 0] * (1.0 + 0.35 * infk) * (1.0 - 0.15 * toxic_kill)
+        kc = 0.3 * (1.0 - 0.5 * infk)
+        raw[0] = k0[own] * nuc * (1.0 + kc[own] * np.clip(tex["chrom"], -2.0, 2.0))
+        # w2 ConA: perinuclear ER reticulum; infected: brighter, spread, with puncta.
+        er = cyto * (perinuc * (1.0 + 0.5 * cp) + 0.25 * cp) * (0.6 + 0.4 * np.clip(tex["ret"], -1.5, 1.5)) + 0.08 * body_soft + 0.3 * cp * punct
+        raw[1] = (0.30 * bright[:, 1] * tox_dim)[own] * er
         # w3 Phalloidin: cortex + stress fibres; infected cells round: fibres fade, cortex up.
-        fw = -dx * np.sin(g["fibre_angle"])[own] + dy * np.cos(g["fibre_angle"])[own]
-        fib = (0.5 + 0.5 * np.cos(2 * np.pi * fw / (0.9 * rn) + g["fibre_phase"][own] + 1.2 * tex["fib"])) ** 4
-        actin = 0.8 * edge * (1.0 + 0.8 * cp) + 0.45 * fib * cyto * (1.0 - 0.7 * np.clip(cp, 0, 1)) + 0.1 * body_soft * (1.0 + 1.5 * cp)
-        raw[2] = 0.32 * bright[:, 2][own] * actin * tox_dim
+        fa, fb = np.sin(g["fibre_angle"]), np.cos(g["fibre_angle"])
+        k = f32(2 * np.pi / (0.6 * rn))
+        phase = (-dx * (k * fa)[own] + dy * (k * fb)[own]) + g["fibre_phase"][own] + 2.0 * tex["fib"]
+        fib = (0.5 + 0.5 * np.cos(phase)) ** 6 * np.clip(0.4 + 0.6 * tex["amp"], 0.0, 1.5)  # thin, patchy bundles
+        actin = 0.8 * edge * (1.0 + 0.8 * cp) + 0.6 * fib * cyto * (1.0 - 0.7 * cp1) + 0.1 * body_soft * (1.0 + 1.5 * cp)
+        raw[2] = (0.32 * bright[:, 2] * tox_dim)[own] * actin
         # w4 Syto14: nucleoli + faint nucleoplasm + cytoplasmic RNA; viral RNA when infected.
-        spots = np.zeros((f, f), dtype=np.float32)
+        spots = np.zeros((f, f), dtype=f32)
         inn = np.flatnonzero(nuc.ravel() > 0)  # nucleoli only matter inside nuclei
         o = own.ravel()[inn]
         nl = g["nucleoli"][o]  # (m, 2, 2) unit-nucleus coordinates
         d2 = (u.ravel()[inn, None] - nl[..., 0]) ** 2 + (v.ravel()[inn, None] - nl[..., 1]) ** 2
-        spots.ravel()[inn] = (g["nucleoli_int"][o] * np.exp(d2 * np.float32(-1.0 / (2 * 0.2**2)))).sum(-1)
-        rna = cyto * perinuc * (1.0 + 2.5 * cp) + 0.6 * cp * punct * cyto
-        raw[3] = 0.30 * bright[:, 3][own] * (nuc * (0.25 + 0.9 * spots) + 0.2 * rna) * tox_dim
-        # w5 WGA: Golgi spot beside the nucleus + membrane; infected: Golgi disperses, membrane up.
-        ga = g["golgi_angle"][own]
-        gd = 1.3 * np.sqrt(g["nuc_a"] * g["nuc_b"])[own]
-        gsig = 0.45 * rn * (1.0 + 0.8 * np.clip(cp, 0, 1))
-        golgi = np.exp(-((dy - gd * np.sin(ga)) ** 2 + (dx - gd * np.cos(ga)) ** 2) / (2 * gsig**2)) * (0.7 + 0.3 * np.clip(-tex["ret"], -1, 1))
-        wga = golgi * body_soft * (1.0 - 0.5 * np.clip(cp, 0, 1)) + 0.55 * edge * (1.0 + 0.7 * cp) + 0.07 * body_soft * (1.0 + 2.0 * cp)
-        raw[4] = 0.34 * bright[:, 4][own] * wga * tox_dim
+        spots.ravel()[inn] = (g["nucleoli_int"][o] * np.exp(d2 * f32(-1.0 / (2 * 0.2**2)))).sum(-1)
+        rna = cyto * (perinuc * (1.0 + 2.5 * cp) + 0.6 * cp * punct)
+        raw[3] = (0.30 * bright[:, 3] * tox_dim)[own] * (nuc * (0.25 + 0.9 * spots) + 0.2 * rna)
+        # w5 WGA: Golgi beside the nucleus + membrane; infected: Golgi disperses, membrane up.
+        gd = 1.3 * np.sqrt(g["nuc_a"] * g["nuc_b"])
+        gy, gx = gd * np.sin(g["golgi_angle"]), gd * np.cos(g["golgi_angle"])
+        gk = (-1.0 / (2 * (0.45 * rn * (1.0 + 0.8 * cpe1)) ** 2)).astype(f32)
+        golgi = np.exp(((dy - gy[own]) ** 2 + (dx - gx[own]) ** 2) * gk[own]) * (0.7 + 0.3 * np.clip(-tex["ret"], -1, 1))
+        wga = golgi * body_soft * (1.0 - 0.5 * cp1) + 0.55 * edge * (1.0 + 0.7 * cp) + 0.07 * body_soft * (1.0 + 2.0 * cp)
+        raw[4] = (0.34 * bright[:, 4] * tox_dim)[own] * wga
 
-        mask = (body_soft > 0.5) & inf[own] & ~cells["dead"][alive][own]
+        mask = (body_soft > 0.5) & inf[own]
 
     # Debris of dead cells: tiny bright spots, much smaller than a nucleus.
     deb = np.flatnonzero(cells["debris"])
     if deb.size:
-        spot = np.zeros((f, f), dtype=np.float32)
-        p = np.rint(np.clip(cells["yx"][deb], 0, f - 1)).astype(int)
-        np.add.at(spot, (p[:, 0], p[:, 1]), 1.0)
+        # stamped one by one: a handful per well, far cheaper than filtering the field
         sig = max(0.5, 0.18 * rn)
-        spot = ndi.gaussian_filter(spot, sig) * (2 * np.pi * sig**2)
-        raw[0] += 0.35 * spot
-        raw[3] += 0.15 * spot
-        raw[4] += 0.25 * spot
+        h = int(np.ceil(3 * sig))
+        yy, xx = np.mgrid[-h : h + 1, -h : h + 1]
+        for y, x in cells["yx"][deb]:
+            cy, cx = int(round(y)), int(round(x))
+            patch = np.exp(-((yy + cy - y) ** 2 + (xx + cx - x) ** 2) / (2 * sig**2)).astype(np.float32)
+            y0, y1, x0, x1 = max(cy - h, 0), min(cy + h + 1, f), max(cx - h, 0), min(cx + h + 1, f)
+            p = patch[y0 - cy + h : y1 - cy + h, x0 - cx + h : x1 - cx + h]
+            raw[:, y0:y1, x0:x1] += p * np.array([0.35, 0.0, 0.0, 0.15, 0.25], np.float32)[:, None, None]
     return raw, mask
 
 

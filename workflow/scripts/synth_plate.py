@@ -1,0 +1,100 @@
+"""Snakemake glue: synthesise one demo plate: PNGs in the RxRx19a path pattern, the
+plate's metadata.csv part, and the hidden truth (per-site table, infected-cell masks)."""
+
+import io
+import logging
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from deemd import synth
+
+PNG_LEVEL = 1  # zlib level: fast to write; the PNGs are read many times but written once
+
+
+def _write_png(path: str, array: np.ndarray) -> None:
+    Image.fromarray(array).save(path, format="PNG", compress_level=PNG_LEVEL)
+
+
+def _atomic(path: str | Path, write) -> None:
+    """Write via ``write(tmp_path)`` then rename, so a kill leaves no complete-looking file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _save_npz(tmp: Path, **arrays) -> None:
+    buf = io.BytesIO()  # np.savez would append ".npz" to a file name
+    np.savez_compressed(buf, **arrays)
+    tmp.write_bytes(buf.getvalue())
+
+
+def main(params: dict, wildcards: dict, output: dict, log: str, input: dict | None = None) -> None:
+    """``input["library"]``: the library CSV; without it the library is rebuilt from
+    ``params["demo"]`` (the same table: it is deterministic)."""
+    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    demo = params["demo"]
+    experiment, plate = str(wildcards["experiment"]), int(wildcards["plate"])
+    library = pd.read_csv(input["library"]) if input and input.get("library") else synth.make_library(demo)
+    layout = synth.plate_layout(library, demo, experiment, plate)
+    n_wells = len(layout)
+    logging.info("%s plate %d: %d wells x %d sites, %d px", experiment, plate, n_wells, synth.SITES, demo["site_size"])
+
+    images_dir = Path(output["images"])
+    tmp_dir = images_dir.with_name(images_dir.name + ".tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    truth, masks = [], []
+    every = max(1, n_wells // 10)
+    # PNG encoding releases the GIL: two threads overlap it with rendering.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending = []
+        for i, (row, images, site_masks, rows) in enumerate(synth.iter_plate(demo, experiment, plate, library)):
+            for s in range(synth.SITES):
+                for c in range(images.shape[1]):
+                    name = f"{row['well']}_s{s + 1}_w{c + 1}.png"
+                    pending.append(pool.submit(_write_png, str(tmp_dir / name), images[s, c]))
+            masks.append(site_masks)
+            truth += rows
+            if (i + 1) % every == 0 or i + 1 == n_wells:
+                logging.info("%d/%d wells", i + 1, n_wells)
+            if len(pending) > 400:  # bound memory and surface errors early
+                for job in pending:
+                    job.result()
+                pending = []
+        for job in pending:
+            job.result()
+    if images_dir.exists():
+        shutil.rmtree(images_dir)
+    os.replace(tmp_dir, images_dir)
+
+    meta = synth.metadata_table(layout, experiment, plate)
+    _atomic(output["metadata"], lambda tmp: meta.to_csv(tmp, index=False))
+    table = pd.DataFrame(truth, columns=synth.TRUTH_COLUMNS)
+    _atomic(output["truth"], lambda tmp: table.to_parquet(tmp, index=False))
+    site_ids = table["site_id"].to_numpy().astype(str)
+    infected = np.concatenate(masks) if masks else np.zeros((0, demo["site_size"], demo["site_size"]), bool)
+    _atomic(output["masks"], lambda tmp: _save_npz(tmp, site_id=site_ids, infected=infected))
+    logging.info(
+        "done: %d sites, %d nuclei, infected fraction %.3f in untreated infected wells",
+        len(table),
+        table["n_nuclei"].sum(),
+        table.loc[(table["disease_condition"] == synth.INFECTED) & table["treatment"].isna(), "infected_fraction"].mean(),
+    )
+
+
+if "snakemake" in globals():
+    main(
+        dict(snakemake.params.items()),
+        dict(snakemake.wildcards.items()),
+        dict(snakemake.output.items()),
+        snakemake.log[0],
+        dict(snakemake.input.items()),
+    )
