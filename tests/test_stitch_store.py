@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from deemd.stitch import ImageReadError, image_path, read_png, read_site, read_well_sites, stitch_plate, stitch_sites
+from deemd.stitch import ImageReadError, image_path, read_png, read_site, read_well_into, site_paths_by_well, stitch_plate
 from deemd.store import create_plate_store, open_plate_store, site_slices
 
 LAYOUT = [[1, 2], [3, 4]]
@@ -20,15 +20,6 @@ def test_site_slices_follow_layout():
     slices = site_slices([[2, 1], [4, 3]], 8)
     assert slices[2] == (slice(0, 8), slice(0, 8))
     assert slices[3] == (slice(8, 16), slice(8, 16))
-
-
-def test_stitch_sites_places_each_site_and_marks_missing():
-    sites = {s: np.full((2, 4, 4), s * 10, dtype=np.uint8) for s in (1, 2, 4)}
-    well, valid = stitch_sites(sites, LAYOUT, 4, 2)
-    assert well.shape == (2, 8, 8)
-    assert (well[:, :4, :4] == 10).all() and (well[:, :4, 4:] == 20).all()
-    assert (well[:, 4:, :4] == 0).all() and (well[:, 4:, 4:] == 40).all()
-    assert valid.tolist() == [True, True, False, True]
 
 
 def write_png(path, array):
@@ -105,11 +96,22 @@ def test_bad_png_stops_or_is_dropped_and_listed(tmp_path):
     assert valid[1].tolist() == [True, True, False, True] and valid[[0, 2]].all()
 
 
-def test_read_well_sites_drop_keeps_good_sites(tmp_path):
+def test_read_well_into_places_sites_and_drops_bad_ones(tmp_path):
     sites, pattern = make_plate(tmp_path, wells=("A01",))
     (tmp_path / "E" / "Plate1" / "A01_s1_w1.png").unlink()
-    good, dropped = read_well_sites(sites, pattern, [1, 2], 8, "drop")
-    assert sorted(good) == [2, 3, 4] and dropped[0]["site"] == 1
+    by_well = site_paths_by_well(sites, pattern, [1, 2])
+    assert by_well["A01"][0] == (1, "E_1_A01_1", [image_path(pattern, "E", 1, "A01", 1, c) for c in (1, 2)])
+    out = np.full((2, 16, 16), 255, dtype=np.uint8)  # stale content must not survive
+    valid, dropped = read_well_into(out, by_well["A01"], LAYOUT, 8, "drop")
+    assert valid.tolist() == [False, True, True, True] and dropped[0]["site"] == 1
+    assert (out[:, :8, :8] == 0).all()
+    assert (out[1, :8, 8:] == 20 + 2).all() and (out[0, 8:, :8] == 30 + 1).all() and (out[1, 8:, 8:] == 40 + 2).all()
+    with pytest.raises(ImageReadError, match="A01_s1_w1.png: file not found"):
+        read_well_into(out, by_well["A01"], LAYOUT, 8, "error")
+    # A site missing from the metadata is simply absent.
+    valid, dropped = read_well_into(out, by_well["A01"][2:], [[2, 1], [4, 3]], 8, "error")
+    assert valid.tolist() == [False, False, True, True] and dropped == []
+    assert (out[0, 8:, 8:] == 30 + 1).all() and (out[:, :8, :] == 0).all()
 
 
 def test_open_plate_store_missing(tmp_path):

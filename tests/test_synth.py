@@ -43,9 +43,9 @@ def library():
 def cfgs(demo=None):
     demo = demo or synth.DEFAULT_DEMO
     return (
-        synth._section(demo, "cells", synth.CELL_DEFAULTS),
-        synth._section(demo, "infection", synth.INFECTION_DEFAULTS),
-        synth._section(demo, "plate_effects", synth.PLATE_DEFAULTS),
+        synth.config_section(demo, "cells", synth.CELL_DEFAULTS),
+        synth.config_section(demo, "infection", synth.INFECTION_DEFAULTS),
+        synth.config_section(demo, "plate_effects", synth.PLATE_DEFAULTS),
     )
 
 

@@ -21,6 +21,7 @@ rule demo_library:
         "../scripts/synth_library.py"
 
 
+# One core per plate: rendering holds the GIL, so plates run side by side instead.
 rule demo_plate:
     input:
         library=f"{RESOURCES}/truth/compounds.csv",
@@ -35,7 +36,7 @@ rule demo_plate:
         f"{BENCH}/demo/{{experiment}}_{{plate}}.tsv"
     conda:
         "../../envs/imaging.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=60,

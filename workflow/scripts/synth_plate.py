@@ -1,7 +1,6 @@
 """Snakemake glue: synthesise one demo plate: PNGs in the RxRx19a path pattern, the
 plate's metadata.csv part, and the hidden truth (per-site table, infected-cell masks)."""
 
-import io
 import logging
 import os
 import shutil
@@ -31,9 +30,8 @@ def _atomic(path: str | Path, write) -> None:
 
 
 def _save_npz(tmp: Path, **arrays) -> None:
-    buf = io.BytesIO()  # np.savez would append ".npz" to a file name
-    np.savez_compressed(buf, **arrays)
-    tmp.write_bytes(buf.getvalue())
+    with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
+        np.savez_compressed(fh, **arrays)
 
 
 def main(params: dict, wildcards: dict, output: dict, log: str, input: dict | None = None) -> None:
@@ -51,7 +49,9 @@ def main(params: dict, wildcards: dict, output: dict, log: str, input: dict | No
     tmp_dir = images_dir.with_name(images_dir.name + ".tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
-    truth, masks = [], []
+    size = int(demo["site_size"])
+    truth = []
+    infected = np.zeros((n_wells * synth.SITES, size, size), dtype=bool)  # filled in place: no copy
     every = max(1, n_wells // 10)
     # PNG encoding releases the GIL: two threads overlap it with rendering.
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -61,11 +61,11 @@ def main(params: dict, wildcards: dict, output: dict, log: str, input: dict | No
                 for c in range(images.shape[1]):
                     name = f"{row['well']}_s{s + 1}_w{c + 1}.png"
                     pending.append(pool.submit(_write_png, str(tmp_dir / name), images[s, c]))
-            masks.append(site_masks)
+            infected[i * synth.SITES : (i + 1) * synth.SITES] = site_masks
             truth += rows
             if (i + 1) % every == 0 or i + 1 == n_wells:
                 logging.info("%d/%d wells", i + 1, n_wells)
-            if len(pending) > 400:  # bound memory and surface errors early
+            if len(pending) > 100:  # bound memory and surface errors early
                 for job in pending:
                     job.result()
                 pending = []
@@ -80,7 +80,6 @@ def main(params: dict, wildcards: dict, output: dict, log: str, input: dict | No
     table = pd.DataFrame(truth, columns=synth.TRUTH_COLUMNS)
     _atomic(output["truth"], lambda tmp: table.to_parquet(tmp, index=False))
     site_ids = table["site_id"].to_numpy().astype(str)
-    infected = np.concatenate(masks) if masks else np.zeros((0, demo["site_size"], demo["site_size"]), bool)
     _atomic(output["masks"], lambda tmp: _save_npz(tmp, site_id=site_ids, infected=infected))
     logging.info(
         "done: %d sites, %d nuclei, infected fraction %.3f in untreated infected wells",

@@ -47,45 +47,48 @@ def read_site(paths: list[str], site_size: int) -> np.ndarray:
     return np.stack([read_png(path, site_size) for path in paths])
 
 
-def stitch_sites(
-    sites: dict[int, np.ndarray], site_layout: list[list[int]], site_size: int, n_channels: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Tile the sites of a well (site -> (channel, y, x)) into one (channel, Y, X) image.
+def read_well_into(
+    out: np.ndarray,
+    well_sites: list[tuple[int, str, list[str]]],
+    site_layout: list[list[int]],
+    site_size: int,
+    on_bad_image: str,
+) -> tuple[np.ndarray, list[dict]]:
+    """Decode the sites of one well ((site, site_id, paths) as from site_paths_by_well)
+    straight into their places in ``out`` (channel, Y, X): the 2x2 tiling costs no copy.
 
-    Returns the image and a bool vector over sites 1..n (True = present). An absent site
-    stays zero in the image and False in the vector, so no later step mistakes it for a
-    dark field.
+    Returns a bool vector over sites 1..n (True = imaged) and the QC records of dropped
+    sites. A site that is absent, or dropped because a channel is unreadable
+    (``on_bad_image == "drop"``), is zero in ``out`` and False in the vector, so no later
+    step mistakes it for a dark field; with ``"error"`` the ImageReadError stops the job.
     """
     placement = site_slices(site_layout, site_size)
-    rows, cols = len(site_layout), len(site_layout[0])
-    well = np.zeros((n_channels, rows * site_size, cols * site_size), dtype=np.uint8)
-    valid = np.zeros(rows * cols, dtype=bool)
-    for site, pixels in sites.items():
-        ys, xs = placement[int(site)]
-        well[:, ys, xs] = pixels
-        valid[int(site) - 1] = True
-    return well, valid
-
-
-def read_well_sites(
-    well_sites, pattern: str, channels: list[int], site_size: int, on_bad_image: str
-) -> tuple[dict[int, np.ndarray], list[dict]]:
-    """Read every site of one well (rows of the sites table).
-
-    With ``on_bad_image == "drop"`` a site with an unreadable channel is left out and
-    reported (one QC record per dropped site); with ``"error"`` the ImageReadError stops
-    the job.
-    """
-    sites, dropped = {}, []
-    for row in well_sites.itertuples(index=False):
-        paths = [image_path(pattern, row.experiment, row.plate, row.well, row.site, ch) for ch in channels]
+    valid = np.zeros(len(placement), dtype=bool)
+    dropped = []
+    out[...] = 0
+    for site, site_id, paths in well_sites:
+        ys, xs = placement[site]
         try:
-            sites[int(row.site)] = read_site(paths, site_size)
+            for channel, path in enumerate(paths):
+                out[channel, ys, xs] = read_png(path, site_size)
+            valid[site - 1] = True
         except ImageReadError as error:
             if on_bad_image != "drop":
                 raise
-            dropped.append({"site_id": row.site_id, "well": row.well, "site": int(row.site), "reason": str(error)})
-    return sites, dropped
+            out[:, ys, xs] = 0
+            dropped.append({"site_id": site_id, "site": site, "reason": str(error)})
+    return valid, dropped
+
+
+def site_paths_by_well(plate_sites, pattern: str, channels: list[int]) -> dict[str, list[tuple[int, str, list[str]]]]:
+    """Per well, in table order: (site, site_id, channel paths) of each of its sites.
+    Built once per plate with plain lists (no per-well DataFrame work in the hot loop)."""
+    by_well: dict[str, list] = {}
+    columns = ("experiment", "plate", "well", "site", "site_id")
+    for experiment, plate, well, site, site_id in zip(*(plate_sites[c].tolist() for c in columns)):
+        paths = [image_path(pattern, experiment, plate, well, site, channel) for channel in channels]
+        by_well.setdefault(well, []).append((int(site), site_id, paths))
+    return by_well
 
 
 def stitch_plate(
@@ -100,30 +103,34 @@ def stitch_plate(
 ) -> list[dict]:
     """Decode, stitch and write every well of one plate into an open PlateStore.
 
-    Wells are decoded in parallel on ``pool`` (PNG decoding releases the GIL) and written a
-    batch at a time, so zarr compresses a batch of chunks per call. Returns the QC records
-    of dropped sites.
+    Wells are decoded in parallel on ``pool`` (PNG decoding releases the GIL) into a batch
+    buffer, one batch ahead of this thread, which writes the previous batch (zarr
+    compresses its chunks meanwhile). Returns the QC records of dropped sites.
     """
     wells = store.wells
-    by_well = dict(tuple(plate_sites.groupby("well", sort=False)))
-    site_size, layout = store.site_size, store.site_layout
-    n_channels = len(channels)
-    dropped: list[dict] = []
-
-    def load(well: str):
-        sites, bad = read_well_sites(by_well[well], pattern, channels, site_size, on_bad_image)
-        image, valid = stitch_sites(sites, layout, site_size, n_channels)
-        return image, valid, bad
-
+    by_well = site_paths_by_well(plate_sites, pattern, channels)
+    layout, site_size = store.site_layout, store.site_size
     valid_all = np.zeros((len(wells), len(layout) * len(layout[0])), dtype=bool)
-    for start in range(0, len(wells), batch_wells):
-        stop = min(start + batch_wells, len(wells))
-        results = list(pool.map(load, wells[start:stop]))
-        store.images[start:stop] = np.stack([r[0] for r in results])
-        for offset, (_, valid, bad) in enumerate(results):
-            valid_all[start + offset] = valid
-            dropped.extend(bad)
+    dropped: list[dict] = []
+    batches = [range(start, min(start + batch_wells, len(wells))) for start in range(0, len(wells), batch_wells)]
+    buffers = [np.empty((batch_wells,) + store.images.shape[1:], dtype=np.uint8) for _ in range(2)]
+
+    def submit(k):
+        buffer = buffers[k % 2]
+        return [
+            pool.submit(read_well_into, buffer[offset], by_well.get(wells[index], []), layout, site_size, on_bad_image)
+            for offset, index in enumerate(batches[k])
+        ]
+
+    pending = submit(0) if batches else []
+    for k, batch in enumerate(batches):
+        results = [future.result() for future in pending]
+        pending = submit(k + 1) if k + 1 < len(batches) else []
+        store.images[batch.start : batch.stop] = buffers[k % 2][: len(batch)]
+        for index, (valid, bad) in zip(batch, results):
+            valid_all[index] = valid
+            dropped.extend(dict(record, well=wells[index]) for record in bad)
         if progress is not None:
-            progress(stop, len(wells))
+            progress(batch.stop, len(wells))
     store.group["site_valid"][:] = valid_all
     return dropped

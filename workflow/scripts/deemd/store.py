@@ -71,7 +71,18 @@ def create_plate_store(
     shape = (len(wells), len(channel_names), rows * site_size, cols * site_size)
     group = zarr.open_group(str(path), mode="w")
     compressor = zarr.codecs.BloscCodec(cname=codec, clevel=clevel, shuffle="shuffle")
-    group.create_array("images", shape=shape, chunks=(1,) + shape[1:], dtype="uint8", compressors=compressor, fill_value=0)
+    # Flat chunk keys (no directory per chunk) and no all-fill-value test per chunk: both
+    # cost more CPU than compressing a small well (benchmarks/stitch.py).
+    group.create_array(
+        "images",
+        shape=shape,
+        chunks=(1,) + shape[1:],
+        dtype="uint8",
+        compressors=compressor,
+        fill_value=0,
+        chunk_key_encoding={"name": "default", "separator": "."},
+        config={"write_empty_chunks": True},
+    )
     group.create_array("site_valid", shape=(len(wells), rows * cols), chunks=(max(len(wells), 1), rows * cols), dtype="bool", fill_value=False)
     group.attrs.update(
         {

@@ -166,7 +166,7 @@ def plate_entropy(demo: dict, experiment: str, plate: int, library: pd.DataFrame
     ]
 
 
-def _section(demo: dict, key: str, defaults: dict) -> dict:
+def config_section(demo: dict, key: str, defaults: dict) -> dict:
     """A config section with defaults filled in."""
     return {**defaults, **(demo.get(key) or {})}
 
@@ -744,9 +744,9 @@ def synth_well(rng: np.random.Generator, well: dict, demo: dict, optics: dict, b
     ``well`` needs failed, moi_effective, toxic_kill; ``optics`` from ``plate_effects``,
     ``bank`` from ``texture_bank``."""
     s = int(demo["site_size"])
-    cells_cfg = _section(demo, "cells", CELL_DEFAULTS)
-    inf_cfg = _section(demo, "infection", INFECTION_DEFAULTS)
-    plate_cfg = _section(demo, "plate_effects", PLATE_DEFAULTS)
+    cells_cfg = config_section(demo, "cells", CELL_DEFAULTS)
+    inf_cfg = config_section(demo, "infection", INFECTION_DEFAULTS)
+    plate_cfg = config_section(demo, "plate_effects", PLATE_DEFAULTS)
     density = np.exp(rng.normal(0.0, cells_cfg["density_sd"]))
     n = 0 if well["failed"] else int(rng.poisson(cells_cfg["per_site"] * SITES * density))
     cells = make_cells(rng, n, s, cells_cfg)
@@ -801,9 +801,9 @@ def iter_plate(demo: dict, experiment: str, plate: int, library: pd.DataFrame):
     order. Each well has its own generator, so wells are independent of each other."""
     entropy = plate_entropy(demo, experiment, plate, library)
     layout = plate_layout(library, demo, experiment, plate)
-    plate_cfg = _section(demo, "plate_effects", PLATE_DEFAULTS)
+    plate_cfg = config_section(demo, "plate_effects", PLATE_DEFAULTS)
     optics = plate_effects(rng_from(*entropy, "optics"), int(demo["site_size"]), plate_cfg)
-    bank = texture_bank(rng_from(*entropy, "textures"), int(demo["site_size"]), _section(demo, "cells", CELL_DEFAULTS))
+    bank = texture_bank(rng_from(*entropy, "textures"), int(demo["site_size"]), config_section(demo, "cells", CELL_DEFAULTS))
     for row in layout.to_dict("records"):
         images, masks, counts = synth_well(rng_from(*entropy, "well", row["well"]), row, demo, optics, bank)
         yield row, images, masks, truth_rows(row, counts, experiment, plate)
