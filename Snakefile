@@ -25,6 +25,7 @@ if SOURCE == "rxrx19a":
 include: "workflow/rules/metadata.smk"
 include: "workflow/rules/stitch.smk"
 include: "workflow/rules/nuclei.smk"
+include: "workflow/rules/split.smk"
 
 
 rule all:

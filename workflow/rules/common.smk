@@ -41,6 +41,7 @@ wildcard_constraints:
     plate_id=r"[A-Za-z0-9][A-Za-z0-9.-]*_\d+",
     experiment=r"[A-Za-z0-9][A-Za-z0-9.-]*",
     plate=r"\d+",
+    model=r"M|W|V",
 
 
 # Config values handed to the jobs through params (so that changing one reruns exactly
@@ -73,6 +74,11 @@ DEMO_LIBRARY_PARAMS = {
     key: DEMO.get(key)
     for key in ("seed", "compounds", "concentrations_um", "compound_classes")
 }
+
+
+# Training: every value but the list of models (adding a model must not retrain the others).
+TRAIN_PARAMS = {key: value for key, value in config["train"].items() if key != "models"}
+MODELS = config["train"]["models"]
 
 
 def raw_metadata():
@@ -111,6 +117,11 @@ def plate_sites_input(wildcards):
     return ancient(sites_table())
 
 
+def plate_stores(wildcards):
+    """Every plate's store, in plate_ids() order."""
+    return expand(f"{RESULTS}/store/{{plate_id}}.zarr", plate_id=plate_ids())
+
+
 def split_plate_id(plate_id):
     experiment, plate = plate_id.rsplit("_", 1)
     return experiment, int(plate)
@@ -135,4 +146,6 @@ def final_outputs(wildcards):
     return [
         f"{RESULTS}/nuclei/wells.parquet",
         f"{RESULTS}/nuclei/nuclei_counts.png",
+        f"{RESULTS}/split/sites.parquet",
+        f"{RESULTS}/split/channel_stats.json",
     ]

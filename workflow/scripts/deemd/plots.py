@@ -52,3 +52,47 @@ def nuclei_count_figure(wells: pd.DataFrame, test: dict):
     )
     figure.tight_layout()
     return figure
+
+
+def training_curves_figure(history: pd.DataFrame, title: str):
+    """Training loss and validation average precision per epoch; the best epoch marked."""
+    figure, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(8, 3.2))
+    ax_loss.plot(history["epoch"], history["train_loss"], marker="o")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss (weighted BCE)")
+    ax_ap.plot(history["epoch"], history["val_ap"], marker="o", color="#C44E52")
+    best = history[history["best"]]
+    if len(best):
+        last_best = best.iloc[-1]
+        ax_ap.axvline(last_best["epoch"], color="grey", linestyle=":", label=f"best: epoch {int(last_best['epoch'])}")
+        ax_ap.legend(loc="lower right", fontsize=8)
+    ax_ap.set_xlabel("epoch")
+    ax_ap.set_ylabel("validation average precision")
+    ax_ap.set_ylim(min(0.5, float(history["val_ap"].min()) - 0.02), 1.005)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+MODEL_COLOURS = {"M": "#C44E52", "W": "#4C72B0", "V": "#55A868"}
+
+
+def pr_curves_figure(scores: pd.DataFrame, ap: pd.DataFrame):
+    """Precision-recall curves per model (columns model, label, score), AP in the legend."""
+    from sklearn.metrics import precision_recall_curve
+
+    figure, ax = plt.subplots(figsize=(4.5, 4))
+    for model, group in scores.groupby("model", sort=False):
+        precision, recall, _ = precision_recall_curve(group["label"], group["score"])
+        value = ap.loc[ap["model"] == model, "average_precision"].item()
+        ax.plot(recall, precision, label=f"{model}: AP {value:.3f}", color=MODEL_COLOURS.get(model))
+    prevalence = scores.groupby("model")["label"].mean().iloc[0] if len(scores) else 0
+    ax.axhline(prevalence, color="grey", linestyle=":", linewidth=1, label="chance")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("untreated test sites")
+    ax.legend(loc="lower left", fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from deemd.mil import (
+    PatchGrid,
+    adapt_conv1_weight,
+    build_resnet34,
+    class_weights,
+    extract_patches,
+    kth_largest,
+    normalise,
+    patch_grid,
+    topk_patch_indices,
+    weighted_bce,
+)
+
+
+def test_patch_grid_scales_and_checks_tiling():
+    grid = patch_grid(1024, 1024, 256, 128)
+    assert (grid.patch_size, grid.stride, grid.grid, grid.n_patches) == (256, 128, 7, 49)
+    assert patch_grid(128, 1024, 256, 128) == PatchGrid(128, 32, 16)
+    with pytest.raises(ValueError, match="do not tile"):
+        patch_grid(100, 100, 30, 20)
+    with pytest.raises(ValueError, match="scale to"):
+        patch_grid(64, 1024, 64, 32)
+
+
+def test_extract_patches_matches_slicing():
+    sites = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16)
+    grid = PatchGrid(16, 8, 4)
+    patches = extract_patches(sites, grid)
+    assert patches.shape == (2, 9, 3, 8, 8)
+    for b in range(2):
+        for i in range(3):
+            for j in range(3):
+                expected = sites[b, :, 4 * i : 4 * i + 8, 4 * j : 4 * j + 8]
+                assert torch.equal(patches[b, 3 * i + j], expected)
+
+
+def test_adapt_conv1_weight_keeps_response_to_grey_input():
+    weight = torch.randn(64, 3, 7, 7)
+    adapted = adapt_conv1_weight(weight, 5)
+    assert adapted.shape == (64, 5, 7, 7)
+    grey3, grey5 = torch.ones(1, 3, 7, 7), torch.ones(1, 5, 7, 7)
+    response3 = torch.nn.functional.conv2d(grey3, weight)
+    response5 = torch.nn.functional.conv2d(grey5, adapted)
+    assert torch.allclose(response3, response5, atol=1e-4)
+
+
+def test_build_resnet34_five_channels_one_logit(tmp_path):
+    torch.manual_seed(0)
+    model = build_resnet34(5)
+    assert model.conv1.in_channels == 5 and model.fc.out_features == 1
+    assert model(torch.randn(2, 5, 32, 32)).shape == (2, 1)
+    # ImageNet-style weights from a local file: adapted conv1, the rest loaded as is.
+    imagenet = torchvision.models.resnet34(weights=None).state_dict()
+    path = tmp_path / "resnet34.pth"
+    torch.save(imagenet, path)
+    loaded = build_resnet34(5, str(path))
+    assert torch.allclose(loaded.conv1.weight, adapt_conv1_weight(imagenet["conv1.weight"], 5))
+    assert torch.equal(loaded.layer3[0].conv1.weight, imagenet["layer3.0.conv1.weight"])
+    torch.save({"something": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="bad.pth: not a torchvision ResNet34"):
+        build_resnet34(5, str(tmp_path / "bad.pth"))
+
+
+def test_normalise_per_channel():
+    sites = torch.full((1, 2, 2, 2), 10, dtype=torch.uint8)
+    out = normalise(sites, torch.tensor([10.0, 0.0]), torch.tensor([1.0, 5.0]))
+    assert torch.equal(out[0, 0], torch.zeros(2, 2)) and torch.equal(out[0, 1], torch.full((2, 2), 2.0))
+
+
+def test_topk_and_kth_largest():
+    probabilities = torch.tensor([[0.1, 0.9, 0.5, 0.7], [0.3, 0.2, 0.1, 0.0]])
+    assert topk_patch_indices(probabilities, 2).tolist() == [[1, 3], [0, 1]]
+    assert torch.allclose(kth_largest(probabilities, 2), torch.tensor([0.7, 0.2]))
+    assert np.allclose(kth_largest(probabilities.numpy(), 2), [0.7, 0.2])
+    assert np.allclose(kth_largest(probabilities.numpy(), 9), [0.1, 0.0])
+
+
+def test_class_weights_balance_the_classes():
+    weights = class_weights(np.array([0, 0, 0, 1]))
+    assert np.allclose(weights, [4 / 6, 2.0])
+    with pytest.raises(ValueError, match="both classes"):
+        class_weights(np.array([1, 1]))
+
+
+def test_weighted_bce():
+    logits = torch.tensor([0.0, 0.0, 2.0])
+    targets = torch.tensor([0.0, 1.0, 1.0])
+    plain = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    value = weighted_bce(logits, targets, torch.tensor([1.0, 3.0]))
+    assert torch.isclose(value, (plain * torch.tensor([1.0, 3.0, 3.0])).mean())

@@ -1,0 +1,128 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from deemd.mil import PatchGrid
+from deemd.train import (
+    Runtime,
+    TrainSetup,
+    average_precision,
+    fit,
+    inference_sites_per_batch,
+    infer_patches,
+    select_device,
+    site_scores,
+    sites_per_step,
+    steps_per_epoch,
+)
+
+
+class Sites(torch.utils.data.Dataset):
+    """Tiny sites: infected ones hold one bright square in a random patch (a local focus)."""
+
+    def __init__(self, n, seed):
+        rng = np.random.default_rng(seed)
+        self.label = (np.arange(n) % 2).astype(np.float32)
+        self.images = rng.integers(0, 40, (n, 2, 32, 32)).astype(np.uint8)
+        for i in np.flatnonzero(self.label):
+            y, x = rng.integers(0, 24, 2)
+            self.images[i, :, y : y + 8, x : x + 8] = 220
+
+    def __len__(self):
+        return len(self.label)
+
+    def __getitem__(self, index):
+        return torch.from_numpy(self.images[index]), torch.tensor(self.label[index]), index
+
+
+def setup(kind, epochs=3, patience=5):
+    return TrainSetup(kind=kind, k=2, eta=0.5, grid=PatchGrid(32, 16, 8), epochs=epochs, patience=patience, batch_size=8,
+                      whole_batch_size=4, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, seed=3, in_channels=2)
+
+
+def loaders(dataset, batch_size, shuffle_seed):
+    generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle_seed is not None, generator=generator)
+
+
+RUNTIME = Runtime(torch.device("cpu"), np.array([30.0, 30.0]), np.array([40.0, 40.0]))
+
+
+def test_batch_arithmetic():
+    m, v, w = setup("M"), setup("V"), setup("W")
+    assert m.train_k == 2 and v.train_k == 9
+    assert sites_per_step(m) == 4 and sites_per_step(v) == 1 and sites_per_step(w) == 4
+    assert steps_per_epoch(m, 10) == 3 and inference_sites_per_batch(m) == 3 and inference_sites_per_batch(w) == 4
+
+
+def test_select_device():
+    assert select_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert select_device("auto").type == "cpu"
+        with pytest.raises(RuntimeError, match="no CUDA"):
+            select_device("cuda")
+
+
+def test_average_precision():
+    assert average_precision(np.array([0, 1, 1]), np.array([0.1, 0.9, 0.8])) == 1.0
+    assert np.isnan(average_precision(np.array([1, 1]), np.array([0.1, 0.2])))
+
+
+@pytest.mark.parametrize("kind", ["M", "V", "W"])
+def test_fit_runs_checkpoints_and_scores(kind, tmp_path):
+    torch.set_num_threads(1)
+    result = fit(setup(kind, epochs=2), Sites(12, 0), Sites(8, 1), loaders, RUNTIME, tmp_path / "last.pt", "d", log=lambda *_: None)
+    assert result["finished"] and [row["epoch"] for row in result["history"]] == [1, 2]
+    assert (tmp_path / "last.pt").exists() and result["best_state"] is not None
+    scores, labels, rows, patches = site_scores(setup(kind), _model(kind, result["best_state"]), loaders(Sites(6, 2), 3, None), RUNTIME)
+    assert scores.shape == (6,) and ((scores >= 0) & (scores <= 1)).all()
+    assert (patches is None) == (kind == "W")
+
+
+def _model(kind, state):
+    from deemd.mil import build_resnet34
+
+    model = build_resnet34(2)
+    model.load_state_dict(state)
+    return model
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
+    torch.set_num_threads(1)
+    train, val = Sites(12, 0), Sites(8, 1)
+    whole = fit(setup("M"), train, val, loaders, RUNTIME, tmp_path / "a.pt", "d", log=lambda *_: None)
+    cut = fit(setup("M"), train, val, loaders, RUNTIME, tmp_path / "b.pt", "d", log=lambda *_: None, stop_after=1)
+    assert not cut["finished"] and cut["epoch"] == 1
+    messages = []
+    resumed = fit(setup("M"), train, val, loaders, RUNTIME, tmp_path / "b.pt", "d", log=messages.append)
+    assert any("resumed" in m for m in messages)
+    assert resumed["finished"] and resumed["epoch"] == whole["epoch"]
+    for a, b in zip(whole["history"], resumed["history"]):
+        assert a["train_loss"] == b["train_loss"] and a["val_ap"] == b["val_ap"]
+    for name, tensor in whole["best_state"].items():
+        assert torch.equal(tensor, resumed["best_state"][name]), name
+    # A checkpoint of another config or data set is not resumed.
+    messages = []
+    fit(setup("M", epochs=1), train, val, loaders, RUNTIME, tmp_path / "b.pt", "other", log=messages.append)
+    assert any("starting afresh" in m for m in messages)
+
+
+def test_early_stopping_on_validation_ap(tmp_path):
+    torch.set_num_threads(1)
+    result = fit(setup("W", epochs=6, patience=1), Sites(8, 0), Sites(8, 1), loaders, RUNTIME, tmp_path / "c.pt", "d", log=lambda *_: None)
+    history = pd.DataFrame(result["history"])
+    assert result["finished"]
+    if len(history) < 6:
+        assert not history["best"].iloc[-1]
+    assert result["best_ap"] == history["val_ap"].max()
+
+
+def test_infer_patches_probabilities_cover_every_patch():
+    from deemd.mil import build_resnet34
+
+    torch.manual_seed(0)
+    probabilities, labels, rows = infer_patches(build_resnet34(2), loaders(Sites(5, 3), 2, None), PatchGrid(32, 16, 8), RUNTIME, 7)
+    assert probabilities.shape == (5, 9) and rows.tolist() == [0, 1, 2, 3, 4]
+    assert labels.tolist() == [0, 1, 0, 1, 0]

@@ -1,0 +1,71 @@
+# Train (GPU rule): the MIL model M and the baselines W and V, then their evaluation on
+# the untreated test sites.
+
+
+rule train:
+    input:
+        split=f"{RESULTS}/split/sites.parquet",
+        stats=f"{RESULTS}/split/channel_stats.json",
+        stores=plate_stores,
+    output:
+        model=f"{RESULTS}/models/{{model}}/model.pt",
+        history=f"{RESULTS}/models/{{model}}/history.parquet",
+        curves=report(
+            f"{RESULTS}/models/{{model}}/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Training",
+            subcategory="{model}",
+        ),
+    params:
+        train=TRAIN_PARAMS,
+        plates=lambda wildcards: plate_ids(),
+    log:
+        f"{LOGS}/train/{{model}}.log",
+    benchmark:
+        f"{BENCH}/train/{{model}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=2880,
+    script:
+        "../scripts/train_model.py"
+
+
+rule evaluate:
+    input:
+        models=expand(f"{RESULTS}/models/{{model}}/model.pt", model=MODELS),
+        split=f"{RESULTS}/split/sites.parquet",
+        stores=plate_stores,
+    output:
+        scores=f"{RESULTS}/evaluation/test_scores.parquet",
+        table=report(
+            f"{RESULTS}/evaluation/average_precision.tsv",
+            caption="../report/average_precision.rst",
+            category="Evaluation",
+        ),
+        figure=report(
+            f"{RESULTS}/evaluation/pr_curves.png",
+            caption="../report/pr_curves.rst",
+            category="Evaluation",
+        ),
+    params:
+        models=MODELS,
+        plates=lambda wildcards: plate_ids(),
+        device=config["train"]["device"],
+        workers=config["train"]["workers"],
+    log:
+        f"{LOGS}/evaluate/evaluate.log",
+    benchmark:
+        f"{BENCH}/evaluate/evaluate.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=600,
+    script:
+        "../scripts/evaluate_models.py"

@@ -1,0 +1,54 @@
+"""Snakemake glue: per-channel mean and std of the training sites, streamed from the
+per-plate stores."""
+
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+
+from deemd.split import training_channel_stats
+from deemd.store import open_plate_store
+
+
+def write_json_atomic(data, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def main(split_path, store_paths, output, params, threads, log):
+    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    split = pd.read_parquet(split_path)
+    stores = {}
+    for path in store_paths:
+        store = open_plate_store(path)
+        stores[store.group.attrs.get("plate_id", Path(path).name.removesuffix(".zarr"))] = store
+    n_train = int((split["set"] == "train").sum())
+    logging.info("%d training sites from %d plate stores", n_train, len(stores))
+    step = max(1, params["batch_wells"])
+
+    def progress(done, total):
+        if done % (10 * step) < step or done == total:
+            logging.info("read %d/%d training wells", done, total)
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        stats = training_channel_stats(split, stores, params["batch_wells"], pool, progress)
+    for name, mean, std in zip(stats["channels"], stats["mean"], stats["std"]):
+        logging.info("%-12s mean %8.3f  std %8.3f", name, mean, std)
+    write_json_atomic(stats, output)
+
+
+if "snakemake" in globals():
+    main(
+        snakemake.input.split,
+        list(snakemake.input.stores),
+        snakemake.output[0],
+        snakemake.params,
+        snakemake.threads,
+        snakemake.log[0],
+    )

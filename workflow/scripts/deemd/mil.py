@@ -1,0 +1,113 @@
+"""The models and the multiple-instance pieces of DEEMD (DESIGN 1.5): patches cut on the
+device, ResNet34 with a 5-channel input, top-k selection, class-weighted BCE, scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """Patch size P and stride S in pixels of a site, and the g x g grid they make."""
+
+    site_size: int
+    patch_size: int
+    stride: int
+
+    @property
+    def grid(self) -> int:
+        return (self.site_size - self.patch_size) // self.stride + 1
+
+    @property
+    def n_patches(self) -> int:
+        return self.grid**2
+
+
+def patch_grid(site_size: int, reference_site_size: int, patch_size: int, stride: int) -> PatchGrid:
+    """Scale the patch size and stride given at ``reference_site_size`` to ``site_size``
+    (RxRx19a: 256 / 128 at 1024 px, a 7 x 7 grid); the grid must tile the site exactly."""
+    ratio = site_size / reference_site_size
+    size, step = round(patch_size * ratio), round(stride * ratio)
+    if size < 8 or step < 1 or size > site_size:
+        raise ValueError(f"train.patch_size {patch_size} / stride {stride} scale to {size} / {step} px at a {site_size} px site")
+    if (site_size - size) % step:
+        raise ValueError(f"patches of {size} px at stride {step} do not tile a {site_size} px site")
+    return PatchGrid(site_size, size, step)
+
+
+def extract_patches(sites: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, C, P, P), patches in row-major grid order, as views where
+    possible (unfold): no Python loop over patches."""
+    b, c = sites.shape[:2]
+    p, s = grid.patch_size, grid.stride
+    patches = sites.unfold(2, p, s).unfold(3, p, s)  # B, C, g, g, P, P
+    return patches.permute(0, 2, 3, 1, 4, 5).reshape(b, grid.n_patches, c, p, p)
+
+
+def adapt_conv1_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """ImageNet conv1 (64, 3, k, k) -> (64, in_channels, k, k): the mean RGB filter for
+    every channel, scaled by 3 / in_channels so activations keep their size."""
+    mean = weight.mean(dim=1, keepdim=True)
+    return mean.repeat(1, in_channels, 1, 1) * (3.0 / in_channels)
+
+
+def build_resnet34(in_channels: int, pretrained_weights: str | None = None) -> nn.Module:
+    """torchvision ResNet34 with an ``in_channels`` input layer and one logit out.
+
+    ``pretrained_weights``: a local torchvision ResNet34 state_dict (ImageNet); conv1 is
+    adapted to the channels and the classifier left fresh. Nothing is downloaded.
+    """
+    model = torchvision.models.resnet34(weights=None)
+    if pretrained_weights:
+        state = torch.load(pretrained_weights, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        missing = {"conv1.weight", "layer4.2.conv2.weight"} - set(state)
+        if missing:
+            raise ValueError(f"{pretrained_weights}: not a torchvision ResNet34 state_dict (missing {sorted(missing)})")
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        state["conv1.weight"] = adapt_conv1_weight(state["conv1.weight"], in_channels)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    model.fc = nn.Linear(model.fc.in_features, 1)
+    if pretrained_weights:
+        model.load_state_dict(state, strict=False)
+    return model
+
+
+def normalise(sites: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float, per-channel standardised with the training statistics."""
+    return (sites.float() - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def topk_patch_indices(probabilities: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, N) patch probabilities -> (B, k) indices of the k most infected-looking patches."""
+    return probabilities.topk(min(k, probabilities.shape[1]), dim=1).indices
+
+
+def kth_largest(probabilities: torch.Tensor | np.ndarray, k: int):
+    """Site score of the MIL rule: the k-th largest patch probability (y_hat = score >= eta)."""
+    if isinstance(probabilities, np.ndarray):
+        k = min(k, probabilities.shape[1])
+        return np.sort(probabilities, axis=1)[:, -k]
+    return probabilities.topk(min(k, probabilities.shape[1]), dim=1).values[:, -1]
+
+
+def class_weights(labels: np.ndarray) -> np.ndarray:
+    """Weights (w0, w1) = n / (2 n_c): each class weighs the same in the loss."""
+    labels = np.asarray(labels)
+    counts = np.array([(labels == 0).sum(), (labels == 1).sum()], dtype=float)
+    if (counts == 0).any():
+        raise ValueError(f"training needs both classes; counts (non-infected, infected) = {counts.astype(int).tolist()}")
+    return counts.sum() / (2 * counts)
+
+
+def weighted_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Class-weighted binary cross entropy averaged over the patches (or sites) given."""
+    per_item = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    item_weights = torch.where(targets > 0.5, weights[1], weights[0])
+    return (per_item * item_weights).mean()

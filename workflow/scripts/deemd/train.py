@@ -1,0 +1,295 @@
+"""Training and inference loops of the three models (DESIGN 1.5):
+
+M  MIL top-k: each epoch (a) every patch of every training site inferred, (b) per site
+   the k patches with the highest probability kept, (c) trained on with the site label;
+V  the same with all N patches kept (k = N);
+W  a whole-site classifier at full resolution.
+
+Everything random in an epoch is drawn from generators seeded by (seed, epoch), and a
+checkpoint is written after every epoch, so a killed run resumes and ends exactly as an
+uninterrupted one would (on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score
+
+from deemd.mil import (
+    PatchGrid,
+    build_resnet34,
+    class_weights,
+    extract_patches,
+    kth_largest,
+    normalise,
+    topk_patch_indices,
+    weighted_bce,
+)
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """What a training run needs besides the data."""
+
+    kind: str  # "M", "V" or "W"
+    k: int  # top-k of M, and the site rule of M and V
+    eta: float
+    grid: PatchGrid
+    epochs: int
+    patience: int
+    batch_size: int  # patches per step (M, V)
+    whole_batch_size: int  # sites per step (W)
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    seed: int
+    in_channels: int
+    pretrained_weights: str | None = None
+
+    @property
+    def train_k(self) -> int:
+        return self.grid.n_patches if self.kind == "V" else self.k
+
+
+def select_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device {name!r}: no CUDA device is available")
+    return device
+
+
+class Runtime:
+    """Device settings: bf16 autocast and channels-last on CUDA; plain fp32 on CPU."""
+
+    def __init__(self, device: torch.device, mean: np.ndarray, std: np.ndarray):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=device)
+
+    def autocast(self):
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.cuda)
+
+    def prepare(self, sites: torch.Tensor) -> torch.Tensor:
+        """uint8 sites from the loader -> normalised float on the device."""
+        sites = sites.to(self.device, non_blocking=True)
+        return normalise(sites, self.mean, self.std)
+
+    def layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.cuda else images.contiguous()
+
+    def model(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.cuda else model
+
+
+@torch.inference_mode()
+def infer_patches(model, loader, grid: PatchGrid, runtime: Runtime, chunk: int, progress=None):
+    """Every patch of every site: (probabilities (n_sites, N) float32, labels, rows)."""
+    model.eval()
+    probabilities, labels, rows = [], [], []
+    for step, (sites, label, index) in enumerate(loader):
+        patches = extract_patches(runtime.prepare(sites), grid)
+        flat = patches.reshape(-1, *patches.shape[2:])
+        logits = []
+        for start in range(0, flat.shape[0], chunk):
+            with runtime.autocast():
+                logits.append(model(runtime.layout(flat[start : start + chunk])).float())
+        probabilities.append(torch.sigmoid(torch.cat(logits)).view(len(sites), grid.n_patches).cpu())
+        labels.append(label)
+        rows.append(index)
+        if progress is not None:
+            progress(step + 1, len(loader))
+    return torch.cat(probabilities).numpy(), torch.cat(labels).numpy(), torch.cat(rows).numpy()
+
+
+@torch.inference_mode()
+def infer_sites(model, loader, runtime: Runtime, progress=None):
+    """Whole-site model W: (probabilities (n_sites,), labels, rows)."""
+    model.eval()
+    probabilities, labels, rows = [], [], []
+    for step, (sites, label, index) in enumerate(loader):
+        with runtime.autocast():
+            logits = model(runtime.layout(runtime.prepare(sites))).float()
+        probabilities.append(torch.sigmoid(logits).view(-1).cpu())
+        labels.append(label)
+        rows.append(index)
+        if progress is not None:
+            progress(step + 1, len(loader))
+    return torch.cat(probabilities).numpy(), torch.cat(labels).numpy(), torch.cat(rows).numpy()
+
+
+def site_scores(setup: TrainSetup, model, loader, runtime: Runtime, progress=None):
+    """Site scores of any model: the k-th largest patch probability (M, V), or the site
+    probability (W). Returns (scores, labels, rows, patch probabilities or None)."""
+    if setup.kind == "W":
+        scores, labels, rows = infer_sites(model, loader, runtime, progress)
+        return scores, labels, rows, None
+    probabilities, labels, rows = infer_patches(model, loader, setup.grid, runtime, 4 * setup.batch_size, progress)
+    return kth_largest(probabilities, setup.k), labels, rows, probabilities
+
+
+def steps_per_epoch(setup: TrainSetup, n_sites: int) -> int:
+    return math.ceil(n_sites / sites_per_step(setup))
+
+
+def inference_sites_per_batch(setup: TrainSetup) -> int:
+    """Sites per inference batch: about 4 training batches of patches (W: of sites)."""
+    if setup.kind == "W":
+        return setup.whole_batch_size
+    return max(1, 4 * setup.batch_size // setup.grid.n_patches)
+
+
+def sites_per_step(setup: TrainSetup) -> int:
+    if setup.kind == "W":
+        return setup.whole_batch_size
+    return max(1, setup.batch_size // setup.train_k)
+
+
+def train_one_epoch(setup, model, loader, selected, runtime, weights, optimizer, scheduler, progress=None) -> float:
+    """One pass over the training sites. For M and V, ``selected`` (n_sites, k) holds the
+    patch indices kept per site (rows of the dataset); W trains on whole sites."""
+    model.train()
+    losses, counts = 0.0, 0
+    for step, (sites, label, index) in enumerate(loader):
+        images = runtime.prepare(sites)
+        targets = label.to(runtime.device)
+        if setup.kind != "W":
+            patches = extract_patches(images, setup.grid)
+            keep = torch.as_tensor(selected[index.numpy()], device=runtime.device)
+            chosen = patches[torch.arange(len(sites), device=runtime.device)[:, None], keep]
+            images = chosen.reshape(-1, *patches.shape[2:])
+            targets = targets.repeat_interleave(keep.shape[1])
+        with runtime.autocast():
+            logits = model(runtime.layout(images)).float().view(-1)
+        loss = weighted_bce(logits, targets, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses += loss.item() * len(targets)
+        counts += len(targets)
+        if progress is not None:
+            progress(step + 1, len(loader))
+    return losses / max(counts, 1)
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(average_precision_score(labels, scores))
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fit(setup: TrainSetup, train_data, val_data, loader_factory, runtime: Runtime, checkpoint: Path, digest: str, log=print, stop_after=None):
+    """Train one model with early stopping on validation average precision.
+
+    ``loader_factory(dataset, batch_size, shuffle_seed)`` makes DataLoaders. The last
+    epoch's full state is checkpointed to ``checkpoint`` after every epoch and resumed
+    from when its ``digest`` (config + data) matches. ``stop_after`` ends the run after
+    that many epochs of this call (tests use it to simulate a kill).
+    Returns the final state: history rows, best_state, best_epoch, best_ap, and finished
+    (False only when ``stop_after`` cut the run short).
+    """
+    torch.manual_seed(setup.seed)
+    model = runtime.model(build_resnet34(setup.in_channels, setup.pretrained_weights))
+    weights = torch.as_tensor(class_weights(train_data.label), dtype=torch.float32, device=runtime.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=setup.lr, betas=setup.betas, weight_decay=setup.weight_decay)
+    total_steps = setup.epochs * steps_per_epoch(setup, len(train_data))
+    # One-cycle cosine policy; the Adam betas stay as given (no momentum cycling).
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=setup.lr, total_steps=total_steps, anneal_strategy="cos", cycle_momentum=False)
+    state = {"epoch": 0, "history": [], "best_ap": -1.0, "best_epoch": 0, "best_state": None, "bad_epochs": 0, "stopped": False}
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=runtime.device, weights_only=False)
+        if saved.get("digest") == digest:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            torch.set_rng_state(saved["torch_rng"])
+            state = saved["state"]
+            log(f"resumed from {checkpoint} after epoch {state['epoch']}")
+        else:
+            log(f"{checkpoint} belongs to another config or data set; starting afresh")
+    run_epochs = 0
+    while state["epoch"] < setup.epochs and not state["stopped"]:
+        if stop_after is not None and run_epochs >= stop_after:
+            break
+        epoch = state["epoch"] + 1
+        started = time.perf_counter()
+        if setup.kind == "M":
+            # (a) every patch of every training site, (b) the top k per site
+            probabilities, _, rows = infer_patches(
+                model, loader_factory(train_data, inference_sites_per_batch(setup), None), setup.grid, runtime, 4 * setup.batch_size
+            )
+            selected = np.empty((len(train_data), setup.k), dtype=np.int64)
+            selected[rows] = topk_patch_indices(torch.from_numpy(probabilities), setup.k).numpy()
+        elif setup.kind == "V":
+            selected = np.tile(np.arange(setup.grid.n_patches), (len(train_data), 1))
+        else:
+            selected = None
+        inference_seconds = time.perf_counter() - started
+        # (c) train on the kept patches with the site label
+        shuffle_seed = setup.seed * 100_003 + epoch
+        train_loss = train_one_epoch(
+            setup, model, loader_factory(train_data, sites_per_step(setup), shuffle_seed), selected, runtime, weights, optimizer, scheduler
+        )
+        scores, labels, _, _ = site_scores(setup, model, loader_factory(val_data, inference_sites_per_batch(setup), None), runtime)
+        val_ap = average_precision(labels, scores)
+        improved = val_ap > state["best_ap"]
+        if improved:
+            state.update(best_ap=val_ap, best_epoch=epoch, best_state=copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}), bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        state["stopped"] = state["bad_epochs"] >= setup.patience
+        state["epoch"] = epoch
+        seconds = time.perf_counter() - started
+        state["history"].append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_ap": val_ap,
+                "val_accuracy": float(((scores >= setup.eta) == (labels > 0.5)).mean()),
+                "lr": float(scheduler.get_last_lr()[0]),
+                "best": improved,
+                "seconds": seconds,
+                "inference_seconds": inference_seconds,
+            }
+        )
+        log(
+            f"epoch {epoch}/{setup.epochs}: loss {train_loss:.4f}, val AP {val_ap:.4f}"
+            f"{' (best)' if improved else ''}, {seconds:.1f} s"
+            + (" - early stop" if state["stopped"] else "")
+        )
+        _atomic_save(
+            {
+                "digest": digest,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "state": state,
+                "setup": asdict(setup),
+            },
+            checkpoint,
+        )
+        run_epochs += 1
+    finished = state["stopped"] or state["epoch"] >= setup.epochs
+    return dict(state, finished=finished)
+

@@ -1,0 +1,57 @@
+"""Snakemake glue: average precision and precision-recall curves of the trained models
+on the untreated test sites."""
+
+import logging
+import os
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+from deemd.data import SiteDataset, site_loader
+from deemd.inference import score_dataset
+from deemd.io import save_figure_atomic, write_parquet_atomic
+from deemd.plots import pr_curves_figure
+from deemd.train import average_precision, select_device
+
+
+def main(model_paths, models, split_path, store_paths, output, device_name, workers, threads, log):
+    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    torch.set_num_threads(max(1, threads))
+    device = select_device(device_name)
+    sites = pd.read_parquet(split_path)
+    test = sites[sites["set"] == "test"].reset_index(drop=True)
+    dataset = SiteDataset(test, store_paths)
+    rows, table = [], []
+    for model, path in zip(models, model_paths):
+        (scores, labels, order, _), setup = score_dataset(
+            path, dataset, device, lambda d, b, runtime: site_loader(d, b, workers, None, pin_memory=runtime.cuda)
+        )
+        ap = average_precision(labels, scores)
+        logging.info("model %s: AP %.4f on %d test sites", model, ap, len(scores))
+        table.append({"model": model, "average_precision": ap, "n_sites": len(scores), "n_infected": int((labels > 0.5).sum()),
+                      "accuracy_at_eta": float(((scores >= setup.eta) == (labels > 0.5)).mean())})
+        rows.append(pd.DataFrame({"site_id": test["site_id"].to_numpy()[order], "model": model, "label": labels.astype(int), "score": scores}))
+    scores = pd.concat(rows, ignore_index=True)
+    ap = pd.DataFrame(table)
+    write_parquet_atomic(scores, output["scores"])
+    tmp = output["table"] + ".tmp"
+    ap.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+    os.replace(tmp, output["table"])
+    figure = pr_curves_figure(scores, ap)
+    save_figure_atomic(figure, output["figure"], dpi=150)
+    plt.close(figure)
+
+
+if "snakemake" in globals():
+    main(
+        list(snakemake.input.models),
+        snakemake.params.models,
+        snakemake.input.split,
+        dict(zip(snakemake.params.plates, snakemake.input.stores)),
+        snakemake.output,
+        snakemake.params.device,
+        snakemake.params.workers,
+        snakemake.threads,
+        snakemake.log[0],
+    )

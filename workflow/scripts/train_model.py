@@ -1,0 +1,107 @@
+"""Snakemake glue: train one model (M, W or V) on the training sites, early-stopped on
+the validation sites, resuming from its checkpoint after a kill."""
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+from deemd.data import SiteDataset, site_loader
+from deemd.io import save_figure_atomic, write_parquet_atomic
+from deemd.mil import patch_grid
+from deemd.plots import training_curves_figure
+from deemd.train import Runtime, TrainSetup, fit, select_device
+
+
+def make_setup(kind, train, site_size, in_channels):
+    return TrainSetup(
+        kind=kind,
+        k=train["k"],
+        eta=train["eta"],
+        grid=patch_grid(site_size, train["reference_site_size"], train["patch_size"], train["patch_stride"]),
+        epochs=train["epochs"],
+        patience=train["early_stopping_patience"],
+        batch_size=train["batch_size"],
+        whole_batch_size=train["whole_batch_size"],
+        lr=train["lr"],
+        betas=tuple(train["betas"]),
+        weight_decay=train["weight_decay"],
+        seed=train["seed"],
+        in_channels=in_channels,
+        pretrained_weights=train["pretrained_weights"],
+    )
+
+
+def data_digest(setup, sites, stats):
+    """What a checkpoint must match to be resumed: the setup, the sites, the statistics."""
+    text = json.dumps(
+        {"setup": repr(setup), "sites": sites[["site_id", "set", "label"]].astype(str).values.tolist(), "stats": stats},
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def main(kind, split_path, stats_path, store_paths, output, params, threads, log, stop_after=None):
+    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    torch.set_num_threads(max(1, threads))
+    train = params["train"]
+    stats = json.loads(Path(stats_path).read_text())
+    sites = pd.read_parquet(split_path)
+    sites = sites[sites["set"].isin(["train", "val"])].reset_index(drop=True)
+    setup = make_setup(kind, train, stats["site_size"], len(stats["mean"]))
+    device = select_device(train["device"])
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    runtime = Runtime(device, stats["mean"], stats["std"])
+    logging.info("model %s on %s: %s", kind, device, setup)
+    train_data = SiteDataset(sites[sites["set"] == "train"], store_paths)
+    val_data = SiteDataset(sites[sites["set"] == "val"], store_paths)
+    logging.info("%d training sites, %d validation sites", len(train_data), len(val_data))
+
+    def loaders(dataset, batch_size, shuffle_seed):
+        return site_loader(dataset, batch_size, train["workers"], shuffle_seed, pin_memory=runtime.cuda)
+
+    checkpoint = Path(output["model"]).parent / "checkpoint" / "last.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    result = fit(setup, train_data, val_data, loaders, runtime, checkpoint, data_digest(setup, sites, stats), logging.info, stop_after)
+    if not result["finished"]:
+        logging.info("stopped after epoch %d on request; rerun to resume", result["epoch"])
+        return result
+    history = pd.DataFrame(result["history"])
+    write_parquet_atomic(history, output["history"])
+    figure = training_curves_figure(history, f"model {kind}")
+    save_figure_atomic(figure, output["curves"], dpi=120)
+    plt.close(figure)
+    tmp = Path(output["model"] + ".tmp")
+    torch.save(
+        {
+            "kind": kind,
+            "state_dict": result["best_state"],
+            "setup": setup,
+            "best_epoch": result["best_epoch"],
+            "best_val_ap": result["best_ap"],
+            "channel_names": stats["channels"],
+            "mean": stats["mean"],
+            "std": stats["std"],
+        },
+        tmp,
+    )
+    tmp.replace(output["model"])
+    logging.info("best epoch %d, validation AP %.4f", result["best_epoch"], result["best_ap"])
+    return result
+
+
+if "snakemake" in globals():
+    main(
+        snakemake.wildcards.model,
+        snakemake.input.split,
+        snakemake.input.stats,
+        dict(zip(snakemake.params.plates, snakemake.input.stores)),
+        snakemake.output,
+        snakemake.params,
+        snakemake.threads,
+        snakemake.log[0],
+    )
