@@ -26,6 +26,7 @@ include: "workflow/rules/metadata.smk"
 include: "workflow/rules/stitch.smk"
 include: "workflow/rules/nuclei.smk"
 include: "workflow/rules/split.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:

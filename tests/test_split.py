@@ -160,7 +160,7 @@ def test_largest_remainder():
     assert largest_remainder(10, [0.6, 0.2, 0.2, 0.0]).tolist() == [6, 2, 2, 0]
     assert largest_remainder(32, [0.6, 0.2, 0.2]).tolist() == [19, 7, 6]
     assert largest_remainder(32, [0.6, 0.2, 0.2], priority=[0, 0, 1]).tolist() == [19, 6, 7]
-    assert largest_remainder(7, [0.5, 0.25, 0.25]).tolist() == [4, 2, 1]
+    assert largest_remainder(7, [0.5, 0.25, 0.25]).tolist() == [3, 2, 2]  # remainders .5 < .75
     assert largest_remainder(0, [0.6, 0.4]).tolist() == [0, 0]
     for n in range(50):
         assert largest_remainder(n, [0.3, 0.3, 0.1, 0.3]).sum() == n
@@ -210,7 +210,10 @@ def test_assign_sets_is_deterministic_by_seed():
     _, _, again, _ = assigned_screen(seed=3)
     _, _, other, _ = assigned_screen(seed=4)
     pd.testing.assert_frame_equal(first, again)
-    assert not first["set"].equals(other.set_index(first.index)["set"]) or not first["well_id"].equals(other["well_id"])
+    def pairs(table):
+        return set(zip(table["well_id"], table["set"]))
+
+    assert pairs(first) != pairs(other)
 
 
 def test_assign_sets_without_balance_keeps_all_untreated_wells():

@@ -76,9 +76,18 @@ DEMO_LIBRARY_PARAMS = {
 }
 
 
-# Training: every value but the list of models (adding a model must not retrain the others).
-TRAIN_PARAMS = {key: value for key, value in config["train"].items() if key != "models"}
 MODELS = config["train"]["models"]
+
+
+def train_params(wildcards):
+    """One model's training values: its own epoch count, and not the list of models (adding
+    a model, or changing another model's epochs, must not retrain this one)."""
+    train = config["train"]
+    values = {k: v for k, v in train.items() if k not in ("models", "epochs_by_model")}
+    values["epochs"] = (train.get("epochs_by_model") or {}).get(
+        wildcards.model, train["epochs"]
+    )
+    return values
 
 
 def raw_metadata():
@@ -148,4 +157,6 @@ def final_outputs(wildcards):
         f"{RESULTS}/nuclei/nuclei_counts.png",
         f"{RESULTS}/split/sites.parquet",
         f"{RESULTS}/split/channel_stats.json",
+        f"{RESULTS}/evaluation/average_precision.tsv",
+        f"{RESULTS}/evaluation/pr_curves.png",
     ]

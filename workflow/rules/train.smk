@@ -16,9 +16,6 @@ rule train:
             category="Training",
             subcategory="{model}",
         ),
-    params:
-        train=TRAIN_PARAMS,
-        plates=lambda wildcards: plate_ids(),
     log:
         f"{LOGS}/train/{{model}}.log",
     benchmark:
@@ -30,6 +27,9 @@ rule train:
         gpu=1,
         mem_mb=16000,
         runtime=2880,
+    params:
+        train=train_params,
+        plates=lambda wildcards: plate_ids(),
     script:
         "../scripts/train_model.py"
 
@@ -51,11 +51,6 @@ rule evaluate:
             caption="../report/pr_curves.rst",
             category="Evaluation",
         ),
-    params:
-        models=MODELS,
-        plates=lambda wildcards: plate_ids(),
-        device=config["train"]["device"],
-        workers=config["train"]["workers"],
     log:
         f"{LOGS}/evaluate/evaluate.log",
     benchmark:
@@ -67,5 +62,10 @@ rule evaluate:
         gpu=1,
         mem_mb=8000,
         runtime=600,
+    params:
+        models=MODELS,
+        plates=lambda wildcards: plate_ids(),
+        device=config["train"]["device"],
+        workers=config["train"]["workers"],
     script:
         "../scripts/evaluate_models.py"
