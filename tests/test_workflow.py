@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from workflow_utils import REPO, TINY, deep_merge, job_counts, snakemake, write_config
+from workflow_utils import REPO, TINY, WELLS, deep_merge, job_counts, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -62,7 +66,7 @@ def test_adding_a_plate_reruns_only_that_plate_and_the_aggregates(tiny_run, tmp_
     directory = tmp_path / "added"
     shutil.copytree(source, directory, symlinks=True)
     write_config(directory, deep_merge(TINY, {"demo": {"plates": 3}}))
-    result = snakemake(directory)
+    result = snakemake(directory, WELLS)
     counts = job_counts(result.stdout + result.stderr)
     # The metadata checkpoint reruns first; after it, only plate 3's jobs and the aggregates.
     log = result.stdout + result.stderr
@@ -73,7 +77,7 @@ def test_adding_a_plate_reruns_only_that_plate_and_the_aggregates(tiny_run, tmp_
     assert counts.get("demo_plate", 0) <= 1
     wells = pd.read_parquet(directory / "results/tiny/nuclei/wells.parquet")
     assert sorted(wells["plate_id"].unique()) == ["HRCE-1_1", "HRCE-1_2", "HRCE-1_3"]
-    assert "Nothing to be done" in snakemake(directory, "-n").stdout
+    assert "Nothing to be done" in snakemake(directory, "-n", WELLS).stdout
 
 
 def test_demo_is_deterministic(tiny_run, tmp_path):
@@ -93,12 +97,12 @@ def test_corrupt_png_is_an_error_naming_the_file_or_dropped_and_listed(tiny_run,
     bad = sorted((directory / "resources/tiny/images/HRCE-1/Plate1").glob("*_s2_w1.png"))[0]
     bad.write_bytes(bad.read_bytes()[:100])
     shutil.rmtree(directory / "results/tiny")
-    result = snakemake(directory, check=False)
+    result = snakemake(directory, WELLS, check=False)
     assert result.returncode != 0
     assert f"{bad.name}: corrupt or truncated PNG" in (directory / "logs/tiny/stitch/HRCE-1_1.log").read_text() + result.stderr
     assert not (directory / "results/tiny/store/HRCE-1_1.zarr").exists()
     write_config(directory, deep_merge(TINY, {"dataset": {"on_bad_image": "drop"}}))
-    snakemake(directory)
+    snakemake(directory, WELLS)
     qc = pd.read_parquet(directory / "results/tiny/store/HRCE-1_1.qc.parquet")
     assert qc["site_id"].tolist() == [f"HRCE-1_1_{bad.name.split('_')[0]}_2"]
     wells = pd.read_parquet(directory / "results/tiny/nuclei/wells.parquet")
@@ -121,7 +125,7 @@ def test_malformed_metadata_row_stops_naming_line_column_value(tiny_run, tmp_pat
     write_config(tmp_path, TINY, {"dataset": {"name": "bad", "source": "local",
                                               "metadata": str(tmp_path / "plates" / "metadata.csv"),
                                               "images": str(source / "resources/tiny/images/{experiment}/Plate{plate}/{well}_s{site}_w{channel}.png")}})
-    result = snakemake(tmp_path, check=False)
+    result = snakemake(tmp_path, "results/bad/nuclei/wells.parquet", check=False)
     assert result.returncode != 0
     log = (tmp_path / "logs/bad/metadata/sites_table.log").read_text() + result.stderr
     assert "line 8, column 'disease_condition': value 'Infected'" in log
@@ -150,7 +154,7 @@ def test_facility_plates_with_column_mapping(tiny_run, tmp_path):
         "values": {"disease_condition": {"infected": "Active SARS-CoV-2", "uninfected": "Mock", "uv_virus": "UV Inactivated SARS-CoV-2"}},
         "defaults": {"experiment": "LAB-1", "cell_type": "HRCE"},
     }})
-    snakemake(tmp_path)
+    snakemake(tmp_path, "results/facility/nuclei/wells.parquet")
     ours = pd.read_parquet(tmp_path / "results/facility/nuclei/wells.parquet")
     demo = pd.read_parquet(source / "results/tiny/nuclei/wells.parquet")
     demo = demo[demo["plate_id"] == "HRCE-1_1"]
@@ -164,3 +168,68 @@ def test_lint_and_format_are_clean():
     assert "Congratulations" in lint.stdout + lint.stderr or "no issues" in (lint.stdout + lint.stderr).lower() or lint.stdout.strip() == ""
     fmt = subprocess.run(["snakefmt", "--check", "Snakefile", "workflow/rules"], cwd=REPO, capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_training_and_evaluation_outputs(tiny_run):
+    directory, _ = tiny_run
+    results = directory / "results" / "tiny"
+    table = pd.read_csv(results / "evaluation" / "average_precision.tsv", sep="\t")
+    assert table["model"].tolist() == ["M", "W", "V"]
+    assert table["average_precision"].between(0, 1).all() and (table["n_sites"] > 0).all()
+    scores = pd.read_parquet(results / "evaluation" / "test_scores.parquet")
+    split = pd.read_parquet(results / "split" / "sites.parquet")
+    assert set(scores["site_id"]) == set(split.loc[split["set"] == "test", "site_id"])
+    for model in ("M", "W", "V"):
+        saved = torch.load(results / "models" / model / "model.pt", weights_only=False)
+        assert saved["kind"] == model and saved["setup"].grid.n_patches == 49
+        history = pd.read_parquet(results / "models" / model / "history.parquet")
+        assert len(history) == (1 if model == "V" else 2)
+        assert (directory / "logs/tiny/train" / f"{model}.log").read_text().count("epoch ") >= len(history)
+    assert (results / "evaluation" / "pr_curves.png").stat().st_size > 10_000
+
+
+def _popen(directory, *args):
+    command = ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(directory), "--cores", "2",
+               "--configfile", str(directory / "config.yaml"), *args]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def test_killed_training_resumes_and_ends_as_an_uninterrupted_run(tiny_run, tmp_path):
+    source, _ = tiny_run
+    config = deep_merge(TINY, {"train": {"epochs": 3, "early_stopping_patience": 3, "seed": 5}})
+    target = "results/tiny/models/M/model.pt"
+    runs = {}
+    for name in ("whole", "killed"):
+        directory = tmp_path / name
+        shutil.copytree(source, directory, symlinks=True)
+        shutil.rmtree(directory / "results/tiny/models")
+        write_config(directory, config)
+        runs[name] = directory
+    snakemake(runs["whole"], target)
+
+    killed = runs["killed"]
+    checkpoint = killed / "results/tiny/models/M/checkpoint/last.pt"
+    process = _popen(killed, target)
+    deadline = time.time() + 300
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert checkpoint.exists(), "no checkpoint was written"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / target).exists()
+    epochs_done = torch.load(checkpoint, weights_only=False)["state"]["epoch"]
+    assert epochs_done < 3
+    snakemake(killed, "--unlock")
+    snakemake(killed, target, "--rerun-incomplete")
+    log = (killed / "logs/tiny/train/M.log").read_text()
+    assert f"resumed from {checkpoint.relative_to(killed)} after epoch {epochs_done}" in log
+
+    whole = torch.load(runs["whole"] / target, weights_only=False)
+    resumed = torch.load(killed / target, weights_only=False)
+    assert whole["best_epoch"] == resumed["best_epoch"] and whole["best_val_ap"] == resumed["best_val_ap"]
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), name
+    history_whole = pd.read_parquet(runs["whole"] / "results/tiny/models/M/history.parquet")
+    history_resumed = pd.read_parquet(killed / "results/tiny/models/M/history.parquet")
+    columns = ["epoch", "train_loss", "val_ap", "lr", "best"]
+    pd.testing.assert_frame_equal(history_whole[columns], history_resumed[columns])
