@@ -27,6 +27,7 @@ include: "workflow/rules/stitch.smk"
 include: "workflow/rules/nuclei.smk"
 include: "workflow/rules/split.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/k_selection.smk"
 
 
 rule all:

@@ -42,6 +42,7 @@ wildcard_constraints:
     experiment=r"[A-Za-z0-9][A-Za-z0-9.-]*",
     plate=r"\d+",
     model=r"M|W|V",
+    k=r"\d+",
 
 
 # Config values handed to the jobs through params (so that changing one reruns exactly
@@ -79,15 +80,22 @@ DEMO_LIBRARY_PARAMS = {
 MODELS = config["train"]["models"]
 
 
-def train_params(wildcards):
+def model_train_params(model):
     """One model's training values: its own epoch count, and not the list of models (adding
     a model, or changing another model's epochs, must not retrain this one)."""
     train = config["train"]
     values = {k: v for k, v in train.items() if k not in ("models", "epochs_by_model")}
-    values["epochs"] = (train.get("epochs_by_model") or {}).get(
-        wildcards.model, train["epochs"]
-    )
+    values["epochs"] = (train.get("epochs_by_model") or {}).get(model, train["epochs"])
     return values
+
+
+def train_params(wildcards):
+    return model_train_params(wildcards.model)
+
+
+def k_train_params(wildcards):
+    """Training values of M for one k of the k sweep."""
+    return dict(model_train_params("M"), k=int(wildcards.k))
 
 
 def raw_metadata():

@@ -96,7 +96,7 @@ def main(kind, split_path, stats_path, store_paths, output, params, threads, log
 
 if "snakemake" in globals():
     main(
-        snakemake.wildcards.model,
+        snakemake.params.get("kind") or snakemake.wildcards.model,
         snakemake.input.split,
         snakemake.input.stats,
         dict(zip(snakemake.params.plates, snakemake.input.stores)),

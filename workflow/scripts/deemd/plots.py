@@ -96,3 +96,27 @@ def pr_curves_figure(scores: pd.DataFrame, ap: pd.DataFrame):
     ax.legend(loc="lower left", fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def k_selection_figure(table: pd.DataFrame, expected_area: float, moi: float):
+    """Infection-map area above eta per k (infected validation sites) against the Poisson
+    expectation, and validation AP per k."""
+    figure, (ax_area, ax_ap) = plt.subplots(1, 2, figsize=(8, 3.4))
+    ks = table["k"].to_numpy()
+    ax_area.plot(ks, table["area_infected_median"], marker="o", color="#C44E52", label="infected sites (median)")
+    ax_area.fill_between(ks, table["area_infected_q25"], table["area_infected_q75"], color="#C44E52", alpha=0.2)
+    ax_area.plot(ks, table["area_non_infected_median"], marker="o", color="#4C72B0", label="non-infected sites (median)")
+    ax_area.axhline(expected_area, color="black", linestyle="--", label=f"1 - exp(-MOI) = {expected_area:.2f} (MOI {moi:g})")
+    ax_area.set_xscale("log")
+    ax_area.set_xticks(ks, [str(k) for k in ks])
+    ax_area.set_xlabel("k")
+    ax_area.set_ylabel("map area above eta")
+    ax_area.set_ylim(0, 1)
+    ax_area.legend(fontsize=7, loc="upper right")
+    ax_ap.plot(ks, table["val_ap"], marker="o", color="black")
+    ax_ap.set_xscale("log")
+    ax_ap.set_xticks(ks, [str(k) for k in ks])
+    ax_ap.set_xlabel("k")
+    ax_ap.set_ylabel("validation average precision")
+    figure.tight_layout()
+    return figure

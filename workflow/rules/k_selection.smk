@@ -1,0 +1,67 @@
+# Choice of k (DESIGN 1.6), its own target: `snakemake --cores N k_selection`.
+# M is trained once per k; on the validation sites, the infection-map area above eta is
+# compared with the Poisson expectation 1 - exp(-MOI), and AP is reported per k.
+
+
+rule train_k:
+    input:
+        split=f"{RESULTS}/split/sites.parquet",
+        stats=f"{RESULTS}/split/channel_stats.json",
+        stores=plate_stores,
+    output:
+        model=f"{RESULTS}/k_selection/k{{k}}/model.pt",
+        history=f"{RESULTS}/k_selection/k{{k}}/history.parquet",
+        curves=f"{RESULTS}/k_selection/k{{k}}/training_curves.png",
+    log:
+        f"{LOGS}/k_selection/train_k{{k}}.log",
+    benchmark:
+        f"{BENCH}/k_selection/train_k{{k}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=2880,
+    params:
+        kind="M",
+        train=k_train_params,
+        plates=lambda wildcards: plate_ids(),
+    script:
+        "../scripts/train_model.py"
+
+
+rule k_selection:
+    input:
+        models=expand(
+            f"{RESULTS}/k_selection/k{{k}}/model.pt", k=config["k_selection"]["ks"]
+        ),
+        split=f"{RESULTS}/split/sites.parquet",
+        stores=plate_stores,
+    output:
+        table=f"{RESULTS}/k_selection/k_selection.tsv",
+        figure=report(
+            f"{RESULTS}/k_selection/k_selection.png",
+            caption="../report/k_selection.rst",
+            category="Evaluation",
+        ),
+    log:
+        f"{LOGS}/k_selection/k_selection.log",
+    benchmark:
+        f"{BENCH}/k_selection/k_selection.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=600,
+    params:
+        ks=config["k_selection"]["ks"],
+        moi=config["k_selection"]["moi"],
+        maps=config["maps"],
+        plates=lambda wildcards: plate_ids(),
+        device=config["train"]["device"],
+        workers=config["train"]["workers"],
+    script:
+        "../scripts/k_selection.py"

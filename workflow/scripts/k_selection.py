@@ -1,0 +1,71 @@
+"""Snakemake glue: infection-map area above eta and AP per k on the validation sites."""
+
+import logging
+import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from deemd.data import SiteDataset, site_loader
+from deemd.inference import score_dataset
+from deemd.io import save_figure_atomic
+from deemd.maps import area_above, infection_maps, scaled_sigma, smooth_maps
+from deemd.plots import k_selection_figure
+from deemd.train import average_precision, select_device
+
+
+def main(model_paths, ks, moi, maps_cfg, split_path, store_paths, output, device_name, workers, threads, log):
+    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    torch.set_num_threads(max(1, threads))
+    device = select_device(device_name)
+    sites = pd.read_parquet(split_path)
+    val = sites[sites["set"] == "val"].reset_index(drop=True)
+    dataset = SiteDataset(val, store_paths)
+    rows = []
+    for k, path in zip(ks, model_paths):
+        (scores, labels, _, probabilities), setup = score_dataset(
+            path, dataset, device, lambda d, b, runtime: site_loader(d, b, workers, None, pin_memory=runtime.cuda)
+        )
+        if k > setup.grid.n_patches:
+            raise ValueError(f"k_selection.ks: k = {k} is more than the {setup.grid.n_patches} patches of a site")
+        sigma = scaled_sigma(maps_cfg["sigma"], setup.grid.site_size, maps_cfg["reference_site_size"])
+        maps = smooth_maps(infection_maps(probabilities, setup.grid, maps_cfg["alpha"]), sigma)
+        area = area_above(maps, setup.eta)
+        infected, healthy = area[labels > 0.5], area[labels < 0.5]
+        rows.append(
+            {
+                "k": k,
+                "val_ap": average_precision(labels, scores),
+                "area_infected_median": float(np.median(infected)),
+                "area_infected_q25": float(np.quantile(infected, 0.25)),
+                "area_infected_q75": float(np.quantile(infected, 0.75)),
+                "area_non_infected_median": float(np.median(healthy)),
+                "expected_area": 1 - np.exp(-moi),
+            }
+        )
+        logging.info("k = %d: %s", k, rows[-1])
+    table = pd.DataFrame(rows)
+    tmp = output["table"] + ".tmp"
+    table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+    os.replace(tmp, output["table"])
+    figure = k_selection_figure(table, 1 - np.exp(-moi), moi)
+    save_figure_atomic(figure, output["figure"], dpi=150)
+    plt.close(figure)
+
+
+if "snakemake" in globals():
+    main(
+        list(snakemake.input.models),
+        snakemake.params.ks,
+        snakemake.params.moi,
+        snakemake.params.maps,
+        snakemake.input.split,
+        dict(zip(snakemake.params.plates, snakemake.input.stores)),
+        snakemake.output,
+        snakemake.params.device,
+        snakemake.params.workers,
+        snakemake.threads,
+        snakemake.log[0],
+    )
