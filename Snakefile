@@ -28,6 +28,8 @@ include: "workflow/rules/nuclei.smk"
 include: "workflow/rules/split.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/k_selection.smk"
+include: "workflow/rules/infer.smk"
+include: "workflow/rules/efficacy.smk"
 
 
 rule all:

@@ -233,3 +233,17 @@ def test_killed_training_resumes_and_ends_as_an_uninterrupted_run(tiny_run, tmp_
     history_resumed = pd.read_parquet(killed / "results/tiny/models/M/history.parquet")
     columns = ["epoch", "train_loss", "val_ap", "lr", "best"]
     pd.testing.assert_frame_equal(history_whole[columns], history_resumed[columns])
+
+
+def test_k_selection_target(tiny_run, tmp_path):
+    source, _ = tiny_run
+    directory = tmp_path / "k"
+    shutil.copytree(source, directory, symlinks=True)
+    write_config(directory, deep_merge(TINY, {"train": {"epochs": 1}, "k_selection": {"ks": [1, 2, 49]}}))
+    result = snakemake(directory, "k_selection")
+    assert job_counts(result.stdout + result.stderr).get("train_k") == 3
+    table = pd.read_csv(directory / "results/tiny/k_selection/k_selection.tsv", sep="\t")
+    assert table["k"].tolist() == [1, 2, 49]
+    assert np.allclose(table["expected_area"], 1 - np.exp(-0.4), atol=1e-4)
+    assert table[["area_infected_median", "area_non_infected_median"]].stack().between(0, 1).all()
+    assert (directory / "results/tiny/k_selection/k_selection.png").stat().st_size > 10_000

@@ -43,6 +43,7 @@ wildcard_constraints:
     plate=r"\d+",
     model=r"M|W|V",
     k=r"\d+",
+    part=r"\d+",
 
 
 # Config values handed to the jobs through params (so that changing one reruns exactly
@@ -139,6 +140,15 @@ def plate_stores(wildcards):
     return expand(f"{RESULTS}/store/{{plate_id}}.zarr", plate_id=plate_ids())
 
 
+def inference_shards(wildcards):
+    """Every inference shard of one model: each plate in shards_per_plate parts."""
+    return expand(
+        f"{RESULTS}/inference/{wildcards.model}/{{plate_id}}.part{{part}}.parquet",
+        plate_id=plate_ids(),
+        part=range(config["inference"]["shards_per_plate"]),
+    )
+
+
 def split_plate_id(plate_id):
     experiment, plate = plate_id.rsplit("_", 1)
     return experiment, int(plate)
@@ -167,4 +177,5 @@ def final_outputs(wildcards):
         f"{RESULTS}/split/channel_stats.json",
         f"{RESULTS}/evaluation/average_precision.tsv",
         f"{RESULTS}/evaluation/pr_curves.png",
+        *expand(f"{RESULTS}/efficacy/{{model}}/treatments.parquet", model=MODELS),
     ]

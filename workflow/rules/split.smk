@@ -33,9 +33,7 @@ rule split_sets:
 rule channel_stats:
     input:
         split=f"{RESULTS}/split/sites.parquet",
-        stores=lambda wildcards: expand(
-            f"{RESULTS}/store/{{plate_id}}.zarr", plate_id=plate_ids()
-        ),
+        stores=plate_stores,
     output:
         f"{RESULTS}/split/channel_stats.json",
     log:

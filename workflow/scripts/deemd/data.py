@@ -27,6 +27,10 @@ class SiteDataset(Dataset):
         self.store_paths = dict(store_paths)
         self._stores: dict = {}
 
+    def __getstate__(self):
+        # Open zarr handles stay behind: each worker opens its own.
+        return {**self.__dict__, "_stores": {}}
+
     def __len__(self) -> int:
         return len(self.plate)
 
@@ -55,5 +59,6 @@ def site_loader(dataset: SiteDataset, batch_size: int, workers: int, shuffle_see
         generator=generator,
         num_workers=workers,
         pin_memory=pin_memory,
-        persistent_workers=False,
+        # zarr runs an asyncio loop in a thread, which a forked child would inherit dead.
+        multiprocessing_context="forkserver" if workers > 0 else None,
     )

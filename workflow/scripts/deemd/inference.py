@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from deemd.mil import build_resnet34
@@ -15,7 +16,7 @@ def load_trained(path: str, device: torch.device):
     model = build_resnet34(setup.in_channels)
     model.load_state_dict(saved["state_dict"])
     runtime = Runtime(device, saved["mean"], saved["std"])
-    return runtime.model(model), setup, runtime
+    return runtime.model(model).eval(), setup, runtime
 
 
 def score_dataset(path: str, dataset, device: torch.device, loader_factory, progress=None):
@@ -23,3 +24,22 @@ def score_dataset(path: str, dataset, device: torch.device, loader_factory, prog
     model, setup, runtime = load_trained(path, device)
     loader = loader_factory(dataset, inference_sites_per_batch(setup), runtime)
     return site_scores(setup, model, loader, runtime, progress), setup
+
+
+def site_z(setup, scores, probabilities):
+    """z_i of DESIGN 1.7: the median of the site's top-k patch probabilities (M, V); the
+    site probability itself for the whole-site model W."""
+    if probabilities is None:
+        return scores
+    k = min(setup.k, probabilities.shape[1])
+    return np.median(np.sort(probabilities, axis=1)[:, -k:], axis=1)
+
+
+def shard_rows(table, part: int, parts: int):
+    """Rows of one of ``parts`` shards of a plate: whole wells, wells dealt round-robin in
+    order, so shards are balanced and a site never moves between shards."""
+    if not 0 <= part < parts:
+        raise ValueError(f"shard part {part} is outside 0..{parts - 1}")
+    wells = sorted(table["well"].unique())
+    chosen = set(wells[part::parts])
+    return table[table["well"].isin(chosen)].reset_index(drop=True)

@@ -1,0 +1,29 @@
+# Infer (GPU rule): every treated site scored with each trained model, one shard per plate
+# (or inference.shards_per_plate per plate), every patch probability kept. A failed or
+# killed shard reruns alone.
+
+
+rule infer:
+    input:
+        model=f"{RESULTS}/models/{{model}}/model.pt",
+        split=f"{RESULTS}/split/sites.parquet",
+        store=f"{RESULTS}/store/{{plate_id}}.zarr",
+    output:
+        f"{RESULTS}/inference/{{model}}/{{plate_id}}.part{{part}}.parquet",
+    log:
+        f"{LOGS}/infer/{{model}}/{{plate_id}}.part{{part}}.log",
+    benchmark:
+        f"{BENCH}/infer/{{model}}/{{plate_id}}.part{{part}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    params:
+        parts=config["inference"]["shards_per_plate"],
+        device=config["train"]["device"],
+        workers=config["train"]["workers"],
+    script:
+        "../scripts/infer_shard.py"

@@ -1,0 +1,61 @@
+"""Snakemake glue: score every treated site of one shard (a plate, or a part of one) with
+a trained model, keeping every patch probability."""
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+
+from deemd.data import SiteDataset, site_loader
+from deemd.inference import score_dataset, shard_rows, site_z
+from deemd.io import write_parquet_atomic
+from deemd.train import select_device
+
+COLUMNS = ["site_id", "well_id", "plate_id", "well", "site", "treatment", "treatment_conc"]
+
+
+def main(model_path, model, split_path, store_path, plate_id, part, parts, output, device_name, workers, threads, log):
+    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    torch.set_num_threads(max(1, threads))
+    sites = pd.read_parquet(split_path)
+    treated = sites[(sites["set"] == "treated") & (sites["plate_id"] == plate_id)].reset_index(drop=True)
+    treated = shard_rows(treated, part, parts)
+    logging.info("model %s, plate %s part %d/%d: %d treated sites", model, plate_id, part + 1, parts, len(treated))
+    table = treated[COLUMNS].copy()
+    table["model"] = model
+    if len(treated):
+
+        def progress(done, total):
+            if done % max(1, total // 10) == 0 or done == total:
+                logging.info("batch %d/%d", done, total)
+
+        (scores, _, order, probabilities), setup = score_dataset(
+            model_path, SiteDataset(treated, {plate_id: store_path}), select_device(device_name),
+            lambda d, b, runtime: site_loader(d, b, workers, None, pin_memory=runtime.cuda), progress,
+        )
+        table = table.iloc[order].reset_index(drop=True)
+        table["score"] = scores
+        table["z"] = site_z(setup, scores, probabilities)
+        table["patch_probabilities"] = list(probabilities.astype(np.float32)) if probabilities is not None else None
+    else:
+        table = table.assign(score=np.float32(0), z=np.float32(0), patch_probabilities=None)
+    write_parquet_atomic(table, output)
+    logging.info("wrote %d sites", len(table))
+
+
+if "snakemake" in globals():
+    main(
+        snakemake.input.model,
+        snakemake.wildcards.model,
+        snakemake.input.split,
+        snakemake.input.store,
+        snakemake.wildcards.plate_id,
+        int(snakemake.wildcards.part),
+        snakemake.params.parts,
+        snakemake.output[0],
+        snakemake.params.device,
+        snakemake.params.workers,
+        snakemake.threads,
+        snakemake.log[0],
+    )
