@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from deemd.efficacy import (
+    import_robjects,
     dose_efficacy,
     efficacy_tables,
     rank_treatments,
@@ -72,7 +73,7 @@ def reference_intervals(group, z, conf_level):
 
 @pytest.fixture(scope="module")
 def r():
-    import rpy2.robjects as ro
+    ro = import_robjects()
 
     assert ro.r("isTRUE(suppressPackageStartupMessages(requireNamespace('rstatix', quietly = TRUE)))")[0]
     return ro

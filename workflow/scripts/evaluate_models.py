@@ -24,14 +24,17 @@ def main(model_paths, models, split_path, store_paths, output, device_name, work
     dataset = SiteDataset(test, store_paths)
     rows, table = [], []
     for model, path in zip(models, model_paths):
-        (scores, labels, order, _), setup = score_dataset(
+        (scores, labels, order, probabilities), setup = score_dataset(
             path, dataset, device, lambda d, b, runtime: site_loader(d, b, workers, None, pin_memory=runtime.cuda)
         )
         ap = average_precision(labels, scores)
         logging.info("model %s: AP %.4f on %d test sites", model, ap, len(scores))
         table.append({"model": model, "average_precision": ap, "n_sites": len(scores), "n_infected": int((labels > 0.5).sum()),
                       "accuracy_at_eta": float(((scores >= setup.eta) == (labels > 0.5)).mean())})
-        rows.append(pd.DataFrame({"site_id": test["site_id"].to_numpy()[order], "model": model, "label": labels.astype(int), "score": scores}))
+        frame = pd.DataFrame({"site_id": test["site_id"].to_numpy()[order], "model": model, "label": labels.astype(int), "score": scores})
+        # Every patch probability (M, V) is kept for infection maps of the test sites.
+        frame["patch_probabilities"] = list(probabilities.astype("float32")) if probabilities is not None else None
+        rows.append(frame)
     scores = pd.concat(rows, ignore_index=True)
     ap = pd.DataFrame(table)
     write_parquet_atomic(scores, output["scores"])

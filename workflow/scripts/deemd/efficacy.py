@@ -25,6 +25,7 @@ rest of this module works without R); everything else takes and returns pandas t
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -84,10 +85,24 @@ function(group, z, conf.level) {
 """
 
 
+def import_robjects():
+    """rpy2.robjects, with the process environment left as it was: starting R points
+    LD_LIBRARY_PATH at the system libraries, after which any Python started from this
+    process (a Snakemake job, a test's subprocess) may load the wrong libpython."""
+    saved = os.environ.get("LD_LIBRARY_PATH")
+    import rpy2.robjects as ro
+
+    if saved is None:
+        os.environ.pop("LD_LIBRARY_PATH", None)
+    else:
+        os.environ["LD_LIBRARY_PATH"] = saved
+    return ro
+
+
 @functools.cache
 def _r_sign_test():
     """The R function above, compiled once per process (loads rstatix)."""
-    import rpy2.robjects as ro
+    ro = import_robjects()
 
     loaded = ro.r("isTRUE(suppressPackageStartupMessages(requireNamespace('rstatix', quietly = TRUE)))")
     if not loaded[0]:
@@ -104,7 +119,7 @@ def sign_test_intervals(group: np.ndarray, z: np.ndarray, conf_level: float) -> 
     conf.low / conf.high, NaN where rstatix gives none), k (the order statistic used; 0 =
     too few values for an interval) and conf_level (achieved level, NaN where k = 0).
     """
-    import rpy2.robjects as ro
+    ro = import_robjects()
 
     group = np.asarray(group, dtype=np.int64)
     z = np.asarray(z, dtype=np.float64)
