@@ -189,8 +189,8 @@ def test_training_and_evaluation_outputs(tiny_run):
 
 
 def _popen(directory, *args):
-    command = ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(directory), "--cores", "2",
-               "--configfile", str(directory / "config.yaml"), *args]
+    command = ["snakemake", *args, "-s", str(REPO / "Snakefile"), "--directory", str(directory), "--cores", "2",
+               "--configfile", str(directory / "config.yaml")]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 

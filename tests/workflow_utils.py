@@ -55,8 +55,9 @@ def write_config(directory: Path, *overrides: dict, name: str = "config.yaml") -
 
 def snakemake(directory: Path, *args: str, config: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run the workflow in ``directory`` (its own results/ and resources/)."""
-    command = ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(directory), "--cores", "2",
-               "--configfile", str(config or Path(directory) / "config.yaml"), *args]
+    # Targets first: --configfile takes several values and would swallow them.
+    command = ["snakemake", *args, "-s", str(REPO / "Snakefile"), "--directory", str(directory), "--cores", "2",
+               "--configfile", str(config or Path(directory) / "config.yaml")]
     result = subprocess.run(command, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")

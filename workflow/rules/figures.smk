@@ -1,0 +1,181 @@
+# Figures and report (DESIGN 1.9): ranked tables with dose-response fits, dose-response
+# panels of the top treatments, infection maps, the models compared, the correlation with
+# a reference score table, and (demo only) the scores against the hidden truth.
+
+
+rule dose_response:
+    input:
+        doses=f"{RESULTS}/efficacy/{{model}}/doses.parquet",
+        treatments=f"{RESULTS}/efficacy/{{model}}/treatments.parquet",
+    output:
+        figure=report(
+            f"{RESULTS}/figures/dose_response/{{model}}.png",
+            caption="../report/dose_response.rst",
+            category="Efficacy",
+            subcategory="{model}",
+        ),
+        table=report(
+            f"{RESULTS}/figures/ranking/{{model}}.tsv",
+            caption="../report/ranking.rst",
+            category="Efficacy",
+            subcategory="{model}",
+        ),
+    log:
+        f"{LOGS}/figures/dose_response_{{model}}.log",
+    benchmark:
+        f"{BENCH}/figures/dose_response_{{model}}.tsv"
+    conda:
+        "../../envs/plots.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        zeta=config["efficacy"]["zeta"],
+        top=FIGURES["top_compounds"],
+        columns=FIGURES["panel_columns"],
+    script:
+        "../scripts/figures_dose_response.py"
+
+
+rule infection_maps:
+    input:
+        model=f"{RESULTS}/models/{{model}}/model.pt",
+        split=f"{RESULTS}/split/sites.parquet",
+        test_scores=f"{RESULTS}/evaluation/test_scores.parquet",
+        shards=inference_shards,
+        doses=f"{RESULTS}/efficacy/{{model}}/doses.parquet",
+        treatments=f"{RESULTS}/efficacy/{{model}}/treatments.parquet",
+        stores=plate_stores,
+        masks=truth_masks,
+    output:
+        report(
+            f"{RESULTS}/figures/infection_maps/{{model}}.png",
+            caption="../report/infection_maps.rst",
+            category="Infection maps",
+            subcategory="{model}",
+        ),
+    log:
+        f"{LOGS}/figures/infection_maps_{{model}}.log",
+    benchmark:
+        f"{BENCH}/figures/infection_maps_{{model}}.tsv"
+    wildcard_constraints:
+        model="M|V",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        maps=config["maps"],
+        controls=FIGURES["map_control_sites"],
+        treated=FIGURES["map_treated_sites"],
+        overlay_alpha=FIGURES["map_overlay_alpha"],
+        plates=lambda wildcards: plate_ids(),
+    script:
+        "../scripts/figures_infection_maps.py"
+
+
+rule model_comparison:
+    input:
+        expand(f"{RESULTS}/efficacy/{{model}}/treatments.parquet", model=MODELS),
+    output:
+        figure=report(
+            f"{RESULTS}/figures/model_comparison.png",
+            caption="../report/model_comparison.rst",
+            category="Efficacy",
+            subcategory="Models compared",
+        ),
+        table=f"{RESULTS}/figures/model_comparison.tsv",
+    log:
+        f"{LOGS}/figures/model_comparison.log",
+    benchmark:
+        f"{BENCH}/figures/model_comparison.tsv"
+    conda:
+        "../../envs/plots.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        models=MODELS,
+        zeta=config["efficacy"]["zeta"],
+        top=FIGURES["comparison_top"],
+    script:
+        "../scripts/figures_model_comparison.py"
+
+
+if REFERENCE:
+
+    rule reference_correlation:
+        input:
+            treatments=expand(
+                f"{RESULTS}/efficacy/{{model}}/treatments.parquet", model=MODELS
+            ),
+            reference=REFERENCE["path"],
+        output:
+            figure=report(
+                f"{RESULTS}/figures/reference_correlation.png",
+                caption="../report/reference_correlation.rst",
+                category="Efficacy",
+                subcategory="Reference",
+            ),
+            table=report(
+                f"{RESULTS}/figures/reference_correlation.tsv",
+                caption="../report/reference_correlation_table.rst",
+                category="Efficacy",
+                subcategory="Reference",
+            ),
+        log:
+            f"{LOGS}/figures/reference_correlation.log",
+        benchmark:
+            f"{BENCH}/figures/reference_correlation.tsv"
+        conda:
+            "../../envs/plots.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=20,
+        params:
+            models=MODELS,
+            reference=REFERENCE,
+            zeta=config["efficacy"]["zeta"],
+            label_top=FIGURES["label_top"],
+        script:
+            "../scripts/figures_reference_correlation.py"
+
+
+if SOURCE == "synthetic":
+
+    rule truth_scores:
+        input:
+            truth=f"{RESOURCES}/truth/compounds.csv",
+            treatments=expand(
+                f"{RESULTS}/efficacy/{{model}}/treatments.parquet", model=MODELS
+            ),
+            models=expand(f"{RESULTS}/models/{{model}}/model.pt", model=MODELS),
+            test_scores=f"{RESULTS}/evaluation/test_scores.parquet",
+            masks=truth_masks,
+        output:
+            report(
+                f"{RESULTS}/figures/truth_scores.tsv",
+                caption="../report/truth_scores.rst",
+                category="Demo truth",
+            ),
+        log:
+            f"{LOGS}/figures/truth_scores.log",
+        benchmark:
+            f"{BENCH}/figures/truth_scores.tsv"
+        conda:
+            "../../envs/torch.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        params:
+            models=MODELS,
+            threshold=FIGURES["truth_effective_threshold"],
+            maps=config["maps"],
+        script:
+            "../scripts/figures_truth_scores.py"

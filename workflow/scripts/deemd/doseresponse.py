@@ -1,0 +1,128 @@
+"""Dose-response curves (DESIGN 1.9): a four-parameter logistic of the dose efficacy
+e(t,c) in log10 concentration, fitted per treatment with scipy's ``curve_fit``.
+
+    e(c) = bottom + (top - bottom) / (1 + 10^((log10 EC50 - log10 c) * hill)),  hill > 0
+
+``bottom`` is the efficacy at low doses, ``top`` at high doses (top < bottom: efficacy
+falls with dose, e.g. a toxic compound). A fit never raises on awkward data: too few
+doses, a flat response or a failed optimisation give NaN parameters and a status.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import OptimizeWarning, curve_fit
+
+OK = "ok"
+PARAMETERS = ["bottom", "top", "log_ec50", "hill"]
+FIT_COLUMNS = {
+    "treatment": "object",
+    "n_points": "int64",
+    "bottom": "float64",
+    "top": "float64",
+    "log_ec50": "float64",
+    "ec50_um": "float64",
+    "hill": "float64",
+    "rmse": "float64",
+    "status": "object",
+}
+# Hill slopes outside this range are steps or lines; bounding them keeps the fit stable.
+HILL_BOUNDS = (0.1, 10.0)
+
+
+def logistic4(log_c, bottom: float, top: float, log_ec50: float, hill: float):
+    """The four-parameter logistic at log10 concentrations ``log_c``."""
+    log_c = np.asarray(log_c, dtype=np.float64)
+    exponent = np.clip((log_ec50 - log_c) * hill, -60, 60)
+    return bottom + (top - bottom) / (1.0 + np.power(10.0, exponent))
+
+
+def _failed(n_points: int, status: str) -> dict:
+    return {"n_points": n_points, **{name: np.nan for name in PARAMETERS}, "ec50_um": np.nan, "rmse": np.nan, "status": status}
+
+
+def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance: float = 1e-3, limits=None,
+                 ec50_margin: float = 1.0) -> dict:
+    """Fit :func:`logistic4` to efficacies against concentrations (µM).
+
+    ``bottom`` and ``top`` are kept within one data range of the data, and within
+    ``limits`` = (low, high) when given (e(t,c) lies in [0, 1]); log10 EC50 within
+    ``ec50_margin`` decades of the tested concentrations; hill within HILL_BOUNDS.
+    Points with a NaN efficacy (a dose without an interval) or a concentration <= 0 are
+    left out. Returns a dict with n_points, bottom, top, log_ec50, ec50_um, hill, rmse
+    and status: "ok", or why no curve was fitted ("too few doses (...)", "flat response",
+    "fit failed: ..."), in which case the parameters are NaN.
+    """
+    c = np.asarray(concentrations, dtype=np.float64)
+    e = np.asarray(efficacies, dtype=np.float64)
+    if c.shape != e.shape or c.ndim != 1:
+        raise ValueError(f"concentrations and efficacies must be 1-d of one length, got {c.shape} and {e.shape}")
+    keep = np.isfinite(c) & (c > 0) & np.isfinite(e)
+    c, e = c[keep], e[keep]
+    n = int(len(e))
+    n_levels = len(np.unique(c))
+    if n < min_points or n_levels < 3:
+        return _failed(n, f"too few doses ({n} at {n_levels} conc.)")
+    if np.ptp(e) < flat_tolerance:
+        return _failed(n, "flat response")
+    x = np.log10(c)
+    order = np.argsort(x, kind="stable")
+    span = float(np.ptp(e))
+    low, high = e.min() - span, e.max() + span
+    if limits is not None:
+        low, high = max(low, limits[0]), min(high, limits[1])
+    lower = [low, low, x.min() - ec50_margin, HILL_BOUNDS[0]]
+    upper = [high, high, x.max() + ec50_margin, HILL_BOUNDS[1]]
+    low_end = float(np.mean(e[x <= x[order][min(1, n - 1)]]))
+    high_end = float(np.mean(e[x >= x[order][max(n - 2, 0)]]))
+    middle = 0.5 * (low_end + high_end)
+    # Start at the concentration where the data cross half-way between the ends.
+    crossing = x[order][np.argmin(np.abs(e[order] - middle))]
+    start = np.clip([low_end, high_end, crossing, 1.0], lower, upper)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            params, _ = curve_fit(logistic4, x, e, p0=start, bounds=(lower, upper), maxfev=20000)
+    except (RuntimeError, ValueError, FloatingPointError) as error:
+        return _failed(n, f"fit failed: {error}")
+    if not np.all(np.isfinite(params)):
+        return _failed(n, "fit failed: non-finite parameters")
+    bottom, top, log_ec50, hill = (float(v) for v in params)
+    rmse = float(np.sqrt(np.mean((logistic4(x, *params) - e) ** 2)))
+    return {
+        "n_points": n,
+        "bottom": bottom,
+        "top": top,
+        "log_ec50": log_ec50,
+        "ec50_um": float(10.0**log_ec50),
+        "hill": hill,
+        "rmse": rmse,
+        "status": OK,
+    }
+
+
+def fit_dose_table(doses: pd.DataFrame, **kwargs) -> pd.DataFrame:
+    """One fit per treatment of a dose table (treatment, treatment_conc, e_dose), in
+    treatment order; keyword arguments go to :func:`fit_logistic`."""
+    missing = [c for c in ("treatment", "treatment_conc", "e_dose") if c not in doses.columns]
+    if missing:
+        raise ValueError(f"dose table lacks columns {missing}")
+    rows = [
+        {"treatment": treatment, **fit_logistic(group["treatment_conc"], group["e_dose"], **kwargs)}
+        for treatment, group in doses.groupby("treatment", sort=True)
+    ]
+    if not rows:
+        return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in FIT_COLUMNS.items()})
+    return pd.DataFrame(rows)[list(FIT_COLUMNS)].astype(FIT_COLUMNS)
+
+
+def fitted_curve(fit, concentrations) -> np.ndarray:
+    """The fitted efficacy at ``concentrations`` (µM); NaN where the fit has no curve."""
+    c = np.asarray(concentrations, dtype=np.float64)
+    if fit.get("status") != OK:
+        return np.full(c.shape, np.nan)
+    return logistic4(np.log10(c), fit["bottom"], fit["top"], fit["log_ec50"], fit["hill"])

@@ -1,0 +1,71 @@
+"""Snakemake glue: infection maps of one patch model (M or V) overlaid on each stain, for
+typical untreated control test sites (Mock, Active untreated) and one typical site of each
+top-ranked treatment at its most effective dose."""
+
+import logging
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from deemd.figures import read_site_images, select_control_sites, select_treated_sites
+from deemd.io import save_figure_atomic
+from deemd.maps import infection_maps, scaled_sigma, smooth_maps
+from deemd.plots import infection_map_figure
+from deemd.truth import load_masks
+
+
+def site_maps(probabilities, grid, maps_cfg):
+    """Smoothed infection maps (n, S, S) from a column of per-site patch probabilities."""
+    if len(probabilities) == 0:
+        return np.zeros((0, grid.site_size, grid.site_size), dtype=np.float32)
+    sigma = scaled_sigma(maps_cfg["sigma"], grid.site_size, maps_cfg["reference_site_size"])
+    return smooth_maps(infection_maps(np.stack(probabilities), grid, maps_cfg["alpha"]), sigma)
+
+
+def main(inputs, output, model, maps_cfg, n_controls, n_treated, overlay_alpha, store_paths, mask_paths, log):
+    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    saved = torch.load(inputs["model"], map_location="cpu", weights_only=False)
+    setup = saved["setup"]
+    split = pd.read_parquet(inputs["split"])
+    locations = split[["site_id", "plate_id", "well_index", "site", "disease_condition"]]
+    test = pd.read_parquet(inputs["test_scores"])
+    test = test[test["model"] == model].merge(locations, on="site_id", how="inner", validate="one_to_one")
+    treated = pd.concat([pd.read_parquet(path) for path in inputs["shards"]], ignore_index=True)
+    treated = treated.drop(columns=["plate_id", "site"]).merge(locations.drop(columns="disease_condition"), on="site_id", how="inner")
+    controls = select_control_sites(test, n_controls)
+    top = select_treated_sites(treated, pd.read_parquet(inputs["doses"]), pd.read_parquet(inputs["treatments"]), n_treated)
+    columns = ["site_id", "plate_id", "well_index", "site", "group", "patch_probabilities"]
+    shown = pd.concat([controls.assign(value=controls["score"], what="score"), top.assign(value=top["z"], what="z")], ignore_index=True)
+    if shown["patch_probabilities"].isna().any():
+        raise ValueError(f"model {model}: sites without patch probabilities (is it the whole-site model W?)")
+    logging.info("model %s: %d control and %d treated sites: %s", model, len(controls), len(top), shown["site_id"].tolist())
+    images = read_site_images(shown[columns], store_paths)
+    maps = site_maps(list(shown["patch_probabilities"]), setup.grid, maps_cfg)
+    masks = load_masks(mask_paths, shown["site_id"]) if mask_paths else None
+    labels = [f"{row.group}\n{row.site_id}\n{row.what} = {row.value:.2f}" for row in shown.itertuples()]
+    channel_names = list(saved.get("channel_names") or [])
+    if len(images) and len(channel_names) != images.shape[1]:
+        channel_names = [f"channel {c + 1}" for c in range(images.shape[1])]
+    title = f"model {model}: infection maps (alpha {maps_cfg['alpha']:g}, sigma {maps_cfg['sigma']:g} px at {maps_cfg['reference_site_size']} px)"
+    if masks is not None:
+        title += "; white: true infected cells"
+    figure = infection_map_figure(images, maps, channel_names, labels, masks=masks, overlay_alpha=overlay_alpha, title=title)
+    save_figure_atomic(figure, output[0], dpi=110)
+    plt.close(figure)
+
+
+if "snakemake" in globals():
+    main(
+        snakemake.input,
+        snakemake.output,
+        snakemake.wildcards.model,
+        snakemake.params.maps,
+        snakemake.params.controls,
+        snakemake.params.treated,
+        snakemake.params.overlay_alpha,
+        dict(zip(snakemake.params.plates, snakemake.input.stores)),
+        list(snakemake.input.masks),
+        snakemake.log[0],
+    )

@@ -1,0 +1,50 @@
+"""Snakemake glue: e(t) of each model against a reference score table (Spearman
+correlation; precision and recall of E against the reference's effective set)."""
+
+import logging
+import os
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from deemd.io import save_figure_atomic
+from deemd.plots import reference_correlation_figure
+from deemd.truth import effective_set_scores, reference_correlation, reference_scores, with_reference
+
+
+def read_table(path):
+    return pd.read_csv(path, sep=None, engine="python") if not str(path).endswith(".parquet") else pd.read_parquet(path)
+
+
+def main(treatment_paths, models, reference_path, reference_cfg, zeta, label_top, output, log):
+    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    reference = reference_scores(read_table(reference_path), reference_cfg["treatment_column"], reference_cfg["score_column"])
+    threshold = reference_cfg["effective_threshold"]
+    logging.info("reference %s: %d treatments with a score, %d at or above %s", reference_path, len(reference),
+                 int((reference["reference_score"] >= threshold).sum()), threshold)
+    rows, merged = [], {}
+    for model, path in zip(models, treatment_paths):
+        treatments = pd.read_parquet(path)
+        merged[model] = with_reference(treatments, reference)
+        row = {"model": model, **reference_correlation(treatments, reference), **effective_set_scores(treatments, reference, threshold)}
+        logging.info("model %s: %s", model, row)
+        rows.append(row)
+    tmp = output["table"] + ".tmp"
+    pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.4g")
+    os.replace(tmp, output["table"])
+    figure = reference_correlation_figure(merged, zeta, threshold, f"reference: {reference_cfg['score_column']}", label_top=label_top)
+    save_figure_atomic(figure, output["figure"], dpi=130)
+    plt.close(figure)
+
+
+if "snakemake" in globals():
+    main(
+        list(snakemake.input.treatments),
+        snakemake.params.models,
+        snakemake.input.reference,
+        snakemake.params.reference,
+        snakemake.params.zeta,
+        snakemake.params.label_top,
+        snakemake.output,
+        snakemake.log[0],
+    )

@@ -1,0 +1,70 @@
+"""Snakemake glue (demo only): every model scored against the demo's hidden truth:
+precision and recall of E against the truly effective compounds, Spearman rho of e(t)
+with the true maximum efficacy, and the localisation ROC AUC of the infection maps
+(M, V) of the untreated infected test sites against their true infected-cell masks."""
+
+import logging
+import os
+
+import numpy as np
+import pandas as pd
+import torch
+
+from deemd.maps import infection_maps, scaled_sigma, smooth_maps
+from deemd.truth import (
+    effective_set_scores,
+    load_masks,
+    map_localisation_auc,
+    map_localisation_auc_per_site,
+    reference_correlation,
+    reference_scores,
+)
+
+
+def main(inputs, models, threshold, maps_cfg, output, log):
+    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    truth = reference_scores(pd.read_csv(inputs["truth"]), "treatment", "max_efficacy")
+    test = pd.read_parquet(inputs["test_scores"])
+    if "patch_probabilities" not in test.columns:
+        raise ValueError(f"{inputs['test_scores']} has no patch_probabilities column; rerun the evaluate rule")
+    rows = []
+    for model, treatments_path, model_path in zip(models, inputs["treatments"], inputs["models"]):
+        treatments = pd.read_parquet(treatments_path)
+        correlation = reference_correlation(treatments, truth)
+        row = {
+            "model": model,
+            **effective_set_scores(treatments, truth, threshold),
+            "spearman_rho": correlation["rho"],
+            "spearman_p": correlation["p_value"],
+            "map_roc_auc": np.nan,
+            "map_roc_auc_site_median": np.nan,
+            "n_map_sites": 0,
+        }
+        infected = test[(test["model"] == model) & (test["label"] == 1)]
+        has_maps = len(infected) and infected["patch_probabilities"].notna().all()
+        if has_maps:
+            grid = torch.load(model_path, map_location="cpu", weights_only=False)["setup"].grid
+            sigma = scaled_sigma(maps_cfg["sigma"], grid.site_size, maps_cfg["reference_site_size"])
+            maps = smooth_maps(infection_maps(np.stack(list(infected["patch_probabilities"])), grid, maps_cfg["alpha"]), sigma)
+            masks = load_masks(inputs["masks"], infected["site_id"])
+            row.update(
+                map_roc_auc=map_localisation_auc(maps, masks),
+                map_roc_auc_site_median=float(np.nanmedian(map_localisation_auc_per_site(maps, masks))),
+                n_map_sites=len(infected),
+            )
+        logging.info("model %s: %s", model, row)
+        rows.append(row)
+    tmp = output[0] + ".tmp"
+    pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+    os.replace(tmp, output[0])
+
+
+if "snakemake" in globals():
+    main(
+        snakemake.input,
+        snakemake.params.models,
+        snakemake.params.threshold,
+        snakemake.params.maps,
+        snakemake.output,
+        snakemake.log[0],
+    )
