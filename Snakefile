@@ -30,6 +30,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/k_selection.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/efficacy.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:

@@ -81,6 +81,17 @@ DEMO_LIBRARY_PARAMS = {
 MODELS = config["train"]["models"]
 
 
+# Figures and report (workflow/rules/figures.smk).
+FIGURES = config["figures"]
+# Models that keep patch probabilities, and so have infection maps (W has none).
+MAP_MODELS = [model for model in MODELS if model in ("M", "V")]
+# A reference score table to compare e(t) with, or None; {dataset} in its path stands
+# for dataset.name (the demo compares with its own hidden truth).
+REFERENCE = config.get("reference") or None
+if REFERENCE:
+    REFERENCE = dict(REFERENCE, path=REFERENCE["path"].replace("{dataset}", DATASET))
+
+
 def model_train_params(model):
     """One model's training values: its own epoch count, and not the list of models (adding
     a model, or changing another model's epochs, must not retrain this one)."""
@@ -169,6 +180,13 @@ def demo_plate_ids():
     return [f"{demo['experiment']}_{plate}" for plate in range(1, demo["plates"] + 1)]
 
 
+def truth_masks(wildcards):
+    """The demo's true infected-cell masks of every plate (none for real data)."""
+    if SOURCE != "synthetic":
+        return []
+    return expand(f"{RESOURCES}/truth/masks/{{plate_id}}.npz", plate_id=plate_ids())
+
+
 def final_outputs(wildcards):
     return [
         f"{RESULTS}/nuclei/wells.parquet",
@@ -178,4 +196,10 @@ def final_outputs(wildcards):
         f"{RESULTS}/evaluation/average_precision.tsv",
         f"{RESULTS}/evaluation/pr_curves.png",
         *expand(f"{RESULTS}/efficacy/{{model}}/treatments.parquet", model=MODELS),
+        *expand(f"{RESULTS}/figures/dose_response/{{model}}.png", model=MODELS),
+        *expand(f"{RESULTS}/figures/ranking/{{model}}.tsv", model=MODELS),
+        *expand(f"{RESULTS}/figures/infection_maps/{{model}}.png", model=MAP_MODELS),
+        f"{RESULTS}/figures/model_comparison.png",
+        *([f"{RESULTS}/figures/reference_correlation.png"] if REFERENCE else []),
+        *([f"{RESULTS}/figures/truth_scores.tsv"] if SOURCE == "synthetic" else []),
     ]
