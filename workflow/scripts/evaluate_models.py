@@ -2,7 +2,6 @@
 on the untreated test sites."""
 
 import logging
-import os
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -10,7 +9,7 @@ import torch
 
 from deemd.data import SiteDataset, site_loader
 from deemd.inference import score_dataset
-from deemd.io import save_figure_atomic, write_parquet_atomic
+from deemd.io import save_figure_atomic, write_parquet_atomic, write_table_atomic
 from deemd.plots import pr_curves_figure
 from deemd.train import average_precision, select_device
 
@@ -38,9 +37,7 @@ def main(model_paths, models, split_path, store_paths, output, device_name, work
     scores = pd.concat(rows, ignore_index=True)
     ap = pd.DataFrame(table)
     write_parquet_atomic(scores, output["scores"])
-    tmp = output["table"] + ".tmp"
-    ap.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
-    os.replace(tmp, output["table"])
+    write_table_atomic(ap, output["table"], float_format="%.4f")
     figure = pr_curves_figure(scores, ap)
     save_figure_atomic(figure, output["figure"], dpi=150)
     plt.close(figure)

@@ -2,14 +2,13 @@
 treatment table with the fits, and the dose-response panels of the top treatments."""
 
 import logging
-import os
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from deemd.doseresponse import fit_dose_table
 from deemd.figures import top_treatments
-from deemd.io import save_figure_atomic
+from deemd.io import save_figure_atomic, write_table_atomic
 from deemd.plots import dose_response_figure
 
 
@@ -24,9 +23,7 @@ def main(doses_path, treatments_path, output, model, zeta, top, columns, log):
     ranked = treatments.merge(
         fits.drop(columns="n_points").rename(columns={"status": "fit_status"}), on="treatment", how="left", validate="one_to_one"
     ).sort_values("rank", kind="mergesort")
-    tmp = output["table"] + ".tmp"
-    ranked.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
-    os.replace(tmp, output["table"])
+    write_table_atomic(ranked, output["table"], float_format="%.4g")
     shown = top_treatments(treatments, top)
     figure = dose_response_figure(doses, fits, shown, zeta, columns=columns, title=f"model {model}: top {len(shown)} treatments")
     save_figure_atomic(figure, output["figure"], dpi=130)

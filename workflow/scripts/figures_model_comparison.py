@@ -1,13 +1,12 @@
 """Snakemake glue: e(t) of the models M, W, V side by side (table and figure)."""
 
 import logging
-import os
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from deemd.figures import efficacy_wide
-from deemd.io import save_figure_atomic
+from deemd.io import save_figure_atomic, write_table_atomic
 from deemd.plots import model_comparison_figure
 
 
@@ -16,9 +15,7 @@ def main(treatment_paths, models, output, zeta, top, log):
     wide = efficacy_wide({model: pd.read_parquet(path) for model, path in zip(models, treatment_paths)})
     for model in models:
         logging.info("model %s: %d effective of %d treatments", model, int(wide[f"effective_{model}"].fillna(False).sum()), len(wide))
-    tmp = output["table"] + ".tmp"
-    wide.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
-    os.replace(tmp, output["table"])
+    write_table_atomic(wide, output["table"], float_format="%.4g")
     figure = model_comparison_figure(wide, list(models), zeta, top=top)
     save_figure_atomic(figure, output["figure"], dpi=130)
     plt.close(figure)

@@ -2,12 +2,11 @@
 correlation; precision and recall of E against the reference's effective set)."""
 
 import logging
-import os
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from deemd.io import save_figure_atomic
+from deemd.io import save_figure_atomic, write_table_atomic
 from deemd.plots import reference_correlation_figure
 from deemd.truth import effective_set_scores, reference_correlation, reference_scores, with_reference
 
@@ -29,9 +28,7 @@ def main(treatment_paths, models, reference_path, reference_cfg, zeta, label_top
         row = {"model": model, **reference_correlation(treatments, reference), **effective_set_scores(treatments, reference, threshold)}
         logging.info("model %s: %s", model, row)
         rows.append(row)
-    tmp = output["table"] + ".tmp"
-    pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.4g")
-    os.replace(tmp, output["table"])
+    write_table_atomic(pd.DataFrame(rows), output["table"], float_format="%.4g")
     figure = reference_correlation_figure(merged, zeta, threshold, f"reference: {reference_cfg['score_column']}", label_top=label_top)
     save_figure_atomic(figure, output["figure"], dpi=130)
     plt.close(figure)

@@ -4,12 +4,12 @@ with the true maximum efficacy, and the localisation ROC AUC of the infection ma
 (M, V) of the untreated infected test sites against their true infected-cell masks."""
 
 import logging
-import os
 
 import numpy as np
 import pandas as pd
 import torch
 
+from deemd.io import write_table_atomic
 from deemd.maps import infection_maps, scaled_sigma, smooth_maps
 from deemd.truth import (
     effective_set_scores,
@@ -54,9 +54,7 @@ def main(inputs, models, threshold, maps_cfg, output, log):
             )
         logging.info("model %s: %s", model, row)
         rows.append(row)
-    tmp = output[0] + ".tmp"
-    pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False, float_format="%.4f")
-    os.replace(tmp, output[0])
+    write_table_atomic(pd.DataFrame(rows), output[0], float_format="%.4f")
 
 
 if "snakemake" in globals():

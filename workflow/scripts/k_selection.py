@@ -1,7 +1,6 @@
 """Snakemake glue: infection-map area above eta and AP per k on the validation sites."""
 
 import logging
-import os
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -10,7 +9,7 @@ import torch
 
 from deemd.data import SiteDataset, site_loader
 from deemd.inference import score_dataset
-from deemd.io import save_figure_atomic
+from deemd.io import save_figure_atomic, write_table_atomic
 from deemd.maps import area_above, infection_maps, scaled_sigma, smooth_maps
 from deemd.plots import k_selection_figure
 from deemd.train import average_precision, select_device
@@ -47,9 +46,7 @@ def main(model_paths, ks, moi, maps_cfg, split_path, store_paths, output, device
         )
         logging.info("k = %d: %s", k, rows[-1])
     table = pd.DataFrame(rows)
-    tmp = output["table"] + ".tmp"
-    table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
-    os.replace(tmp, output["table"])
+    write_table_atomic(table, output["table"], float_format="%.4f")
     figure = k_selection_figure(table, 1 - np.exp(-moi), moi)
     save_figure_atomic(figure, output["figure"], dpi=150)
     plt.close(figure)

@@ -24,3 +24,12 @@ def save_figure_atomic(figure, path: str | Path, **kwargs) -> None:
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     figure.savefig(tmp, **kwargs)
     os.replace(tmp, path)
+
+
+def write_table_atomic(table: pd.DataFrame, path: str | Path, sep: str = "\t", float_format: str | None = "%.4g") -> None:
+    """Write a text table (TSV by default) under a temporary name, then rename it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_csv(tmp, sep=sep, index=False, float_format=float_format)
+    os.replace(tmp, path)

@@ -28,19 +28,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-METADATA_COLUMNS = [
-    "site_id",
-    "well_id",
-    "cell_type",
-    "experiment",
-    "plate",
-    "well",
-    "site",
-    "disease_condition",
-    "treatment",
-    "treatment_conc",
-    "SMILES",
-]
+from deemd.metadata import COLUMNS
+
+# The RxRx19a metadata.csv columns, in order.
+METADATA_COLUMNS = COLUMNS
 LIBRARY_COLUMNS = [
     "treatment",
     "SMILES",
