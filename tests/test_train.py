@@ -117,6 +117,15 @@ def test_early_stopping_on_validation_ap(tmp_path):
     if len(history) < 6:
         assert not history["best"].iloc[-1]
     assert result["best_ap"] == history["val_ap"].max()
+    assert history["val_loss"].notna().all()
+
+
+def test_site_loss_and_tolerance_prefers_calibrated_epochs():
+    from deemd.train import site_loss
+
+    labels = np.array([0, 1])
+    assert site_loss(labels, np.array([0.1, 0.9]), np.ones(2)) < site_loss(labels, np.array([0.45, 0.55]), np.ones(2))
+    assert site_loss(labels, np.array([0.5, 0.5]), np.array([1.0, 3.0])) == pytest.approx(2 * np.log(2))
 
 
 def test_infer_patches_probabilities_cover_every_patch():

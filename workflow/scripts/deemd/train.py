@@ -53,6 +53,9 @@ class TrainSetup:
     seed: int
     in_channels: int
     pretrained_weights: str | None = None
+    # Epochs whose validation AP is within this of the best one compete on validation
+    # loss, so that of two equally ranking models the better calibrated one is kept.
+    ap_tolerance: float = 0.0
 
     @property
     def train_k(self) -> int:
@@ -185,6 +188,14 @@ def train_one_epoch(setup, model, loader, selected, runtime, weights, optimizer,
     return losses / max(counts, 1)
 
 
+def site_loss(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float:
+    """Class-weighted binary cross entropy of site scores taken as probabilities."""
+    scores = np.clip(np.asarray(scores, dtype=np.float64), 1e-6, 1 - 1e-6)
+    positive = np.asarray(labels) > 0.5
+    losses = np.where(positive, -np.log(scores) * weights[1], -np.log(1 - scores) * weights[0])
+    return float(losses.mean())
+
+
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     labels = np.asarray(labels)
     if len(np.unique(labels)) < 2:
@@ -215,7 +226,8 @@ def fit(setup: TrainSetup, train_data, val_data, loader_factory, runtime: Runtim
     total_steps = setup.epochs * steps_per_epoch(setup, len(train_data))
     # One-cycle cosine policy; the Adam betas stay as given (no momentum cycling).
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=setup.lr, total_steps=total_steps, anneal_strategy="cos", cycle_momentum=False)
-    state = {"epoch": 0, "history": [], "best_ap": -1.0, "best_epoch": 0, "best_state": None, "bad_epochs": 0, "stopped": False}
+    state = {"epoch": 0, "history": [], "best_ap": -1.0, "best_loss": float("inf"), "max_ap": -1.0, "best_epoch": 0,
+             "best_state": None, "bad_epochs": 0, "stopped": False}
     if checkpoint.exists():
         saved = torch.load(checkpoint, map_location=runtime.device, weights_only=False)
         if saved.get("digest") == digest:
@@ -252,9 +264,12 @@ def fit(setup: TrainSetup, train_data, val_data, loader_factory, runtime: Runtim
         )
         scores, labels, _, _ = site_scores(setup, model, loader_factory(val_data, inference_sites_per_batch(setup), None), runtime)
         val_ap = average_precision(labels, scores)
-        improved = val_ap > state["best_ap"]
+        val_loss = site_loss(labels, scores, weights.cpu().numpy())
+        # Best: the highest validation AP; within ap_tolerance of it, the lower loss.
+        improved = val_ap > state["max_ap"] or (val_ap >= state["max_ap"] - setup.ap_tolerance and val_loss < state["best_loss"])
+        state["max_ap"] = max(state["max_ap"], val_ap)
         if improved:
-            state.update(best_ap=val_ap, best_epoch=epoch, best_state=copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}), bad_epochs=0)
+            state.update(best_ap=val_ap, best_loss=val_loss, best_epoch=epoch, best_state=copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}), bad_epochs=0)
         else:
             state["bad_epochs"] += 1
         state["stopped"] = state["bad_epochs"] >= setup.patience
@@ -265,6 +280,7 @@ def fit(setup: TrainSetup, train_data, val_data, loader_factory, runtime: Runtim
                 "epoch": epoch,
                 "train_loss": train_loss,
                 "val_ap": val_ap,
+                "val_loss": val_loss,
                 "val_accuracy": float(((scores >= setup.eta) == (labels > 0.5)).mean()),
                 "lr": float(scheduler.get_last_lr()[0]),
                 "best": improved,
@@ -273,7 +289,7 @@ def fit(setup: TrainSetup, train_data, val_data, loader_factory, runtime: Runtim
             }
         )
         log(
-            f"epoch {epoch}/{setup.epochs}: loss {train_loss:.4f}, val AP {val_ap:.4f}"
+            f"epoch {epoch}/{setup.epochs}: loss {train_loss:.4f}, val AP {val_ap:.4f}, val loss {val_loss:.4f}"
             f"{' (best)' if improved else ''}, {seconds:.1f} s"
             + (" - early stop" if state["stopped"] else "")
         )
