@@ -247,3 +247,13 @@ def test_k_selection_target(tiny_run, tmp_path):
     assert np.allclose(table["expected_area"], 1 - np.exp(-0.4), atol=1e-4)
     assert table[["area_infected_median", "area_non_infected_median"]].stack().between(0, 1).all()
     assert (directory / "results/tiny/k_selection/k_selection.png").stat().st_size > 10_000
+
+
+def test_report_collects_every_figure(tiny_run, tmp_path):
+    directory, _ = tiny_run
+    report = tmp_path / "report.html"
+    snakemake(directory, "--report", str(report))
+    html = report.read_text(errors="replace")
+    assert report.stat().st_size > 100_000
+    for name in ("nuclei_counts.png", "pr_curves.png", "model_comparison.png", "training_curves.png", "infection_maps"):
+        assert name in html, name
