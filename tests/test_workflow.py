@@ -257,3 +257,33 @@ def test_report_collects_every_figure(tiny_run, tmp_path):
     assert report.stat().st_size > 100_000
     for name in ("nuclei_counts.png", "pr_curves.png", "model_comparison.png", "training_curves.png", "infection_maps"):
         assert name in html, name
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        # A nucleus parameter: nuclei and everything after, never the demo or stitching.
+        ({"nuclei": {"smoothing_sigma": 7.0}}, {"nuclei": 2, "nuclei_summary": 1, "split_sets": 1}),
+        # A figure parameter: only that figure.
+        ({"figures": {"top_compounds": 3}}, {"dose_response": 3}),
+        # An efficacy parameter: efficacy and the figures after it, not training or inference.
+        ({"efficacy": {"zeta": 0.6}}, {"efficacy": 3, "dose_response": 3, "model_comparison": 1}),
+    ],
+    ids=["nucleus-parameter", "figure-parameter", "efficacy-parameter"],
+)
+def test_changing_a_parameter_reruns_exactly_what_uses_it(tiny_run, tmp_path, change, expected):
+    source, _ = tiny_run
+    directory = tmp_path / "changed"
+    shutil.copytree(source, directory, symlinks=True)
+    write_config(directory, deep_merge(TINY, change))
+    counts = job_counts(snakemake(directory, "-n").stdout)
+    counts.pop("all", None)
+    counts.pop("total", None)
+    for rule, count in expected.items():
+        assert counts.get(rule) == count, (rule, counts)
+    never = {"demo_plate", "demo_library", "stitch", "sites_table"}
+    if "nuclei" not in change:
+        never |= {"nuclei", "split_sets", "channel_stats", "train", "infer"}
+    assert not never & set(counts), counts
+    if "figures" in change:
+        assert set(counts) == {"dose_response"}, counts
