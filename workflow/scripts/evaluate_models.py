@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from deemd.data import SiteDataset, site_loader
+from deemd.data import SiteDataset
 from deemd.inference import score_dataset
 from deemd.io import save_figure_atomic, write_parquet_atomic, write_table_atomic
 from deemd.plots import pr_curves_figure
@@ -24,7 +24,7 @@ def main(model_paths, models, split_path, store_paths, output, device_name, work
     rows, table = [], []
     for model, path in zip(models, model_paths):
         (scores, labels, order, probabilities), setup = score_dataset(
-            path, dataset, device, lambda d, b, runtime: site_loader(d, b, workers, None, pin_memory=runtime.cuda)
+            path, dataset, device, workers
         )
         ap = average_precision(labels, scores)
         logging.info("model %s: AP %.4f on %d test sites", model, ap, len(scores))

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from deemd.data import SiteDataset, site_loader
+from deemd.data import SiteDataset
 from deemd.inference import score_dataset, shard_rows, site_z
 from deemd.io import write_parquet_atomic
 from deemd.train import select_device
@@ -32,7 +32,7 @@ def main(model_path, model, split_path, store_path, plate_id, part, parts, outpu
 
         (scores, _, order, probabilities), setup = score_dataset(
             model_path, SiteDataset(treated, {plate_id: store_path}), select_device(device_name),
-            lambda d, b, runtime: site_loader(d, b, workers, None, pin_memory=runtime.cuda), progress,
+            workers, progress,
         )
         table = table.iloc[order].reset_index(drop=True)
         table["score"] = scores

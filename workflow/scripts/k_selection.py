@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from deemd.data import SiteDataset, site_loader
+from deemd.data import SiteDataset
 from deemd.inference import score_dataset
 from deemd.io import save_figure_atomic, write_table_atomic
 from deemd.maps import area_above, infection_maps, scaled_sigma, smooth_maps
@@ -25,7 +25,7 @@ def main(model_paths, ks, moi, maps_cfg, split_path, store_paths, output, device
     rows = []
     for k, path in zip(ks, model_paths):
         (scores, labels, _, probabilities), setup = score_dataset(
-            path, dataset, device, lambda d, b, runtime: site_loader(d, b, workers, None, pin_memory=runtime.cuda)
+            path, dataset, device, workers
         )
         if k > setup.grid.n_patches:
             raise ValueError(f"k_selection.ks: k = {k} is more than the {setup.grid.n_patches} patches of a site")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from deemd.data import site_loader
 from deemd.mil import build_resnet34
 from deemd.train import Runtime, inference_sites_per_batch, site_scores
 
@@ -19,10 +20,11 @@ def load_trained(path: str, device: torch.device):
     return runtime.model(model).eval(), setup, runtime
 
 
-def score_dataset(path: str, dataset, device: torch.device, loader_factory, progress=None):
-    """Site scores (and patch probabilities for M and V) of every site of ``dataset``."""
+def score_dataset(path: str, dataset, device: torch.device, workers: int, progress=None):
+    """Site scores (and patch probabilities for M and V) of every site of ``dataset``,
+    read in order by ``workers`` DataLoader processes."""
     model, setup, runtime = load_trained(path, device)
-    loader = loader_factory(dataset, inference_sites_per_batch(setup), runtime)
+    loader = site_loader(dataset, inference_sites_per_batch(setup), workers, None, pin_memory=runtime.cuda)
     return site_scores(setup, model, loader, runtime, progress), setup
 
 
