@@ -3,14 +3,13 @@ on the untreated test sites."""
 
 import logging
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
 from deemd.data import SiteDataset
 from deemd.inference import score_dataset
-from deemd.io import save_figure_atomic, write_parquet_atomic, write_table_atomic
-from deemd.plots import pr_curves_figure
+from deemd.io import write_parquet_atomic, write_table_atomic
+from deemd.plots import pr_curves_figure, save_figure_atomic
 from deemd.train import average_precision, select_device
 
 
@@ -40,7 +39,6 @@ def main(model_paths, models, split_path, store_paths, output, device_name, work
     write_table_atomic(ap, output["table"], float_format="%.4f")
     figure = pr_curves_figure(scores, ap)
     save_figure_atomic(figure, output["figure"], dpi=150)
-    plt.close(figure)
 
 
 if "snakemake" in globals():

@@ -3,13 +3,12 @@ treatment table with the fits, and the dose-response panels of the top treatment
 
 import logging
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from deemd.doseresponse import fit_dose_table
 from deemd.figures import top_treatments
-from deemd.io import save_figure_atomic, write_table_atomic
-from deemd.plots import dose_response_figure
+from deemd.io import write_table_atomic
+from deemd.plots import dose_response_figure, save_figure_atomic
 
 
 def main(doses_path, treatments_path, output, model, zeta, top, columns, log):
@@ -27,7 +26,6 @@ def main(doses_path, treatments_path, output, model, zeta, top, columns, log):
     shown = top_treatments(treatments, top)
     figure = dose_response_figure(doses, fits, shown, zeta, columns=columns, title=f"model {model}: top {len(shown)} treatments")
     save_figure_atomic(figure, output["figure"], dpi=130)
-    plt.close(figure)
 
 
 if "snakemake" in globals():

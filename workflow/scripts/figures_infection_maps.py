@@ -4,15 +4,13 @@ top-ranked treatment at its most effective dose."""
 
 import logging
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 
 from deemd.figures import read_site_images, select_control_sites, select_treated_sites
-from deemd.io import save_figure_atomic
 from deemd.maps import infection_maps, scaled_sigma, smooth_maps
-from deemd.plots import infection_map_figure
+from deemd.plots import infection_map_figure, save_figure_atomic
 from deemd.truth import load_masks
 
 
@@ -53,7 +51,6 @@ def main(inputs, output, model, maps_cfg, n_controls, n_treated, overlay_alpha, 
         title += "; white: true infected cells"
     figure = infection_map_figure(images, maps, channel_names, labels, masks=masks, overlay_alpha=overlay_alpha, title=title)
     save_figure_atomic(figure, output[0], dpi=110)
-    plt.close(figure)
 
 
 if "snakemake" in globals():

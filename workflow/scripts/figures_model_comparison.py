@@ -2,12 +2,11 @@
 
 import logging
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from deemd.figures import efficacy_wide
-from deemd.io import save_figure_atomic, write_table_atomic
-from deemd.plots import model_comparison_figure
+from deemd.io import write_table_atomic
+from deemd.plots import model_comparison_figure, save_figure_atomic
 
 
 def main(treatment_paths, models, output, zeta, top, log):
@@ -18,7 +17,6 @@ def main(treatment_paths, models, output, zeta, top, log):
     write_table_atomic(wide, output["table"], float_format="%.4g")
     figure = model_comparison_figure(wide, list(models), zeta, top=top)
     save_figure_atomic(figure, output["figure"], dpi=130)
-    plt.close(figure)
 
 
 if "snakemake" in globals():

@@ -3,11 +3,10 @@ correlation; precision and recall of E against the reference's effective set).""
 
 import logging
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
-from deemd.io import save_figure_atomic, write_table_atomic
-from deemd.plots import reference_correlation_figure
+from deemd.io import write_table_atomic
+from deemd.plots import reference_correlation_figure, save_figure_atomic
 from deemd.truth import effective_set_scores, reference_correlation, reference_scores, with_reference
 
 
@@ -31,7 +30,6 @@ def main(treatment_paths, models, reference_path, reference_cfg, zeta, label_top
     write_table_atomic(pd.DataFrame(rows), output["table"], float_format="%.4g")
     figure = reference_correlation_figure(merged, zeta, threshold, f"reference: {reference_cfg['score_column']}", label_top=label_top)
     save_figure_atomic(figure, output["figure"], dpi=130)
-    plt.close(figure)
 
 
 if "snakemake" in globals():

@@ -2,16 +2,15 @@
 
 import logging
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 
 from deemd.data import SiteDataset
 from deemd.inference import score_dataset
-from deemd.io import save_figure_atomic, write_table_atomic
+from deemd.io import write_table_atomic
 from deemd.maps import area_above, infection_maps, scaled_sigma, smooth_maps
-from deemd.plots import k_selection_figure
+from deemd.plots import k_selection_figure, save_figure_atomic
 from deemd.train import average_precision, select_device
 
 
@@ -49,7 +48,6 @@ def main(model_paths, ks, moi, maps_cfg, split_path, store_paths, output, device
     write_table_atomic(table, output["table"], float_format="%.4f")
     figure = k_selection_figure(table, 1 - np.exp(-moi), moi)
     save_figure_atomic(figure, output["figure"], dpi=150)
-    plt.close(figure)
 
 
 if "snakemake" in globals():

@@ -3,12 +3,11 @@ nucleus counts, draw the figure."""
 
 import logging
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
-from deemd.io import save_figure_atomic, write_parquet_atomic
+from deemd.io import write_parquet_atomic
 from deemd.nuclei import infected_vs_noninfected
-from deemd.plots import nuclei_count_figure
+from deemd.plots import nuclei_count_figure, save_figure_atomic
 
 
 def main(plate_tables, output, log):
@@ -20,7 +19,6 @@ def main(plate_tables, output, log):
     write_parquet_atomic(pd.DataFrame([test]), output["test"])
     figure = nuclei_count_figure(wells, test)
     save_figure_atomic(figure, output["figure"], dpi=150)
-    plt.close(figure)
 
 
 if "snakemake" in globals():

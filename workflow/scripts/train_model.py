@@ -6,14 +6,13 @@ import json
 import logging
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
 from deemd.data import SiteDataset, site_loader
-from deemd.io import save_figure_atomic, write_parquet_atomic
+from deemd.io import write_parquet_atomic
 from deemd.mil import patch_grid
-from deemd.plots import training_curves_figure
+from deemd.plots import save_figure_atomic, training_curves_figure
 from deemd.train import Runtime, TrainSetup, fit, select_device
 
 
@@ -75,7 +74,6 @@ def main(kind, split_path, stats_path, store_paths, output, params, threads, log
     write_parquet_atomic(history, output["history"])
     figure = training_curves_figure(history, f"model {kind}")
     save_figure_atomic(figure, output["curves"], dpi=120)
-    plt.close(figure)
     tmp = Path(output["model"] + ".tmp")
     torch.save(
         {

@@ -17,15 +17,6 @@ def write_parquet_atomic(table: pd.DataFrame, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def save_figure_atomic(figure, path: str | Path, **kwargs) -> None:
-    """Save a matplotlib figure under a temporary name, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    figure.savefig(tmp, **kwargs)
-    os.replace(tmp, path)
-
-
 def write_table_atomic(table: pd.DataFrame, path: str | Path, sep: str = "\t", float_format: str | None = "%.4g") -> None:
     """Write a text table (TSV by default) under a temporary name, then rename it."""
     path = Path(path)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -10,6 +13,18 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from deemd.metadata import INFECTED, MOCK, UV  # noqa: E402
+
+
+def save_figure_atomic(figure, path: str | Path, **kwargs) -> None:
+    """Save a matplotlib figure under a temporary name, rename it into place, and close
+    it (pyplot keeps every open figure alive)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    figure.savefig(tmp, **kwargs)
+    os.replace(tmp, path)
+    plt.close(figure)
+
 
 GROUP_COLOURS = {"non-infected": "#4C72B0", "infected": "#C44E52"}
 
