@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=200)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
@@ -61,7 +62,7 @@ def main() -> None:
     sites = sites[sites["set"] == "train"].head(args.sites).reset_index(drop=True)
     stores = {p: str(results / "store" / f"{p}.zarr") for p in sites["plate_id"].unique()}
     device = select_device(args.device)
-    runtime = Runtime(device, stats["mean"], stats["std"])
+    runtime = Runtime(device, stats["mean"], stats["std"], args.precision)
     grid = patch_grid(stats["site_size"], 1024, 256, 128)
     model = runtime.model(build_resnet34(len(stats["mean"]))).eval()
     chunk = 4 * args.batch_size
@@ -80,7 +81,7 @@ def main() -> None:
         passes.append(n_patches / (time.perf_counter() - started))
         forwards.append(forward_only(model, runtime, n_patches, grid, chunk, len(stats["mean"])))
     real, bare = sorted(passes)[1], sorted(forwards)[1]
-    print(f"device {device}{' (' + torch.cuda.get_device_name() + ')' if runtime.cuda else ''}, {args.threads} threads, {args.workers} workers")
+    print(f"device {device}{' (' + torch.cuda.get_device_name() + ')' if runtime.cuda else ''}, {args.threads} threads, {args.workers} workers, {runtime.precision}")
     print(f"{len(sites)} sites of {stats['site_size']} px, {grid.n_patches} patches of {grid.patch_size} px each ({n_patches} patches)")
     print(f"exhaustive inference pass {real:10.1f} patches/s")
     print(f"bare model forward        {bare:10.1f} patches/s")

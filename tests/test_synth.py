@@ -281,6 +281,38 @@ def test_choose_infected_is_clustered_and_binomial():
     assert not synth.choose_infected(rng, yx, site, 0.0, foci).any()
 
 
+def test_foci_thin_with_the_share_of_moi_a_treatment_leaves():
+    full = synth.foci_centres(synth.rng_from(3), 128, 2.0)
+    assert np.array_equal(full, synth.foci_centres(synth.rng_from(3), 128, 2.0, keep=1.0))
+    assert len(synth.foci_centres(synth.rng_from(3), 128, 2.0, keep=0.0)) == 0
+    # The share of sites that keep a focus matches focus_site_probability.
+    keep = 0.2
+    has_focus = [
+        np.isin(np.arange(4), synth.site_of(synth.foci_centres(synth.rng_from("thin", i), 128, 2.0, keep), 128))
+        for i in range(500)
+    ]
+    assert np.mean(has_focus) == pytest.approx(synth.focus_site_probability(2.0, keep), abs=0.03)
+    assert synth.focus_site_probability(2.0, 1.0) == 1.0 and synth.focus_site_probability(2.0, 0.0) == 0.0
+
+
+def test_treated_wells_keep_their_infected_share_in_fewer_sites():
+    """At a tenth of the MOI most sites are free of infection, and the well-level infected
+    share is still about 1 - exp(-MOI_eff)."""
+    cells_cfg, inf_cfg, _ = cfgs()
+    moi_eff, keep = 0.04, 0.1
+    shares, clean = [], []
+    for i in range(150):
+        rng = synth.rng_from("keep", i)
+        c = synth.apply_fate(rng, synth.make_cells(rng, 180, 128, cells_cfg), 128, moi_eff, 0.0, inf_cfg, keep)
+        shares.append(c["infected"].mean())
+        clean += [not c["infected"][c["site"] == s].any() for s in range(4)]
+    assert np.mean(shares) == pytest.approx(1 - np.exp(-moi_eff), rel=0.35)
+    assert np.mean(clean) == pytest.approx(1 - synth.focus_site_probability(inf_cfg["foci_per_site"], keep), abs=0.06)
+    # Without thinning, the same MOI leaves infected cells in most sites.
+    stray = [synth.apply_fate(synth.rng_from("stray", i), synth.make_cells(synth.rng_from("c", i), 180, 128, cells_cfg), 128, moi_eff, 0.0, inf_cfg) for i in range(40)]
+    assert np.mean([not c["infected"][c["site"] == s].any() for c in stray for s in range(4)]) < 0.5
+
+
 def test_fuse_syncytia():
     yx = np.array([[0.0, 0.0], [0.0, 5.0], [0.0, 100.0], [0.0, 104.0], [50.0, 50.0]])
     cand = np.array([True, True, True, True, False])

@@ -8,7 +8,9 @@ from deemd.mil import PatchGrid
 from deemd.train import (
     Runtime,
     TrainSetup,
+    autocast_dtype,
     average_precision,
+    cpu_has_native_bf16,
     fit,
     inference_sites_per_batch,
     infer_patches,
@@ -63,6 +65,32 @@ def test_select_device():
         assert select_device("auto").type == "cpu"
         with pytest.raises(RuntimeError, match="no CUDA"):
             select_device("cuda")
+
+
+def test_autocast_dtype_follows_precision_and_hardware():
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "fp32") is None
+    assert autocast_dtype(cpu, "bf16") is torch.bfloat16
+    assert autocast_dtype(cpu, "auto") is (torch.bfloat16 if cpu_has_native_bf16() else None)
+    with pytest.raises(ValueError, match="'fp16'"):
+        autocast_dtype(cpu, "fp16")
+
+
+def test_bf16_runtime_autocasts_and_scores_close_to_fp32():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(1))
+    images = torch.randn(3, 2, 8, 8)
+    model(images)
+    bf16 = Runtime(torch.device("cpu"), np.zeros(2), np.ones(2), "bf16")
+    fp32 = Runtime(torch.device("cpu"), np.zeros(2), np.ones(2), "fp32")
+    assert (bf16.precision, fp32.precision) == ("bf16", "fp32")
+    with torch.inference_mode():
+        with bf16.autocast():
+            low = model(images)
+        with fp32.autocast():
+            full = model(images)
+    assert low.dtype == torch.bfloat16 and full.dtype == torch.float32
+    assert torch.allclose(low.float(), full, atol=0.05, rtol=0.05)
 
 
 def test_average_precision():

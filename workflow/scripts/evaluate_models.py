@@ -13,7 +13,7 @@ from deemd.plots import pr_curves_figure, save_figure_atomic
 from deemd.train import average_precision, select_device
 
 
-def main(model_paths, models, split_path, store_paths, output, device_name, workers, threads, log):
+def main(model_paths, models, split_path, store_paths, output, device_name, workers, precision, threads, log):
     logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     torch.set_num_threads(max(1, threads))
     device = select_device(device_name)
@@ -23,7 +23,7 @@ def main(model_paths, models, split_path, store_paths, output, device_name, work
     rows, table = [], []
     for model, path in zip(models, model_paths):
         (scores, labels, order, probabilities), setup = score_dataset(
-            path, dataset, device, workers
+            path, dataset, device, workers, precision=precision
         )
         ap = average_precision(labels, scores)
         logging.info("model %s: AP %.4f on %d test sites", model, ap, len(scores))
@@ -50,6 +50,7 @@ if "snakemake" in globals():
         snakemake.output,
         snakemake.params.device,
         snakemake.params.workers,
+        snakemake.params.precision,
         snakemake.threads,
         snakemake.log[0],
     )

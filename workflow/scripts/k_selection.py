@@ -14,7 +14,7 @@ from deemd.plots import k_selection_figure, save_figure_atomic
 from deemd.train import average_precision, select_device
 
 
-def main(model_paths, ks, moi, maps_cfg, split_path, store_paths, output, device_name, workers, threads, log):
+def main(model_paths, ks, moi, maps_cfg, split_path, store_paths, output, device_name, workers, precision, threads, log):
     logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     torch.set_num_threads(max(1, threads))
     device = select_device(device_name)
@@ -24,7 +24,7 @@ def main(model_paths, ks, moi, maps_cfg, split_path, store_paths, output, device
     rows = []
     for k, path in zip(ks, model_paths):
         (scores, labels, _, probabilities), setup = score_dataset(
-            path, dataset, device, workers
+            path, dataset, device, workers, precision=precision
         )
         if k > setup.grid.n_patches:
             raise ValueError(f"k_selection.ks: k = {k} is more than the {setup.grid.n_patches} patches of a site")
@@ -61,6 +61,7 @@ if "snakemake" in globals():
         snakemake.output,
         snakemake.params.device,
         snakemake.params.workers,
+        snakemake.params.precision,
         snakemake.threads,
         snakemake.log[0],
     )

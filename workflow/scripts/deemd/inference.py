@@ -10,20 +10,20 @@ from deemd.mil import build_resnet34
 from deemd.train import Runtime, inference_sites_per_batch, site_scores
 
 
-def load_trained(path: str, device: torch.device):
+def load_trained(path: str, device: torch.device, precision: str = "fp32"):
     """A model file written by the train rule -> (model on device, setup, runtime)."""
     saved = torch.load(path, map_location="cpu", weights_only=False)
     setup = saved["setup"]
     model = build_resnet34(setup.in_channels)
     model.load_state_dict(saved["state_dict"])
-    runtime = Runtime(device, saved["mean"], saved["std"])
+    runtime = Runtime(device, saved["mean"], saved["std"], precision)
     return runtime.model(model).eval(), setup, runtime
 
 
-def score_dataset(path: str, dataset, device: torch.device, workers: int, progress=None):
+def score_dataset(path: str, dataset, device: torch.device, workers: int, progress=None, precision: str = "fp32"):
     """Site scores (and patch probabilities for M and V) of every site of ``dataset``,
-    read in order by ``workers`` DataLoader processes."""
-    model, setup, runtime = load_trained(path, device)
+    read in order by ``workers`` DataLoader processes, with ``precision`` autocast."""
+    model, setup, runtime = load_trained(path, device, precision)
     loader = site_loader(dataset, inference_sites_per_batch(setup), workers, None, pin_memory=runtime.cuda)
     return site_scores(setup, model, loader, runtime, progress), setup
 

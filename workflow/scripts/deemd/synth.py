@@ -214,7 +214,7 @@ def _r6(x) -> np.ndarray:
 def make_library(demo: dict) -> pd.DataFrame:
     """Compound library with hidden truth, one row per compound (LIBRARY_COLUMNS).
 
-    Kinds: effective (emax 0.85-1), partial (0.35-0.65), toxic (no antiviral effect; kills
+    Kinds: effective (emax 0.9-1), partial (0.35-0.65), toxic (no antiviral effect; kills
     cells with tox_ic50 1-8 uM), effective_toxic (effective, toxic at 3-20 uM), inactive.
     EC50s sit inside the tested range so curves are visible. max_efficacy is the largest
     antiviral effect over the tested concentrations (the ranking truth)."""
@@ -233,7 +233,9 @@ def make_library(demo: dict) -> pd.DataFrame:
         if kind in ("effective", "partial", "effective_toxic"):
             # EC50 log-uniform over the lower 3/4 of the tested range
             ec50 = 10 ** (lo + 0.3 + u[0] * 0.7 * (hi - lo))
-            emax = 0.85 + 0.15 * u[1] if kind != "partial" else 0.35 + 0.3 * u[1]
+            # Effective: near-complete rescue at a saturating dose (as remdesivir in
+            # RxRx19a); partial: a third to two thirds of the infection removed.
+            emax = 0.9 + 0.1 * u[1] if kind != "partial" else 0.35 + 0.3 * u[1]
             slope = 1.0 + 1.5 * u[2]
         else:
             emax = 0.0
@@ -473,28 +475,44 @@ def make_cells(rng: np.random.Generator, n: int, site_size: int, cells_cfg: dict
     }
 
 
-def foci_centres(rng: np.random.Generator, site_size: int, foci_per_site: float) -> np.ndarray:
+def foci_centres(rng: np.random.Generator, site_size: int, foci_per_site: float, keep: float = 1.0) -> np.ndarray:
     """Infection foci (y, x): per site 1 + Poisson(foci_per_site - 1), uniform in the site,
-    so every site of an infected well has a focus to grow from."""
+    so every site of an untreated infected well has a focus to grow from. A treatment that
+    lowers the MOI to a share ``keep`` of it lets each focus form with that probability:
+    infection events, and so foci, scale with the MOI, which leaves sites of a well-treated
+    well free of infection (as in a real screen) instead of holding a few stray cells."""
     s = int(site_size)
     out = []
     for k in range(SITES):
         m = 1 + rng.poisson(max(foci_per_site - 1.0, 0.0))
+        if keep < 1.0:
+            m = rng.binomial(m, max(keep, 0.0))
         oy, ox = (k // 2) * s, (k % 2) * s
         out.append(rng.random((m, 2)) * s + [oy, ox])
     return np.concatenate(out)
 
 
-def choose_infected(rng: np.random.Generator, yx: np.ndarray, site: np.ndarray, p_infected: float, foci: np.ndarray) -> np.ndarray:
+def focus_site_probability(foci_per_site: float, keep: float) -> float:
+    """Probability that a site keeps at least one focus under foci_centres(keep=keep):
+    1 - (1 - keep) exp(-(foci_per_site - 1) keep)."""
+    keep = min(max(keep, 0.0), 1.0)
+    return 1.0 - (1.0 - keep) * float(np.exp(-max(foci_per_site - 1.0, 0.0) * keep))
+
+
+def choose_infected(rng: np.random.Generator, yx: np.ndarray, site: np.ndarray, p_infected: float, foci: np.ndarray, site_size: int | None = None) -> np.ndarray:
     """Per site, Binomial(n_site, p) cells infected: those nearest to any focus (with a
-    ragged, noisy distance) so infection forms local clusters."""
+    ragged, noisy distance) so infection forms local clusters. With ``site_size``, a site
+    without a focus of its own stays free of infection."""
     n = len(yx)
     infected = np.zeros(n, dtype=bool)
     if n == 0 or p_infected <= 0 or len(foci) == 0:
         return infected
     d = np.sqrt(((yx[:, None, :] - foci[None, :, :]) ** 2).sum(-1)).min(1)
     d = d * np.exp(rng.normal(0.0, 0.3, n))
+    sites_with_focus = set(site_of(foci, site_size).tolist()) if site_size is not None else set(range(SITES))
     for s in range(SITES):
+        if s not in sites_with_focus:
+            continue
         idx = np.flatnonzero(site == s)
         k = rng.binomial(len(idx), min(p_infected, 1.0))
         infected[idx[np.argsort(d[idx], kind="stable")[:k]]] = True
@@ -520,17 +538,22 @@ def fuse_syncytia(rng: np.random.Generator, yx: np.ndarray, candidates: np.ndarr
     return np.unique(body, return_inverse=True)[1]
 
 
-def apply_fate(rng: np.random.Generator, cells: dict, site_size: int, moi_effective: float, toxic_kill: float, infection_cfg: dict) -> dict:
-    """Infection (a 1 - exp(-MOI_eff) share, in foci), death of infected cells (more at
-    focus centres), toxic death of any cell, syncytia among surviving infected neighbours,
-    fragmented nuclei and debris. Returns a new cell dict."""
+def apply_fate(rng: np.random.Generator, cells: dict, site_size: int, moi_effective: float, toxic_kill: float, infection_cfg: dict, focus_keep: float = 1.0) -> dict:
+    """Infection (a 1 - exp(-MOI_eff) share of the well, in foci), death of infected cells
+    (more at focus centres), toxic death of any cell, syncytia among surviving infected
+    neighbours, fragmented nuclei and debris. ``focus_keep`` (MOI_eff / MOI of a treated
+    well) thins the foci; the sites that keep one hold the well's infected share, so the
+    well-level share stays 1 - exp(-MOI_eff). Returns a new cell dict."""
     c = dict(cells)
     n = len(c["yx"])
-    foci = foci_centres(rng, site_size, infection_cfg["foci_per_site"])
+    foci_per_site = infection_cfg["foci_per_site"]
+    foci = foci_centres(rng, site_size, foci_per_site, focus_keep)
     p_inf = 1.0 - np.exp(-max(moi_effective, 0.0))
-    infected = choose_infected(rng, c["yx"], c["site"], p_inf, foci)
+    if focus_keep < 1.0 and len(foci):
+        p_inf = min(1.0, p_inf / focus_site_probability(foci_per_site, focus_keep))
+    infected = choose_infected(rng, c["yx"], c["site"], p_inf, foci, site_size)
     # Death probability falls from 2x death_rate at a focus centre to 0 at its rim.
-    d = np.sqrt(((c["yx"][:, None, :] - foci[None, :, :]) ** 2).sum(-1)).min(1) if n else np.zeros(0)
+    d = np.sqrt(((c["yx"][:, None, :] - foci[None, :, :]) ** 2).sum(-1)).min(1) if n and len(foci) else np.zeros(n)
     q = np.zeros(n)
     if infected.any():
         q[infected] = (np.argsort(np.argsort(d[infected])) + 0.5) / infected.sum()
@@ -741,7 +764,9 @@ def synth_well(rng: np.random.Generator, well: dict, demo: dict, optics: dict, b
     density = np.exp(rng.normal(0.0, cells_cfg["density_sd"]))
     n = 0 if well["failed"] else int(rng.poisson(cells_cfg["per_site"] * SITES * density))
     cells = make_cells(rng, n, s, cells_cfg)
-    cells = apply_fate(rng, cells, s, float(well["moi_effective"]), float(well["toxic_kill"]), inf_cfg)
+    moi = float(demo["moi"])
+    focus_keep = float(well["moi_effective"]) / moi if moi > 0 else 1.0
+    cells = apply_fate(rng, cells, s, float(well["moi_effective"]), float(well["toxic_kill"]), inf_cfg, focus_keep)
     if bank is None:
         bank = texture_bank(rng, s, cells_cfg)
     raw, mask = render_well(rng, cells, s, inf_cfg["cpe_strength"], float(well["toxic_kill"]), bank)
