@@ -1,6 +1,6 @@
 # Infer (GPU rule): every treated site scored with each trained model, one shard per plate
 # (or inference.shards_per_plate per plate), every patch probability kept. A failed or
-# killed shard reruns alone.
+# killed shard reruns alone. The GPU is requested in the profile (set-resources gpu).
 
 
 rule infer:
@@ -18,12 +18,12 @@ rule infer:
         "../../envs/torch.yaml"
     threads: 4
     resources:
-        gpu=1,
         mem_mb=8000,
         runtime=240,
     params:
         parts=config["inference"]["shards_per_plate"],
         device=config["train"]["device"],
         workers=config["train"]["workers"],
+        precision=config["train"]["precision"],
     script:
         "../scripts/infer_shard.py"

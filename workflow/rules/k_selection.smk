@@ -1,6 +1,7 @@
 # Choice of k (DESIGN 1.6), its own target: `snakemake --cores N k_selection`.
 # M is trained once per k; on the validation sites, the infection-map area above eta is
 # compared with the Poisson expectation 1 - exp(-MOI), and AP is reported per k.
+# GPU rules; the GPU is requested in the profile (set-resources gpu).
 
 
 rule train_k:
@@ -20,7 +21,6 @@ rule train_k:
         "../../envs/torch.yaml"
     threads: 4
     resources:
-        gpu=1,
         mem_mb=16000,
         runtime=2880,
     params:
@@ -53,7 +53,6 @@ rule k_selection:
         "../../envs/torch.yaml"
     threads: 4
     resources:
-        gpu=1,
         mem_mb=8000,
         runtime=600,
     params:
@@ -63,5 +62,6 @@ rule k_selection:
         plates=lambda wildcards: plate_ids(),
         device=config["train"]["device"],
         workers=config["train"]["workers"],
+        precision=config["train"]["precision"],
     script:
         "../scripts/k_selection.py"

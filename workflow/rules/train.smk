@@ -1,5 +1,6 @@
 # Train (GPU rule): the MIL model M and the baselines W and V, then their evaluation on
-# the untreated test sites.
+# the untreated test sites. GPU rules request their GPU in the profile (set-resources gpu),
+# not here, so that they also schedule on CPU-only machines and clusters.
 
 
 rule train:
@@ -24,7 +25,6 @@ rule train:
         "../../envs/torch.yaml"
     threads: 4
     resources:
-        gpu=1,
         mem_mb=16000,
         runtime=2880,
     params:
@@ -59,7 +59,6 @@ rule evaluate:
         "../../envs/torch.yaml"
     threads: 4
     resources:
-        gpu=1,
         mem_mb=8000,
         runtime=600,
     params:
@@ -67,5 +66,6 @@ rule evaluate:
         plates=lambda wildcards: plate_ids(),
         device=config["train"]["device"],
         workers=config["train"]["workers"],
+        precision=config["train"]["precision"],
     script:
         "../scripts/evaluate_models.py"
