@@ -12,9 +12,21 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             r-base-core r-cran-rstatix >/dev/null
     fi
+    # SLURM and munge, for the test that runs the workflow on a one-node SLURM cluster
+    # (tests/test_slurm.py writes its own slurm.conf and starts and stops its own daemons).
+    missing_slurm=0
+    for tool in slurmctld slurmd sbatch munged; do
+        PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null || missing_slurm=1
+    done
+    if [ "$missing_slurm" -eq 1 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            slurmctld slurmd slurm-client munge >/dev/null
+    fi
 else
     echo "install.sh: not root or no apt-get: R (rstatix) is not installed here;" \
-         "use the conda envs (snakemake --sdm conda) for the R rule." >&2
+         "use the conda envs (snakemake --sdm conda) for the R rule." \
+         "SLURM is not installed either: tests/test_slurm.py will be skipped." >&2
 fi
 
 python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt

@@ -18,13 +18,8 @@ from workflow_utils import REPO, TINY, WELLS, deep_merge, job_counts, snakemake,
 pytestmark = pytest.mark.workflow
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """One full run of the tiny demo; tests below read its outputs or rerun in copies."""
-    directory = tmp_path_factory.mktemp("tiny")
-    write_config(directory, TINY)
-    result = snakemake(directory)
-    return directory, result
+# tiny_run, one full local run of the tiny demo, is a session fixture in conftest.py (the
+# SLURM test compares its run with it).
 
 
 def test_run_produces_the_per_well_table_and_figure(tiny_run):

@@ -1,0 +1,183 @@
+"""The workflow on a real (one-node) SLURM cluster, with the repository's SLURM profile.
+
+A slurmctld and a slurmd are started for this module (tests/slurm_cluster.py); the tiny demo
+runs end to end with the slurm executor through profiles/slurm, changed only where this
+CPU-only test cluster differs from a real one (no GPU request, its partition, 2 CPUs, fast
+status polling). Every job must have gone through sbatch, and the results must equal those
+of the local run (the ``tiny_run`` session fixture).
+
+Skipped when SLURM is not installed, unless DEEMD_REQUIRE_SLURM=1 (CI), where that fails.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import slurm_cluster
+from workflow_utils import REPO, TINY, write_config
+
+pytestmark = pytest.mark.workflow
+
+GPU_RULES = ("train", "train_k", "evaluate", "k_selection", "infer")
+# How profiles/slurm asks for a GPU; a CPU-only cluster, like this one, drops all three.
+GPU_RESOURCES = ("gpu", "gpu_model", "cpus_per_gpu")
+NODE_CPUS = 2
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A running one-node cluster; its environment (SLURM_CONF) for clients and Snakemake."""
+    reason = slurm_cluster.missing()
+    if reason:
+        if os.environ.get("DEEMD_REQUIRE_SLURM") == "1":
+            pytest.fail(f"DEEMD_REQUIRE_SLURM=1 but {reason}")
+        pytest.skip(reason)
+    with slurm_cluster.slurm_cluster(tmp_path_factory.mktemp("slurm-cluster"), cpus=NODE_CPUS, memory_mb=20000) as env:
+        yield env
+
+
+def profile_for_test_cluster(directory: Path) -> Path:
+    """profiles/slurm as it is, but for a CPU-only 2-CPU cluster and a quick test."""
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm" and profile["slurm-status-command"] == "squeue"
+    assert set(GPU_RULES) <= set(profile["set-resources"]), "profiles/slurm must ask for every GPU rule's GPU"
+    assert all(profile["set-resources"][rule]["gpu"] == 1 for rule in GPU_RULES)
+    assert "gpu" not in str(profile.get("resources", "")), "no global GPU limit on a cluster"
+    profile["default-resources"]["slurm_partition"] = slurm_cluster.PARTITION
+    for resources in profile["set-resources"].values():
+        for name in GPU_RESOURCES:
+            resources.pop(name, None)
+        resources["slurm_partition"] = slurm_cluster.PARTITION
+    profile.update({
+        "max-threads": NODE_CPUS,  # the GPU rules' 4 threads do not fit; the local run has 2 too
+        "slurm-no-account": True,  # no accounting here: nothing to charge, no account to guess
+        "slurm-init-seconds-before-status-checks": 1,  # then +10 s per check while no job ends
+        "seconds-between-status-checks": 1,
+        "slurm-keep-successful-logs": True,  # one SLURM log per sbatch job, counted below
+        "latency-wait": 5,  # one local file system
+    })
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm, tmp_path_factory, request):
+    """The tiny demo, end to end, on the cluster: (directory, Snakemake's output, seconds,
+    the local run ``tiny_run``).
+
+    The local run goes on meanwhile, if it has not run yet: this run spends much of its time
+    waiting between status checks, and the two share the machine's CPUs. (So no test here
+    asks for ``tiny_run`` itself: pytest would set the session fixture up first, alone.)"""
+    directory = tmp_path_factory.mktemp("tiny-slurm")
+    write_config(directory, TINY)
+    profile = profile_for_test_cluster(directory.parent / f"{directory.name}-profile")
+    # Targets (none here) would go before --configfile, which takes several values.
+    command = ["snakemake", "--workflow-profile", str(profile), "-s", str(REPO / "Snakefile"),
+               "--directory", str(directory), "--configfile", str(directory / "config.yaml")]
+    log = directory.parent / f"{directory.name}.log"
+    start = time.monotonic()
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True, env=slurm)
+    try:
+        local = request.getfixturevalue("tiny_run")
+        returncode = process.wait(timeout=1800)
+    finally:
+        if process.poll() is None:
+            process.terminate()  # Snakemake cancels its SLURM jobs
+            process.wait(60)
+    seconds = time.monotonic() - start
+    output = log.read_text()
+    assert returncode == 0, output[-12000:]
+    return directory, output, seconds, local
+
+
+def _finished_rules(output: str) -> collections.Counter:
+    return collections.Counter(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output))
+
+
+def test_every_job_ran_through_sbatch(slurm, slurm_run):
+    directory, output, seconds, (_, local_result) = slurm_run
+    finished = _finished_rules(output)
+    assert finished == _finished_rules(local_result.stdout + local_result.stderr), "not the local run's jobs"
+    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/",
+                           output)
+    # Every job but `all` (no code; Snakemake itself ticks it off) was an sbatch job.
+    assert collections.Counter(rule for _, rule in submitted) == finished - collections.Counter(["all"])
+    jobids = [jobid for jobid, _ in submitted]
+    assert len(set(jobids)) == len(jobids)
+    logs = (directory / ".snakemake" / "slurm_logs").rglob("*.log")
+    assert sorted(log.stem for log in logs) == sorted(jobids)
+    # The controller saw each of them end well (squeue lists ended jobs for MinJobAge).
+    queue = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T"], capture_output=True, text=True,
+                           env=slurm, check=True).stdout.split()
+    states = dict(line.split("|") for line in queue)
+    assert {jobid: states.get(jobid) for jobid in jobids} == {jobid: "COMPLETED" for jobid in jobids}
+    print(f"\nSLURM run of the tiny demo: {len(jobids)} sbatch jobs (+ `all`), {seconds:.0f} s wall time"
+          " (alongside the local run, unless that had run before)")
+
+
+# Compared with the local run: these must be equal to the bit (no torch in them) ...
+EXACT = ["nuclei/wells.parquet", "split/sites.parquet", "split/excluded.parquet", "split/summary.parquet"]
+# ... and these, downstream of torch, within 1e-5 (same seeds and threads, so in practice
+# also to the bit; the test prints which are).
+TORCH = ["evaluation/test_scores.parquet", "evaluation/average_precision.tsv", "models/*/history.parquet",
+         "inference/*/*.parquet", "efficacy/*/*.parquet", "figures/ranking/*.tsv", "figures/*.tsv"]
+
+
+def _tables(results: Path, patterns: list[str]) -> list[str]:
+    return [str(path.relative_to(results)) for pattern in patterns for path in sorted(results.glob(pattern))]
+
+
+def _read(path: Path) -> pd.DataFrame:
+    table = pd.read_csv(path, sep="\t") if path.suffix == ".tsv" else pd.read_parquet(path)
+    # Training histories hold epoch timings.
+    return table.drop(columns=[column for column in table.columns if column.endswith("seconds")])
+
+
+def _compare(local: pd.DataFrame, remote: pd.DataFrame) -> str:
+    """'exact', or 'close' (floats within rtol 1e-5, atol 1e-6; everything else equal), or raises."""
+    if local.equals(remote):
+        return "exact"
+    assert list(local.columns) == list(remote.columns) and list(local.dtypes) == list(remote.dtypes)
+    for column in local.columns:
+        a, b = local[column], remote[column]
+        if a.dtype.kind == "f":
+            assert np.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True), column
+        elif a.dtype == object and any(isinstance(value, np.ndarray) for value in a):
+            assert all(np.allclose(x, y, rtol=1e-5, atol=1e-6, equal_nan=True) for x, y in zip(a, b)), column
+        else:
+            assert a.equals(b), column
+    return "close"
+
+
+def test_results_equal_the_local_run(slurm_run):
+    directory, _, _, (local_directory, _) = slurm_run
+    local, remote = local_directory / "results" / "tiny", directory / "results" / "tiny"
+    for patterns in (EXACT, TORCH):
+        assert _tables(remote, patterns) == _tables(local, patterns)
+    for name in EXACT:
+        pd.testing.assert_frame_equal(_read(remote / name), _read(local / name))
+    names = _tables(local, TORCH)
+    assert {name.split("/")[0] for name in names} == {"evaluation", "models", "inference", "efficacy", "figures"}
+    verdicts = {name: _compare(_read(local / name), _read(remote / name)) for name in names}
+    for model in ("M", "W", "V"):
+        weights = [torch.load(results / "models" / model / "model.pt", weights_only=False)["state_dict"]
+                   for results in (local, remote)]
+        exact = all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+        assert exact or all(torch.allclose(weights[0][key].float(), weights[1][key].float(), rtol=1e-5, atol=1e-6)
+                            for key in weights[0]), model
+        verdicts[f"models/{model}/model.pt"] = "exact" if exact else "close"
+    print("\nSLURM vs local run, exactly equal:", ", ".join(EXACT + [n for n, v in verdicts.items() if v == "exact"]))
+    print("SLURM vs local run, within 1e-5 only:", ", ".join(n for n, v in verdicts.items() if v != "exact") or "none")
