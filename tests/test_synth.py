@@ -274,11 +274,11 @@ def test_choose_infected_is_clustered_and_binomial():
     yx = synth.place_cells(rng, 400, 256, 8.0)
     site = synth.site_of(yx, 128)
     foci = synth.foci_centres(rng, 128, 2.0)
-    inf = synth.choose_infected(rng, yx, site, 0.3, foci)
+    inf = synth.choose_infected(rng, yx, site, 0.3, foci, 128)
     assert 0.2 < inf.mean() < 0.4
     d = np.sqrt(((yx[:, None] - foci[None]) ** 2).sum(-1)).min(1)
     assert np.median(d[inf]) < 0.6 * np.median(d[~inf])  # near the foci
-    assert not synth.choose_infected(rng, yx, site, 0.0, foci).any()
+    assert not synth.choose_infected(rng, yx, site, 0.0, foci, 128).any()
 
 
 def test_foci_thin_with_the_share_of_moi_a_treatment_leaves():

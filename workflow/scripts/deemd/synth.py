@@ -499,17 +499,17 @@ def focus_site_probability(foci_per_site: float, keep: float) -> float:
     return 1.0 - (1.0 - keep) * float(np.exp(-max(foci_per_site - 1.0, 0.0) * keep))
 
 
-def choose_infected(rng: np.random.Generator, yx: np.ndarray, site: np.ndarray, p_infected: float, foci: np.ndarray, site_size: int | None = None) -> np.ndarray:
+def choose_infected(rng: np.random.Generator, yx: np.ndarray, site: np.ndarray, p_infected: float, foci: np.ndarray, site_size: int) -> np.ndarray:
     """Per site, Binomial(n_site, p) cells infected: those nearest to any focus (with a
-    ragged, noisy distance) so infection forms local clusters. With ``site_size``, a site
-    without a focus of its own stays free of infection."""
+    ragged, noisy distance) so infection forms local clusters. A site without a focus of
+    its own stays free of infection."""
     n = len(yx)
     infected = np.zeros(n, dtype=bool)
     if n == 0 or p_infected <= 0 or len(foci) == 0:
         return infected
     d = np.sqrt(((yx[:, None, :] - foci[None, :, :]) ** 2).sum(-1)).min(1)
     d = d * np.exp(rng.normal(0.0, 0.3, n))
-    sites_with_focus = set(site_of(foci, site_size).tolist()) if site_size is not None else set(range(SITES))
+    sites_with_focus = set(site_of(foci, site_size).tolist())
     for s in range(SITES):
         if s not in sites_with_focus:
             continue
