@@ -8,10 +8,12 @@ from deemd.mil import (
     adapt_conv1_weight,
     build_resnet34,
     class_weights,
+    dihedral_transform,
     extract_patches,
     kth_largest,
     normalise,
     patch_grid,
+    random_dihedral_codes,
     topk_patch_indices,
     weighted_bce,
 )
@@ -93,3 +95,32 @@ def test_weighted_bce():
     plain = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     value = weighted_bce(logits, targets, torch.tensor([1.0, 3.0]))
     assert torch.isclose(value, (plain * torch.tensor([1.0, 3.0, 3.0])).mean())
+
+
+def test_dihedral_transform_gives_the_eight_symmetries_of_the_square():
+    image = torch.arange(2 * 3 * 3, dtype=torch.float32).view(1, 2, 3, 3)
+    images = image.expand(8, -1, -1, -1)
+    out = dihedral_transform(images, torch.arange(8))
+    # every code is a distinct symmetry, and code 0 is the identity
+    assert len({tuple(o.flatten().tolist()) for o in out}) == 8
+    assert torch.equal(out[0], image[0])
+    assert torch.equal(out[1], torch.rot90(image[0], 1, dims=(-2, -1)))
+    assert torch.equal(out[4], image[0].flip(-1))
+    assert torch.equal(out[6], torch.rot90(image[0].flip(-1), 2, dims=(-2, -1)))
+    # channels move together, and the input is left alone
+    assert torch.equal(out[:, 1] - out[:, 0], torch.full((8, 3, 3), 9.0))
+    assert torch.equal(images[3], image[0])
+
+
+def test_dihedral_transform_checks_its_input():
+    with pytest.raises(ValueError, match="square"):
+        dihedral_transform(torch.zeros(2, 1, 3, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="3 transform codes for 2 images"):
+        dihedral_transform(torch.zeros(2, 1, 3, 3), torch.zeros(3, dtype=torch.long))
+
+
+def test_random_dihedral_codes_are_seeded_and_cover_all_eight():
+    a = random_dihedral_codes(400, torch.Generator().manual_seed(3))
+    b = random_dihedral_codes(400, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert set(a.tolist()) == set(range(8))

@@ -39,9 +39,10 @@ class Sites(torch.utils.data.Dataset):
         return torch.from_numpy(self.images[index]), torch.tensor(self.label[index]), index
 
 
-def setup(kind, epochs=3, patience=5):
+def setup(kind, epochs=3, patience=5, augment=False):
     return TrainSetup(kind=kind, k=2, eta=0.5, grid=PatchGrid(32, 16, 8), epochs=epochs, patience=patience, batch_size=8,
-                      whole_batch_size=4, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, seed=3, in_channels=2)
+                      whole_batch_size=4, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, seed=3, in_channels=2,
+                      augment=augment)
 
 
 def loaders(dataset, batch_size, shuffle_seed):
@@ -117,14 +118,15 @@ def _model(kind, state):
     return model
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("augment", [False, True])
+def test_resume_after_interruption_equals_uninterrupted_run(augment, tmp_path):
     torch.set_num_threads(1)
     train, val = Sites(12, 0), Sites(8, 1)
-    whole = fit(setup("M"), train, val, loaders, RUNTIME, tmp_path / "a.pt", "d", log=lambda *_: None)
-    cut = fit(setup("M"), train, val, loaders, RUNTIME, tmp_path / "b.pt", "d", log=lambda *_: None, stop_after=1)
+    whole = fit(setup("M", augment=augment), train, val, loaders, RUNTIME, tmp_path / "a.pt", "d", log=lambda *_: None)
+    cut = fit(setup("M", augment=augment), train, val, loaders, RUNTIME, tmp_path / "b.pt", "d", log=lambda *_: None, stop_after=1)
     assert not cut["finished"] and cut["epoch"] == 1
     messages = []
-    resumed = fit(setup("M"), train, val, loaders, RUNTIME, tmp_path / "b.pt", "d", log=messages.append)
+    resumed = fit(setup("M", augment=augment), train, val, loaders, RUNTIME, tmp_path / "b.pt", "d", log=messages.append)
     assert any("resumed" in m for m in messages)
     assert resumed["finished"] and resumed["epoch"] == whole["epoch"]
     for a, b in zip(whole["history"], resumed["history"]):
@@ -135,6 +137,14 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
     messages = []
     fit(setup("M", epochs=1), train, val, loaders, RUNTIME, tmp_path / "b.pt", "other", log=messages.append)
     assert any("starting afresh" in m for m in messages)
+
+
+def test_augmentation_changes_what_the_model_is_trained_on(tmp_path):
+    torch.set_num_threads(1)
+    train, val = Sites(12, 0), Sites(8, 1)
+    plain = fit(setup("M", epochs=1), train, val, loaders, RUNTIME, tmp_path / "a.pt", "d", log=lambda *_: None)
+    turned = fit(setup("M", epochs=1, augment=True), train, val, loaders, RUNTIME, tmp_path / "b.pt", "d", log=lambda *_: None)
+    assert plain["history"][0]["train_loss"] != turned["history"][0]["train_loss"]
 
 
 def test_early_stopping_on_validation_ap(tmp_path):

@@ -111,3 +111,30 @@ def weighted_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Ten
     per_item = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     item_weights = torch.where(targets > 0.5, weights[1], weights[0])
     return (per_item * item_weights).mean()
+
+
+def dihedral_transform(images: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) square images, each turned by one of the 8 symmetries of the square:
+    ``codes[b]`` in 0..7, bit 2 a left-right flip, then (code % 4) quarter turns.
+
+    A field of view has no up, down or handedness, so these are free extra training
+    samples; code 0 is the identity.
+    """
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"dihedral transforms need square images, got {tuple(images.shape[-2:])}")
+    codes = torch.as_tensor(codes, device=images.device).view(-1)
+    if codes.numel() != images.shape[0]:
+        raise ValueError(f"{codes.numel()} transform codes for {images.shape[0]} images")
+    out = images.clone()
+    for code in codes.unique().tolist():
+        rows = codes == code
+        chosen = images[rows]
+        if code >= 4:
+            chosen = chosen.flip(-1)
+        out[rows] = torch.rot90(chosen, code % 4, dims=(-2, -1))
+    return out
+
+
+def random_dihedral_codes(n: int, generator: torch.Generator) -> torch.Tensor:
+    """n symmetry codes (0..7) for dihedral_transform, drawn from ``generator``."""
+    return torch.randint(0, 8, (n,), generator=generator)

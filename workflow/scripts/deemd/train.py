@@ -27,9 +27,11 @@ from deemd.mil import (
     PatchGrid,
     build_resnet34,
     class_weights,
+    dihedral_transform,
     extract_patches,
     kth_largest,
     normalise,
+    random_dihedral_codes,
     topk_patch_indices,
     weighted_bce,
 )
@@ -56,6 +58,8 @@ class TrainSetup:
     # Epochs whose validation AP is within this of the best one compete on validation
     # loss, so that of two equally ranking models the better calibrated one is kept.
     ap_tolerance: float = 0.0
+    # Train on a random one of the 8 flips and quarter turns of every patch (or site).
+    augment: bool = False
 
     @property
     def train_k(self) -> int:
@@ -186,10 +190,13 @@ def sites_per_step(setup: TrainSetup) -> int:
     return max(1, setup.batch_size // setup.train_k)
 
 
-def train_one_epoch(setup, model, loader, selected, runtime, weights, optimizer, scheduler, progress=None) -> float:
+def train_one_epoch(setup, model, loader, selected, runtime, weights, optimizer, scheduler, progress=None, augment_seed=None) -> float:
     """One pass over the training sites. For M and V, ``selected`` (n_sites, k) holds the
-    patch indices kept per site (rows of the dataset); W trains on whole sites."""
+    patch indices kept per site (rows of the dataset); W trains on whole sites.
+    With ``setup.augment``, each training image is flipped or turned at random by a
+    generator seeded with ``augment_seed`` (so a resumed epoch repeats exactly)."""
     model.train()
+    generator = torch.Generator().manual_seed(int(augment_seed or 0)) if setup.augment else None
     losses, counts = 0.0, 0
     for step, (sites, label, index) in enumerate(loader):
         images = runtime.prepare(sites)
@@ -200,6 +207,8 @@ def train_one_epoch(setup, model, loader, selected, runtime, weights, optimizer,
             chosen = patches[torch.arange(len(sites), device=runtime.device)[:, None], keep]
             images = chosen.reshape(-1, *patches.shape[2:])
             targets = targets.repeat_interleave(keep.shape[1])
+        if generator is not None:
+            images = dihedral_transform(images, random_dihedral_codes(len(images), generator))
         with runtime.autocast():
             logits = model(runtime.layout(images)).float().view(-1)
         loss = weighted_bce(logits, targets, weights)
@@ -286,7 +295,8 @@ def fit(setup: TrainSetup, train_data, val_data, loader_factory, runtime: Runtim
         # (c) train on the kept patches with the site label
         shuffle_seed = setup.seed * 100_003 + epoch
         train_loss = train_one_epoch(
-            setup, model, loader_factory(train_data, sites_per_step(setup), shuffle_seed), selected, runtime, weights, optimizer, scheduler
+            setup, model, loader_factory(train_data, sites_per_step(setup), shuffle_seed), selected, runtime, weights, optimizer, scheduler,
+            augment_seed=shuffle_seed ^ 0x5EED,  # a stream apart from the shuffle
         )
         scores, labels, _, _ = site_scores(setup, model, loader_factory(val_data, inference_sites_per_batch(setup), None), runtime)
         val_ap = average_precision(labels, scores)
