@@ -79,6 +79,10 @@ DEMO_LIBRARY_PARAMS = {
 
 
 MODELS = config["train"]["models"]
+# Where and how the rules that score sites with a trained model run (train.* keys).
+TORCH_RUNTIME = {
+    key: config["train"][key] for key in ("device", "workers", "precision")
+}
 
 
 # Figures and report (workflow/rules/figures.smk).

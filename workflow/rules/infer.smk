@@ -22,8 +22,6 @@ rule infer:
         runtime=240,
     params:
         parts=config["inference"]["shards_per_plate"],
-        device=config["train"]["device"],
-        workers=config["train"]["workers"],
-        precision=config["train"]["precision"],
+        runtime=TORCH_RUNTIME,
     script:
         "../scripts/infer_shard.py"

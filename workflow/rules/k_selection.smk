@@ -60,8 +60,6 @@ rule k_selection:
         moi=config["k_selection"]["moi"],
         maps=config["maps"],
         plates=lambda wildcards: plate_ids(),
-        device=config["train"]["device"],
-        workers=config["train"]["workers"],
-        precision=config["train"]["precision"],
+        runtime=TORCH_RUNTIME,
     script:
         "../scripts/k_selection.py"

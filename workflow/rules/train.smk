@@ -64,8 +64,6 @@ rule evaluate:
     params:
         models=MODELS,
         plates=lambda wildcards: plate_ids(),
-        device=config["train"]["device"],
-        workers=config["train"]["workers"],
-        precision=config["train"]["precision"],
+        runtime=TORCH_RUNTIME,
     script:
         "../scripts/evaluate_models.py"

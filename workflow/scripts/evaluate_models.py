@@ -13,17 +13,17 @@ from deemd.plots import pr_curves_figure, save_figure_atomic
 from deemd.train import average_precision, select_device
 
 
-def main(model_paths, models, split_path, store_paths, output, device_name, workers, precision, threads, log):
+def main(model_paths, models, split_path, store_paths, output, runtime, threads, log):
     logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     torch.set_num_threads(max(1, threads))
-    device = select_device(device_name)
+    device = select_device(runtime["device"])
     sites = pd.read_parquet(split_path)
     test = sites[sites["set"] == "test"].reset_index(drop=True)
     dataset = SiteDataset(test, store_paths)
     rows, table = [], []
     for model, path in zip(models, model_paths):
         (scores, labels, order, probabilities), setup = score_dataset(
-            path, dataset, device, workers, precision=precision
+            path, dataset, device, runtime["workers"], precision=runtime["precision"]
         )
         ap = average_precision(labels, scores)
         logging.info("model %s: AP %.4f on %d test sites", model, ap, len(scores))
@@ -48,9 +48,7 @@ if "snakemake" in globals():
         snakemake.input.split,
         dict(zip(snakemake.params.plates, snakemake.input.stores)),
         snakemake.output,
-        snakemake.params.device,
-        snakemake.params.workers,
-        snakemake.params.precision,
+        snakemake.params.runtime,
         snakemake.threads,
         snakemake.log[0],
     )

@@ -15,7 +15,7 @@ from deemd.train import select_device
 COLUMNS = ["site_id", "well_id", "plate_id", "well", "site", "treatment", "treatment_conc"]
 
 
-def main(model_path, model, split_path, store_path, plate_id, part, parts, output, device_name, workers, precision, threads, log):
+def main(model_path, model, split_path, store_path, plate_id, part, parts, output, runtime, threads, log):
     logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     torch.set_num_threads(max(1, threads))
     sites = pd.read_parquet(split_path)
@@ -31,8 +31,8 @@ def main(model_path, model, split_path, store_path, plate_id, part, parts, outpu
                 logging.info("batch %d/%d", done, total)
 
         (scores, _, order, probabilities), setup = score_dataset(
-            model_path, SiteDataset(treated, {plate_id: store_path}), select_device(device_name),
-            workers, progress, precision,
+            model_path, SiteDataset(treated, {plate_id: store_path}), select_device(runtime["device"]),
+            runtime["workers"], progress, runtime["precision"],
         )
         table = table.iloc[order].reset_index(drop=True)
         table["score"] = scores
@@ -54,9 +54,7 @@ if "snakemake" in globals():
         int(snakemake.wildcards.part),
         snakemake.params.parts,
         snakemake.output[0],
-        snakemake.params.device,
-        snakemake.params.workers,
-        snakemake.params.precision,
+        snakemake.params.runtime,
         snakemake.threads,
         snakemake.log[0],
     )

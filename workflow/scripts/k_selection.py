@@ -14,17 +14,17 @@ from deemd.plots import k_selection_figure, save_figure_atomic
 from deemd.train import average_precision, select_device
 
 
-def main(model_paths, ks, moi, maps_cfg, split_path, store_paths, output, device_name, workers, precision, threads, log):
+def main(model_paths, ks, moi, maps_cfg, split_path, store_paths, output, runtime, threads, log):
     logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     torch.set_num_threads(max(1, threads))
-    device = select_device(device_name)
+    device = select_device(runtime["device"])
     sites = pd.read_parquet(split_path)
     val = sites[sites["set"] == "val"].reset_index(drop=True)
     dataset = SiteDataset(val, store_paths)
     rows = []
     for k, path in zip(ks, model_paths):
         (scores, labels, _, probabilities), setup = score_dataset(
-            path, dataset, device, workers, precision=precision
+            path, dataset, device, runtime["workers"], precision=runtime["precision"]
         )
         if k > setup.grid.n_patches:
             raise ValueError(f"k_selection.ks: k = {k} is more than the {setup.grid.n_patches} patches of a site")
@@ -59,9 +59,7 @@ if "snakemake" in globals():
         snakemake.input.split,
         dict(zip(snakemake.params.plates, snakemake.input.stores)),
         snakemake.output,
-        snakemake.params.device,
-        snakemake.params.workers,
-        snakemake.params.precision,
+        snakemake.params.runtime,
         snakemake.threads,
         snakemake.log[0],
     )
