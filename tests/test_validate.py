@@ -44,6 +44,14 @@ def test_unknown_key_and_bad_enum_are_both_reported(config):
     assert any("nuclei" in m and "smoothing_sigmaa" in m for m in messages)
 
 
+def test_model_overrides_are_checked(config):
+    config["train"]["by_model"] = {"M": {"batch_size": 0, "k": 3}, "X": {"epochs": 2}}
+    messages = config_errors(config, SCHEMA)
+    assert any("train.by_model.M.batch_size: 0 is less than the minimum of 1" in m for m in messages), messages
+    assert any("train.by_model.M" in m and "'k'" in m for m in messages), messages
+    assert any("train.by_model" in m and "'X'" in m for m in messages), messages
+
+
 def test_cross_key_rules(config):
     bad = copy.deepcopy(config)
     bad["dataset"]["nuclear_channel"] = 9

@@ -191,7 +191,7 @@ def _popen(directory, *args):
 
 def test_killed_training_resumes_and_ends_as_an_uninterrupted_run(tiny_run, tmp_path):
     source, _ = tiny_run
-    config = deep_merge(TINY, {"train": {"epochs": 3, "early_stopping_patience": 3, "seed": 5}})
+    config = deep_merge(TINY, {"train": {"by_model": {"M": {"epochs": 3}}, "early_stopping_patience": 3, "seed": 5}})
     target = "results/tiny/models/M/model.pt"
     runs = {}
     for name in ("whole", "killed"):
@@ -234,7 +234,7 @@ def test_k_selection_target(tiny_run, tmp_path):
     source, _ = tiny_run
     directory = tmp_path / "k"
     shutil.copytree(source, directory, symlinks=True)
-    write_config(directory, deep_merge(TINY, {"train": {"epochs": 1}, "k_selection": {"ks": [1, 2, 49]}}))
+    write_config(directory, deep_merge(TINY, {"train": {"by_model": {"M": {"epochs": 1}}}, "k_selection": {"ks": [1, 2, 49]}}))
     result = snakemake(directory, "k_selection")
     assert job_counts(result.stdout + result.stderr).get("train_k") == 3
     table = pd.read_csv(directory / "results/tiny/k_selection/k_selection.tsv", sep="\t")
@@ -263,8 +263,10 @@ def test_report_collects_every_figure(tiny_run, tmp_path):
         ({"figures": {"top_compounds": 3}}, {"dose_response": 3}),
         # An efficacy parameter: efficacy and the figures after it, not training or inference.
         ({"efficacy": {"zeta": 0.6}}, {"efficacy": 3, "dose_response": 3, "model_comparison": 1}),
+        # One model's own training value: that model only (V: 2 plates to infer).
+        ({"train": {"by_model": {"V": {"epochs": 2}}}}, {"train": 1, "infer": 2, "evaluate": 1, "efficacy": 1}),
     ],
-    ids=["nucleus-parameter", "figure-parameter", "efficacy-parameter"],
+    ids=["nucleus-parameter", "figure-parameter", "efficacy-parameter", "one-model-parameter"],
 )
 def test_changing_a_parameter_reruns_exactly_what_uses_it(tiny_run, tmp_path, change, expected):
     source, _ = tiny_run
@@ -278,7 +280,9 @@ def test_changing_a_parameter_reruns_exactly_what_uses_it(tiny_run, tmp_path, ch
         assert counts.get(rule) == count, (rule, counts)
     never = {"demo_plate", "demo_library", "stitch", "sites_table"}
     if "nuclei" not in change:
-        never |= {"nuclei", "split_sets", "channel_stats", "train", "infer"}
+        never |= {"nuclei", "split_sets", "channel_stats"}
+    if "nuclei" not in change and "train" not in change:
+        never |= {"train", "infer"}
     assert not never & set(counts), counts
     if "figures" in change:
         assert set(counts) == {"dose_response"}, counts

@@ -26,7 +26,8 @@ TINY = {
         "failed_wells_per_plate": 1,
     },
     "store": {"batch_wells": 4},
-    "train": {"epochs": 2, "epochs_by_model": {"V": 1}, "early_stopping_patience": 2, "batch_size": 64},
+    "train": {"epochs": 2, "by_model": {"M": {"epochs": 2, "batch_size": 64}, "V": {"epochs": 1}},
+              "early_stopping_patience": 2, "batch_size": 64},
 }
 
 # Targets up to the per-well table, for tests about the image steps.

@@ -97,11 +97,12 @@ if REFERENCE:
 
 
 def model_train_params(model):
-    """One model's training values: its own epoch count, and not the list of models (adding
-    a model, or changing another model's epochs, must not retrain this one)."""
+    """One model's training values: the shared ones with its own `by_model` overrides, and
+    not the list of models (adding a model, or changing another model's values, must not
+    retrain this one)."""
     train = config["train"]
-    values = {k: v for k, v in train.items() if k not in ("models", "epochs_by_model")}
-    values["epochs"] = (train.get("epochs_by_model") or {}).get(model, train["epochs"])
+    values = {k: v for k, v in train.items() if k not in ("models", "by_model")}
+    values.update((train.get("by_model") or {}).get(model) or {})
     return values
 
 
