@@ -498,3 +498,11 @@ def test_glue_scripts(tmp_path):
     a = Path(out["images"]) / f"{well}_s{site}_w2.png"
     b = Path(out2["images"]) / f"{well}_s{site}_w2.png"
     assert np.array_equal(np.array(Image.open(a)), np.array(Image.open(b)))
+
+
+def test_nearest_focus_distance():
+    cells = np.array([[0.0, 0.0], [3.0, 4.0], [10.0, 10.0]])
+    foci = np.array([[0.0, 0.0], [10.0, 13.0]])
+    assert np.allclose(synth.nearest_focus_distance(cells, foci), [0.0, 5.0, 3.0])
+    assert np.array_equal(synth.nearest_focus_distance(cells, np.zeros((0, 2))), np.zeros(3))
+    assert synth.nearest_focus_distance(np.zeros((0, 2)), foci).shape == (0,)

@@ -499,6 +499,14 @@ def focus_site_probability(foci_per_site: float, keep: float) -> float:
     return 1.0 - (1.0 - keep) * float(np.exp(-max(foci_per_site - 1.0, 0.0) * keep))
 
 
+def nearest_focus_distance(yx: np.ndarray, foci: np.ndarray) -> np.ndarray:
+    """Distance (px) from each cell position to its nearest infection focus; zeros when
+    there are no foci."""
+    if len(yx) == 0 or len(foci) == 0:
+        return np.zeros(len(yx))
+    return np.sqrt(((yx[:, None, :] - foci[None, :, :]) ** 2).sum(-1)).min(1)
+
+
 def choose_infected(rng: np.random.Generator, yx: np.ndarray, site: np.ndarray, p_infected: float, foci: np.ndarray, site_size: int) -> np.ndarray:
     """Per site, Binomial(n_site, p) cells infected: those nearest to any focus (with a
     ragged, noisy distance) so infection forms local clusters. A site without a focus of
@@ -507,8 +515,7 @@ def choose_infected(rng: np.random.Generator, yx: np.ndarray, site: np.ndarray, 
     infected = np.zeros(n, dtype=bool)
     if n == 0 or p_infected <= 0 or len(foci) == 0:
         return infected
-    d = np.sqrt(((yx[:, None, :] - foci[None, :, :]) ** 2).sum(-1)).min(1)
-    d = d * np.exp(rng.normal(0.0, 0.3, n))
+    d = nearest_focus_distance(yx, foci) * np.exp(rng.normal(0.0, 0.3, n))
     sites_with_focus = set(site_of(foci, site_size).tolist())
     for s in range(SITES):
         if s not in sites_with_focus:
@@ -553,7 +560,7 @@ def apply_fate(rng: np.random.Generator, cells: dict, site_size: int, moi_effect
         p_inf = min(1.0, p_inf / focus_site_probability(foci_per_site, focus_keep))
     infected = choose_infected(rng, c["yx"], c["site"], p_inf, foci, site_size)
     # Death probability falls from 2x death_rate at a focus centre to 0 at its rim.
-    d = np.sqrt(((c["yx"][:, None, :] - foci[None, :, :]) ** 2).sum(-1)).min(1) if n and len(foci) else np.zeros(n)
+    d = nearest_focus_distance(c["yx"], foci)
     q = np.zeros(n)
     if infected.any():
         q[infected] = (np.argsort(np.argsort(d[infected])) + 0.5) / infected.sum()
