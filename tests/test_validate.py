@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from deemd.validate import ConfigError, check_config, config_errors, load_schema, metadata_errors
+from deemd.validate import ConfigError, check_config, config_errors, image_pattern_errors, load_schema, metadata_errors
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema(REPO / "workflow" / "schemas" / "config.schema.yaml")
@@ -110,3 +110,76 @@ def test_metadata_range_errors():
     messages = metadata_errors(_sites(site=(1, 7), well=(0, "A1")), META_SCHEMA, "m.csv")
     assert any("column 'site': value 7" in m for m in messages)
     assert any("column 'well': value 'A1'" in m for m in messages)
+
+
+def test_every_schema_object_refuses_unknown_keys(config):
+    """issue 11: a typo'd section or a demo key is an error naming its path, not ignored."""
+    config["trian"] = {"epochs": 3}
+    config["demo"]["platez"] = 2
+    config["demo"]["cells"]["radius"] = 0.1
+    config["download"]["archives"]["images"]["md6"] = "x"
+    messages = config_errors(config, SCHEMA)
+    assert any(m.startswith("config key trian: unknown key 'trian' (did you mean 'train'?)") for m in messages), messages
+    assert any(m.startswith("config key demo.platez: unknown key") for m in messages), messages
+    assert any(m.startswith("config key demo.cells.radius: unknown key") for m in messages), messages
+    assert any(m.startswith("config key download.archives.images.md6: unknown key") for m in messages), messages
+
+
+def _objects_without_closed_keys(schema, path="(top level)"):
+    """Paths of schema objects that would accept an undeclared key."""
+    found = []
+    if isinstance(schema, dict):
+        if schema.get("type") == "object" or "properties" in schema:
+            if "additionalProperties" not in schema and "propertyNames" not in schema:
+                found.append(path)
+        for key, value in schema.items():
+            if isinstance(value, dict):
+                found += _objects_without_closed_keys(value, f"{path}.{key}")
+    return found
+
+
+def test_no_schema_object_is_left_open():
+    assert _objects_without_closed_keys(SCHEMA) == []
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("dataset.site_size", 128.0), ("store.batch_wells", 16.0), ("train.epochs", 6.0), ("demo.plates", True)],
+)
+def test_integral_float_is_not_an_integer(config, key, value):
+    """issue 11: site_size: 128.0 passed the schema and failed later with a TypeError."""
+    section, name = key.split(".")
+    config[section][name] = value
+    messages = config_errors(config, SCHEMA)
+    assert any(m.startswith(f"config key {key}: {value!r} is not of type 'integer'") for m in messages), messages
+    if isinstance(value, float):
+        assert any(f"(write {int(value)}:" in m for m in messages), messages
+
+
+def test_image_pattern_without_plate_is_refused(config):
+    """issue 11: without {plate}, two plates sharing a plate map read plate 1's images."""
+    config["dataset"]["images"] = "images/{experiment}/{well}_s{site}_w{channel}.png"
+    with pytest.raises(ConfigError, match=r"config key dataset\.images: .* lacks the field\(s\) \['plate'\]"):
+        check_config(config, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "pattern,expected",
+    [
+        ("x/{plate}/{row}{well}_{site}_{channel}.png", r"unknown field\(s\) \['row'\]"),
+        ("x/{plate}/{well:d}_{site}_{channel}.png", r"cannot be filled in \(ValueError: Unknown format code 'd'"),
+        ("x/{plate}/{well}_{site:02q}_{channel}.png", r"cannot be filled in"),
+        ("x/{plate/{well}_{site}_{channel}.png", r"is not a valid pattern"),
+        ("x/{plate}/{well}_{site}_{channel}}.png", r"is not a valid pattern"),
+        ("x/{}/{plate}/{well}_{site}_{channel}.png", r"positional field"),
+    ],
+    ids=["unknown-field", "bad-spec", "unknown-spec", "unbalanced-open", "unbalanced-close", "positional"],
+)
+def test_bad_image_pattern_stops_at_start_up_naming_the_key(config, pattern, expected):
+    config["dataset"]["images"] = pattern
+    with pytest.raises(ConfigError, match=r"config key dataset\.images: .*" + expected):
+        check_config(config, SCHEMA)
+
+
+def test_facility_image_pattern_with_format_spec_is_accepted():
+    assert image_pattern_errors("/data/{plate}/{well}_f{site:02d}_c{channel}.png") == []

@@ -3,7 +3,10 @@ which key, column, row and value are wrong."""
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
+import string
 from pathlib import Path
 
 import jsonschema
@@ -26,16 +29,91 @@ def load_schema(path: str | Path) -> dict:
         return yaml.safe_load(handle)
 
 
+def _strict_integer(checker, instance) -> bool:
+    # JSON Schema counts 128.0 as an integer; Python code downstream (range, slicing,
+    # array shapes) does not, so a count or size must be written without a decimal point.
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+# Draft 2020-12, except that "integer" means a Python int (not 128.0, not True).
+StrictValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer),
+)
+
+
 def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(top level)"
 
 
+def _error_messages(error: jsonschema.ValidationError) -> list[str]:
+    """One or more sentences for a schema violation: an unknown key is named by its full
+    path (with the nearest known key), an integral float gets a hint."""
+    path = _key_path(error)
+    if error.validator == "additionalProperties" and error.validator_value is False and isinstance(error.instance, dict):
+        known = sorted(error.schema.get("properties", {}))
+        where = "the top level" if path == "(top level)" else path
+        messages = []
+        for key in sorted(set(error.instance) - set(known), key=str):
+            full = str(key) if path == "(top level)" else f"{path}.{key}"
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            messages.append(f"config key {full}: unknown key {key!r}{hint}; {where} takes {known}")
+        return messages
+    message = f"config key {path}: {error.message}"
+    types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+    if error.validator == "type" and "integer" in types and isinstance(error.instance, float) and error.instance.is_integer():
+        message += f" (write {int(error.instance)}: counts and sizes are whole numbers, without a decimal point)"
+    return [message]
+
+
 def config_errors(config: dict, schema: dict) -> list[str]:
     """Every schema violation of ``config`` as a sentence naming the key and value."""
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = StrictValidator(schema)
     messages = []
     for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
-        messages.append(f"config key {_key_path(error)}: {error.message}")
+        messages.extend(_error_messages(error))
+    return messages
+
+
+# The fields of dataset.images and a sample value of each type (stitch.image_path fills
+# plate, site and channel as int, experiment and well as str).
+IMAGE_FIELDS = {"experiment": "HRCE-1", "plate": 1, "well": "A01", "site": 1, "channel": 1}
+# Without one of these, two plates (wells, sites, channels) would read the same file.
+REQUIRED_IMAGE_FIELDS = ("plate", "well", "site", "channel")
+
+
+def image_pattern_errors(pattern: str, key: str = "dataset.images") -> list[str]:
+    """What is wrong with an image path pattern (str.format syntax), as sentences naming
+    ``key``: unbalanced braces, positional or unknown fields, a missing {plate}, {well},
+    {site} or {channel}, or a format spec that does not fit its field's type (tried on
+    sample values)."""
+    prefix = f"config key {key}: {pattern!r}"
+    try:
+        parsed = list(string.Formatter().parse(pattern))
+    except ValueError as error:
+        return [f"{prefix} is not a valid pattern ({error}); a literal brace is written {{{{ or }}}}"]
+    fields = [re.split(r"[.\[]", field, maxsplit=1)[0] for _, field, _, _ in parsed if field is not None]
+    messages = []
+    if any(field == "" or field.isdigit() for field in fields):
+        messages.append(f"{prefix} has a positional field ({{}} or {{0}}); name each field, e.g. {{site}}")
+    unknown = sorted({field for field in fields if field and not field.isdigit()} - set(IMAGE_FIELDS))
+    if unknown:
+        messages.append(f"{prefix} has unknown field(s) {unknown}; the fields are {list(IMAGE_FIELDS)}")
+    missing = [field for field in REQUIRED_IMAGE_FIELDS if field not in fields]
+    if missing:
+        messages.append(
+            f"{prefix} lacks the field(s) {missing}: each plate, well, site and channel must have its own "
+            f"file (without {{plate}}, plates that share a plate map would read the same images)"
+        )
+    if not messages:
+        try:
+            pattern.format(**IMAGE_FIELDS)
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as error:
+            messages.append(
+                f"{prefix} cannot be filled in ({type(error).__name__}: {error}); plate, site and channel are "
+                f"integers (e.g. {{site:02d}}), experiment and well are text"
+            )
     return messages
 
 
@@ -43,6 +121,8 @@ def check_config(config: dict, schema: dict) -> None:
     """Raise ConfigError listing every violation, plus the cross-key rules a schema cannot say."""
     messages = config_errors(config, schema)
     dataset = config.get("dataset", {})
+    if isinstance(dataset, dict) and isinstance(dataset.get("images"), str):
+        messages.extend(image_pattern_errors(dataset["images"]))
     if not messages:
         channels, names = dataset["channels"], dataset["channel_names"]
         if len(channels) != len(names):
@@ -102,7 +182,7 @@ def metadata_errors(table: pd.DataFrame, schema: dict, source: str, max_errors: 
     for column in table.columns:
         if column not in properties:
             continue
-        validator = jsonschema.Draft202012Validator(properties[column])
+        validator = StrictValidator(properties[column])
         values = table[column].to_numpy(dtype=object)
         codes, _ = pd.factorize(table[column], use_na_sentinel=False)
         _, first_positions = np.unique(codes, return_index=True)
