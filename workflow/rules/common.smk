@@ -96,6 +96,12 @@ if REFERENCE:
     REFERENCE = dict(REFERENCE, path=REFERENCE["path"].replace("{dataset}", DATASET))
 
 
+def efficacy_readout(wildcards):
+    """What inhibition is computed from: the map's infected share a_i for the models with
+    maps, the site probability z_i for the whole-site model (docs/method.md §10)."""
+    return "a" if wildcards.model in MAP_MODELS else "z"
+
+
 def model_train_params(model):
     """One model's training values: the shared ones with its own `by_model` overrides, and
     not the list of models (adding a model, or changing another model's values, must not

@@ -1,6 +1,7 @@
-# Infer (GPU rule): every treated site scored with each trained model, one shard per plate
-# (or inference.shards_per_plate per plate), every patch probability kept. A failed or
-# killed shard reruns alone. The GPU is requested in the profile (set-resources gpu).
+# Infer (GPU rule): every treated site and every held-out control site scored with each
+# trained model, one shard per plate (or inference.shards_per_plate per plate), every patch
+# probability and (M, V) the map's infected share a_i kept. A failed or killed shard reruns
+# alone. The GPU is requested in the profile (set-resources gpu).
 
 
 rule infer:
@@ -23,5 +24,6 @@ rule infer:
     params:
         parts=config["inference"]["shards_per_plate"],
         runtime=TORCH_RUNTIME,
+        maps=config["maps"],
     script:
         "../scripts/infer_shard.py"

@@ -31,6 +31,7 @@ def main(inputs, output, model, maps_cfg, n_controls, n_treated, overlay_alpha, 
     test = pd.read_parquet(inputs["test_scores"])
     test = test[test["model"] == model].merge(locations, on="site_id", how="inner", validate="one_to_one")
     treated = pd.concat([pd.read_parquet(path) for path in inputs["shards"]], ignore_index=True)
+    treated = treated[treated["role"] == "treated"]  # shards also hold held-out control sites
     treated = treated.drop(columns=["plate_id", "site"]).merge(locations.drop(columns="disease_condition"), on="site_id", how="inner")
     controls = select_control_sites(test, n_controls)
     top = select_treated_sites(treated, pd.read_parquet(inputs["doses"]), pd.read_parquet(inputs["treatments"]), n_treated)

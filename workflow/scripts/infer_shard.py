@@ -1,5 +1,6 @@
-"""Snakemake glue: score every treated site of one shard (a plate, or a part of one) with
-a trained model, keeping every patch probability."""
+"""Snakemake glue: score every treated site and every held-out control site of one shard
+(a plate, or a part of one) with a trained model, keeping every patch probability, z_i and
+(M, V) the infected share a_i of the site's infection map."""
 
 import logging
 
@@ -9,19 +10,23 @@ import torch
 
 from deemd.data import SiteDataset
 from deemd.inference import score_dataset, shard_rows, site_z
+from deemd.inhibition import scored_sites
 from deemd.io import write_parquet_atomic
+from deemd.maps import infected_share
 from deemd.train import select_device
 
-COLUMNS = ["site_id", "well_id", "plate_id", "well", "site", "treatment", "treatment_conc"]
+COLUMNS = ["site_id", "well_id", "plate_id", "well", "site", "role", "treatment", "treatment_conc"]
 
 
-def main(model_path, model, split_path, store_path, plate_id, part, parts, output, runtime, threads, log):
+def main(model_path, model, split_path, store_path, plate_id, part, parts, output, runtime, maps, threads, log):
     logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     torch.set_num_threads(max(1, threads))
     sites = pd.read_parquet(split_path)
-    treated = sites[(sites["set"] == "treated") & (sites["plate_id"] == plate_id)].reset_index(drop=True)
-    treated = shard_rows(treated, part, parts)
-    logging.info("model %s, plate %s part %d/%d: %d treated sites", model, plate_id, part + 1, parts, len(treated))
+    treated = shard_rows(scored_sites(sites, plate_id), part, parts)
+    logging.info(
+        "model %s, plate %s part %d/%d: %s", model, plate_id, part + 1, parts,
+        treated["role"].value_counts().to_dict(),
+    )
     table = treated[COLUMNS].copy()
     table["model"] = model
     if len(treated):
@@ -37,9 +42,14 @@ def main(model_path, model, split_path, store_path, plate_id, part, parts, outpu
         table = table.iloc[order].reset_index(drop=True)
         table["score"] = scores
         table["z"] = site_z(setup, scores, probabilities)
+        table["a"] = np.nan
+        if probabilities is not None:
+            table["a"] = infected_share(
+                probabilities, setup.grid, maps["alpha"], maps["sigma"], maps["reference_site_size"], setup.eta
+            )
         table["patch_probabilities"] = list(probabilities.astype(np.float32)) if probabilities is not None else None
     else:
-        table = table.assign(score=np.float32(0), z=np.float32(0), patch_probabilities=None)
+        table = table.assign(score=np.float32(0), z=np.float32(0), a=np.nan, patch_probabilities=None)
     write_parquet_atomic(table, output)
     logging.info("wrote %d sites", len(table))
 
@@ -55,6 +65,7 @@ if "snakemake" in globals():
         snakemake.params.parts,
         snakemake.output[0],
         snakemake.params.runtime,
+        snakemake.params.maps,
         snakemake.threads,
         snakemake.log[0],
     )

@@ -41,7 +41,8 @@ def logistic4(log_c, bottom: float, top: float, log_ec50: float, hill: float):
 
 
 def _failed(n_points: int, status: str) -> dict:
-    return {"n_points": n_points, **{name: np.nan for name in PARAMETERS}, "ec50_um": np.nan, "rmse": np.nan, "status": status}
+    return {"n_points": n_points, **{name: np.nan for name in PARAMETERS}, "ec50_um": np.nan, "rmse": np.nan, "status": status,
+            "covariance": np.full((4, 4), np.nan)}
 
 
 def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance: float = 1e-3, limits=None,
@@ -86,7 +87,7 @@ def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
-            params, _ = curve_fit(logistic4, x, e, p0=start, bounds=(lower, upper), maxfev=20000)
+            params, covariance = curve_fit(logistic4, x, e, p0=start, bounds=(lower, upper), maxfev=20000)
     except (RuntimeError, ValueError, FloatingPointError) as error:
         return _failed(n, f"fit failed: {error}")
     if not np.all(np.isfinite(params)):
@@ -102,6 +103,9 @@ def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance
         "hill": hill,
         "rmse": rmse,
         "status": OK,
+        # (bottom, top, log_ec50, hill) covariance scaled by the residual variance
+        # (curve_fit's default); inf where the data do not determine a parameter.
+        "covariance": np.asarray(covariance, dtype=np.float64),
     }
 
 

@@ -46,3 +46,33 @@ def scaled_sigma(sigma_at_reference: float, site_size: int, reference_site_size:
 def area_above(maps: np.ndarray, eta: float) -> np.ndarray:
     """Fraction of each map's pixels at or above eta (the k-selection statistic)."""
     return (maps >= eta).reshape(len(maps), -1).mean(axis=1)
+
+
+def site_maps(probabilities: np.ndarray, grid: PatchGrid, alpha: float, sigma: float, reference_site_size: int) -> np.ndarray:
+    """The whole map recipe of docs/method.md §8: (n_sites, N) patch probabilities ->
+    (n_sites, S, S) smoothed infection maps, float32, with the smoothing ``sigma`` given in
+    pixels at a site of ``reference_site_size`` px and scaled to the grid's site size."""
+    return smooth_maps(infection_maps(probabilities, grid, alpha), scaled_sigma(sigma, grid.site_size, reference_site_size))
+
+
+def infected_share(
+    probabilities: np.ndarray,
+    grid: PatchGrid,
+    alpha: float,
+    sigma: float,
+    reference_site_size: int,
+    eta: float,
+    batch_sites: int = 64,
+) -> np.ndarray:
+    """a_i of docs/method.md §10: the share of each site's smoothed infection map at or
+    above ``eta`` (float64 in [0, 1], one per row of ``probabilities``). Sites are mapped
+    ``batch_sites`` at a time, so memory stays at batch_sites x S x S floats whatever the
+    shard size (a 1024 px site's map is 4 MB)."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim != 2 or probabilities.shape[1] != grid.n_patches:
+        raise ValueError(f"expected (n_sites, {grid.n_patches}) probabilities, got {probabilities.shape}")
+    shares = np.empty(len(probabilities), dtype=np.float64)
+    for start in range(0, len(probabilities), batch_sites):
+        chunk = probabilities[start : start + batch_sites]
+        shares[start : start + len(chunk)] = area_above(site_maps(chunk, grid, alpha, sigma, reference_site_size), eta)
+    return shares

@@ -1,0 +1,425 @@
+"""Quantitative efficacy beside DEEMD's e(t) (docs/method.md §10): percent inhibition
+normalised to on-plate controls, plate QC, a dose-response fit per treatment and
+FDR-controlled hit calls.
+
+A site's *readout* is how infected it looks: a_i, the share of its smoothed infection map
+at or above eta, for the patch models M and V (:func:`deemd.maps.infected_share`), and the
+site probability z_i for the whole-site model W, which has no map. Per plate, the readout
+is scaled between the medians of the untreated controls that the model was not trained on
+(validation and test wells):
+
+    inhibition_i = 1 - (r_i - r_noninfected) / (r_infected - r_noninfected)
+
+so 0 looks like the infected controls and 1 like the non-infected ones.
+
+The tested unit is the well (its inhibition is the median of its sites): the sites of a
+well share seeding, virus, staining and focus, so they are not independent replicates,
+and testing sites would inflate n. Per treatment, a four-parameter logistic of well
+inhibition against log10 concentration over its non-toxic doses pools every dose, so a
+dose with one or two wells still contributes. The hit test asks whether the fitted
+inhibition at the best non-toxic dose exceeds a bar: a one-sided t-test with the
+delta-method standard error from the fit's covariance and n_wells - 4 degrees of freedom,
+then Benjamini-Hochberg across the screen.
+
+Every function takes and returns arrays or pandas tables; nothing here reads files.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from deemd.doseresponse import OK, fit_logistic, logistic4
+
+TREATED = "treated"
+INFECTED_CONTROL = "infected_control"
+NONINFECTED_CONTROL = "noninfected_control"
+CONTROL_ROLES = (INFECTED_CONTROL, NONINFECTED_CONTROL)
+# Untreated wells the models never trained on: their scores are honest references.
+HELD_OUT_SETS = ("val", "test")
+# MAD -> standard deviation of a normal distribution.
+MAD_SCALE = 1.4826
+# Parameters of the inhibition fit: inhibition lies near [0, 1], but noise and plate
+# effects push wells beyond it; the bounds only keep the optimiser in a sane region.
+INHIBITION_LIMITS = (-1.0, 2.0)
+MIN_FIT_WELLS = 5  # a 4PL with one residual degree of freedom at least
+
+PLATE_QC_COLUMNS = {
+    "plate_id": "object",
+    "model": "object",
+    "readout": "object",
+    "n_infected": "int64",
+    "n_noninfected": "int64",
+    "median_infected": "float64",
+    "median_noninfected": "float64",
+    "zprime": "float64",
+    "ssmd": "float64",
+    "control_source": "object",
+    "passes": "bool",
+}
+CURVE_COLUMNS = {
+    "inhibition_max": "float64",
+    "inhibition_max_se": "float64",
+    "inhibition_best_conc_um": "float64",
+    "inhibition_ec50_um": "float64",
+    "inhibition_log_ec50_se": "float64",
+    "inhibition_emax": "float64",
+    "inhibition_emax_se": "float64",
+    "inhibition_bottom": "float64",
+    "inhibition_hill": "float64",
+    "n_wells_tested": "int64",
+    "hit_p_value": "float64",
+    "inhibition_status": "object",
+}
+
+
+def site_roles(sites: pd.DataFrame) -> pd.Series:
+    """The role of each site of a split table (set, label): ``treated``,
+    ``infected_control`` or ``noninfected_control`` for held-out untreated sites, and
+    None for the sites a model trained on."""
+    role = pd.Series(None, index=sites.index, dtype=object)
+    role[sites["set"] == TREATED] = TREATED
+    held_out = sites["set"].isin(HELD_OUT_SETS)
+    label = sites["label"].astype("Float64")
+    role[held_out & (label == 1).fillna(False).to_numpy(dtype=bool)] = INFECTED_CONTROL
+    role[held_out & (label == 0).fillna(False).to_numpy(dtype=bool)] = NONINFECTED_CONTROL
+    return role
+
+
+def scored_sites(split: pd.DataFrame, plate_id: str) -> pd.DataFrame:
+    """The sites of one plate that inference scores: its treated sites and its held-out
+    control sites, with their ``role``, in the split table's order."""
+    plate = split[split["plate_id"] == plate_id]
+    plate = plate.assign(role=site_roles(plate))
+    return plate[plate["role"].notna()].reset_index(drop=True)
+
+
+def robust_sd(values) -> float:
+    """1.4826 x the median absolute deviation: a standard deviation that a few outlying
+    wells do not inflate."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(MAD_SCALE * np.median(np.abs(values - np.median(values))))
+
+
+def robust_zprime(positive, negative) -> float:
+    """Robust Z'-factor (Zhang et al. 1999, medians and MADs for means and SDs):
+    1 - 3 (sd_pos + sd_neg) / |median_pos - median_neg|; NaN when either group is empty,
+    -inf when the medians coincide. Above 0.5: an excellent assay; below 0: the controls
+    overlap."""
+    positive, negative = np.asarray(positive, np.float64), np.asarray(negative, np.float64)
+    if not len(positive) or not len(negative):
+        return float("nan")
+    gap = abs(float(np.median(positive) - np.median(negative)))
+    spread = robust_sd(positive) + robust_sd(negative)
+    if gap == 0:
+        return float("-inf")
+    return 1.0 - 3.0 * spread / gap
+
+
+def robust_ssmd(positive, negative) -> float:
+    """Robust strictly standardised mean difference (Zhang 2007): (median_pos -
+    median_neg) / sqrt(sd_pos^2 + sd_neg^2); NaN when either group is empty, +-inf when
+    both groups are constant but apart."""
+    positive, negative = np.asarray(positive, np.float64), np.asarray(negative, np.float64)
+    if not len(positive) or not len(negative):
+        return float("nan")
+    gap = float(np.median(positive) - np.median(negative))
+    spread = float(np.hypot(robust_sd(positive), robust_sd(negative)))
+    if spread == 0:
+        return float("nan") if gap == 0 else float(np.sign(gap) * np.inf)
+    return gap / spread
+
+
+def well_medians(sites: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """One row per well of a site table (well_id, plate_id, well, role, treatment,
+    treatment_conc) with n_sites and the median of each of ``columns`` over its sites."""
+    keys = ["well_id", "plate_id", "well", "role", "treatment", "treatment_conc"]
+    grouped = sites.groupby(keys, sort=True, dropna=False)
+    table = grouped.size().rename("n_sites").reset_index()
+    for column in columns:
+        table[f"median_{column}"] = grouped[column].median().to_numpy()
+    return table
+
+
+def control_references(wells: pd.DataFrame, column: str, min_wells: int) -> pd.DataFrame:
+    """Per plate, the medians of the held-out infected and non-infected control wells'
+    ``column``, their numbers and where they came from (``control_source``): the plate
+    itself, or, where the plate has fewer than ``min_wells`` of either kind, the pooled
+    control wells of its experiment (``plate_id`` is ``{experiment}_{plate}``).
+
+    Raises ValueError naming the plate and the experiment when even the experiment lacks
+    control wells of a kind."""
+    wells = wells.assign(_experiment=wells["plate_id"].str.rsplit("_", n=1).str[0])
+    controls = wells[wells["role"].isin(CONTROL_ROLES) & wells[column].notna()]
+    rows = []
+    for plate_id, experiment in wells[["plate_id", "_experiment"]].drop_duplicates().itertuples(index=False):
+        on_plate = controls[controls["plate_id"] == plate_id]
+        counts = on_plate["role"].value_counts()
+        source = "plate"
+        if min(counts.get(INFECTED_CONTROL, 0), counts.get(NONINFECTED_CONTROL, 0)) < min_wells:
+            source = "experiment"
+            on_plate = controls[controls["_experiment"] == experiment]
+            counts = on_plate["role"].value_counts()
+            missing = [role for role in CONTROL_ROLES if counts.get(role, 0) == 0]
+            if missing:
+                raise ValueError(
+                    f"plate {plate_id}: no held-out {' or '.join(missing)} wells on the plate or in "
+                    f"experiment {experiment}, so its inhibition cannot be normalised; give every "
+                    "plate untreated Mock/UV and Active SARS-CoV-2 wells beyond the training set"
+                )
+        by_role = {role: on_plate.loc[on_plate["role"] == role, column].to_numpy() for role in CONTROL_ROLES}
+        rows.append(
+            {
+                "plate_id": plate_id,
+                "n_infected": len(by_role[INFECTED_CONTROL]),
+                "n_noninfected": len(by_role[NONINFECTED_CONTROL]),
+                "median_infected": float(np.median(by_role[INFECTED_CONTROL])),
+                "median_noninfected": float(np.median(by_role[NONINFECTED_CONTROL])),
+                "zprime": robust_zprime(by_role[INFECTED_CONTROL], by_role[NONINFECTED_CONTROL]),
+                "ssmd": robust_ssmd(by_role[INFECTED_CONTROL], by_role[NONINFECTED_CONTROL]),
+                "control_source": source,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def inhibition(readout, infected_reference, noninfected_reference) -> np.ndarray:
+    """1 - (r - r_noninfected) / (r_infected - r_noninfected), elementwise; NaN where the
+    references do not separate (infected reference not above the non-infected one)."""
+    readout = np.asarray(readout, dtype=np.float64)
+    infected_reference = np.asarray(infected_reference, dtype=np.float64)
+    noninfected_reference = np.asarray(noninfected_reference, dtype=np.float64)
+    span = infected_reference - noninfected_reference
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = 1.0 - (readout - noninfected_reference) / span
+    return np.where(span > 0, value, np.nan)
+
+
+def toxic_doses(nuclei_wells: pd.DataFrame) -> pd.DataFrame:
+    """Per (treatment, treatment_conc) of the nucleus table's treated wells: n_wells_plated,
+    n_wells_toxic, and ``toxic`` when at least half its counted wells are toxic (a dose
+    that kills is left out of the curve and cannot be a treatment's best dose)."""
+    treated = nuclei_wells[nuclei_wells["treatment"].notna()]
+    if "no_nuclei" in treated:
+        treated = treated[~treated["no_nuclei"].astype(bool)]
+    grouped = treated.groupby(["treatment", "treatment_conc"], sort=True)
+    table = grouped.agg(n_wells_plated=("well", "size"), n_wells_toxic=("toxic", "sum")).reset_index()
+    table["n_wells_toxic"] = table["n_wells_toxic"].astype(np.int64)
+    table["toxic"] = 2 * table["n_wells_toxic"] >= table["n_wells_plated"]
+    return table
+
+
+def fitted_at(fit: dict, concentrations) -> tuple[np.ndarray, np.ndarray]:
+    """The fitted curve at ``concentrations`` (µM) and its delta-method standard error,
+    sqrt(g' C g) with g the gradient of the logistic in (bottom, top, log_ec50, hill) and
+    C the fit's covariance (NaN where the fit has none)."""
+    c = np.asarray(concentrations, dtype=np.float64)
+    params = np.array([fit["bottom"], fit["top"], fit["log_ec50"], fit["hill"]], dtype=np.float64)
+    x = np.log10(c)
+    value = logistic4(x, *params)
+    steps = 1e-6 * np.maximum(1.0, np.abs(params))
+    gradient = np.empty((len(params), len(c)))
+    for index, step in enumerate(steps):
+        shifted = params.copy()
+        shifted[index] += step
+        gradient[index] = (logistic4(x, *shifted) - value) / step
+    covariance = np.asarray(fit["covariance"], dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        variance = np.einsum("in,ij,jn->n", gradient, covariance, gradient)
+    se = np.sqrt(np.where(np.isfinite(variance) & (variance >= 0), variance, np.nan))
+    return value, se
+
+
+def _no_curve(n_wells: int, status: str, best: float = np.nan) -> dict:
+    row = {name: np.nan for name in CURVE_COLUMNS}
+    row.update(inhibition_max=best, n_wells_tested=n_wells, inhibition_status=status)
+    return row
+
+
+def inhibition_curve(concentrations, well_inhibition, bar: float) -> dict:
+    """The dose-response of one treatment from its usable wells (concentration in µM,
+    well inhibition): a 4PL fit, the fitted inhibition at the best tested dose
+    (``inhibition_max``, the maximum of the curve over the tested concentrations) with its
+    standard error, the EC50 and Emax (the fitted top) with theirs, and the one-sided
+    p-value of inhibition_max > ``bar`` (t distribution, n_wells - 4 degrees of freedom).
+
+    Without a usable fit (too few wells or doses, a failed fit) the p-value is NaN and
+    inhibition_max falls back to the best per-dose median, with the reason as status."""
+    c = np.asarray(concentrations, dtype=np.float64)
+    y = np.asarray(well_inhibition, dtype=np.float64)
+    keep = np.isfinite(c) & (c > 0) & np.isfinite(y)
+    c, y = c[keep], y[keep]
+    n = len(y)
+    if n == 0:
+        return _no_curve(0, "no usable well")
+    levels = np.unique(c)
+    per_dose = np.array([np.median(y[c == level]) for level in levels])
+    best_median = float(per_dose.max())
+    if n < MIN_FIT_WELLS:
+        return _no_curve(n, f"too few wells for a curve ({n} < {MIN_FIT_WELLS})", best_median)
+    fit = fit_logistic(c, y, min_points=MIN_FIT_WELLS, limits=INHIBITION_LIMITS)
+    if fit["status"] != OK:
+        return _no_curve(n, fit["status"], best_median)
+    values, errors = fitted_at(fit, levels)
+    best = int(np.argmax(values))
+    se = float(errors[best])
+    df = n - 4
+    p_value = float(stats.t.sf((values[best] - bar) / se, df)) if np.isfinite(se) and se > 0 else np.nan
+    covariance = np.asarray(fit["covariance"])
+    status = OK if np.isfinite(p_value) else "fit without a finite standard error"
+    return {
+        "inhibition_max": float(values[best]),
+        "inhibition_max_se": se,
+        "inhibition_best_conc_um": float(levels[best]),
+        "inhibition_ec50_um": fit["ec50_um"],
+        "inhibition_log_ec50_se": float(np.sqrt(covariance[2, 2])) if covariance[2, 2] >= 0 else np.nan,
+        "inhibition_emax": fit["top"],
+        "inhibition_emax_se": float(np.sqrt(covariance[1, 1])) if covariance[1, 1] >= 0 else np.nan,
+        "inhibition_bottom": fit["bottom"],
+        "inhibition_hill": fit["hill"],
+        "n_wells_tested": n,
+        "hit_p_value": p_value,
+        "inhibition_status": status,
+    }
+
+
+def benjamini_hochberg(p_values) -> np.ndarray:
+    """Benjamini-Hochberg q-values of the finite p-values (scipy's
+    false_discovery_control); NaN stays NaN and does not count among the tests."""
+    p = np.asarray(p_values, dtype=np.float64)
+    q = np.full(p.shape, np.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        q[finite] = stats.false_discovery_control(np.clip(p[finite], 0.0, 1.0), method="bh")
+    return q
+
+
+def rank_by_hit(treatments: pd.DataFrame) -> pd.DataFrame:
+    """The default ranking: hits first, then inhibition_max descending (NaN last), then
+    e_t descending, then name; ``rank`` = 1, 2, ... The DEEMD rank by e(t) is kept as
+    ``deemd_rank``."""
+    ordered = treatments.assign(
+        _not_hit=~treatments["hit"].astype(bool),
+        _no_value=treatments["inhibition_max"].isna(),
+        _e_t=treatments["e_t"].fillna(-np.inf),
+    ).sort_values(
+        ["_not_hit", "_no_value", "inhibition_max", "_e_t", "treatment"],
+        ascending=[True, True, False, False, True],
+        kind="mergesort",
+        ignore_index=True,
+    )
+    return ordered.drop(columns=["_not_hit", "_no_value", "_e_t"]).assign(rank=np.arange(1, len(ordered) + 1))
+
+
+def plate_qc(wells: pd.DataFrame, model: str, readouts: list[str], decisive: str, min_wells: int, min_zprime: float) -> pd.DataFrame:
+    """One row per plate and readout (PLATE_QC_COLUMNS): the held-out control wells'
+    medians, robust Z' and SSMD. ``passes`` is the decisive readout's Z' >= ``min_zprime``,
+    the same on every row of a plate."""
+    tables = []
+    for readout in readouts:
+        table = control_references(wells, f"median_{readout}", min_wells)
+        tables.append(table.assign(model=model, readout=readout))
+    qc = pd.concat(tables, ignore_index=True)
+    decided = qc[qc["readout"] == decisive].set_index("plate_id")["zprime"] >= min_zprime
+    qc["passes"] = qc["plate_id"].map(decided).astype(bool)
+    return qc[list(PLATE_QC_COLUMNS)].astype(PLATE_QC_COLUMNS)
+
+
+def usable_wells(wells: pd.DataFrame, doses: pd.DataFrame, qc: pd.DataFrame, min_zprime: float) -> pd.DataFrame:
+    """``used`` and ``reason`` for every well: a treated well is used for its treatment's
+    curve unless its dose is toxic, its plate fails QC or its inhibition is undefined;
+    control wells are references, never used."""
+    passes = qc.drop_duplicates("plate_id").set_index("plate_id")["passes"]
+    zprime = qc.drop_duplicates("plate_id").set_index("plate_id")["zprime"]
+    toxic = wells.merge(doses[["treatment", "treatment_conc", "toxic"]], on=["treatment", "treatment_conc"], how="left")["toxic"]
+    toxic = toxic.fillna(False).astype(bool).to_numpy()
+    reason = np.full(len(wells), "", dtype=object)
+    treated = (wells["role"] == TREATED).to_numpy()
+    reason[~treated] = "control"
+    reason[treated & wells["inhibition"].isna().to_numpy()] = "controls do not separate"
+    failing = ~wells["plate_id"].map(passes).fillna(False).astype(bool).to_numpy()
+    plate_reason = [f"plate QC: Z' {zprime.get(p, np.nan):.2f} < {min_zprime}" for p in wells["plate_id"]]
+    reason = np.where(treated & failing & (reason == ""), plate_reason, reason)
+    reason[treated & toxic & (reason == "")] = "toxic dose"
+    return wells.assign(toxic=toxic & treated, used=reason == "", reason=reason)
+
+
+def dose_inhibition(sites: pd.DataFrame, used_wells: pd.DataFrame, conf_level: float, intervals) -> pd.DataFrame:
+    """Per (treatment, treatment_conc): n_wells_used, and the median inhibition of the
+    used wells' sites with its exact sign-test interval (``intervals``, as for e(t,c);
+    a descriptive interval over sites, docs/method.md §10)."""
+    used = sites[sites["well_id"].isin(used_wells.loc[used_wells["used"], "well_id"])]
+    used = used[np.isfinite(used["inhibition"].to_numpy(dtype=np.float64))]
+    keys = ["treatment", "treatment_conc"]
+    if used.empty:
+        return pd.DataFrame(columns=[*keys, "n_wells_used", "median_inhibition", "inhibition_ci_lower", "inhibition_ci_upper"])
+    grouped = used.groupby(keys, sort=True)
+    table = grouped.agg(n_wells_used=("well_id", "nunique")).reset_index()
+    ci = intervals(grouped.ngroup().to_numpy(), used["inhibition"].to_numpy(dtype=np.float64), conf_level)
+    ci = ci.set_index("group").reindex(np.arange(len(table)))
+    table["median_inhibition"] = ci["median"].to_numpy()
+    table["inhibition_ci_lower"] = ci["ci_lower"].to_numpy()
+    table["inhibition_ci_upper"] = ci["ci_upper"].to_numpy()
+    return table
+
+
+def treatment_curves(used_wells: pd.DataFrame, doses: pd.DataFrame, bar: float, fdr: float) -> pd.DataFrame:
+    """One row per treatment that has any treated well or dose: its inhibition curve
+    (:func:`inhibition_curve` over its used wells), n_toxic_doses, the BH q-value and
+    ``hit`` = q <= ``fdr``."""
+    treated = used_wells[used_wells["role"] == TREATED]
+    names = sorted(set(treated["treatment"]) | set(doses["treatment"]))
+    rows = []
+    for name in names:
+        wells = treated[(treated["treatment"] == name) & treated["used"]]
+        n_toxic = int(doses.loc[doses["treatment"] == name, "toxic"].sum())
+        if wells.empty:
+            status = "every dose toxic" if n_toxic else "no usable well"
+            curve = _no_curve(0, status)
+        else:
+            curve = inhibition_curve(wells["treatment_conc"], wells["inhibition"], bar)
+        rows.append({"treatment": name, **curve, "n_toxic_doses": n_toxic})
+    table = pd.DataFrame(rows, columns=["treatment", *CURVE_COLUMNS, "n_toxic_doses"])
+    table = table.astype({**CURVE_COLUMNS, "n_toxic_doses": "int64"})
+    table["hit_q_value"] = benjamini_hochberg(table["hit_p_value"])
+    table["hit"] = (table["hit_q_value"] <= fdr).to_numpy()
+    return table
+
+
+def quantitative_efficacy(
+    sites: pd.DataFrame,
+    nuclei_wells: pd.DataFrame,
+    model: str,
+    readout: str,
+    settings: dict,
+    intervals,
+) -> dict[str, pd.DataFrame]:
+    """The inhibition statistics of one model's scored sites (docs/method.md §10).
+
+    ``sites``: the inference shards (role, well_id, plate_id, well, treatment,
+    treatment_conc, z, and ``readout`` = "a" or "z"). ``nuclei_wells``: the per-well
+    nucleus table (plate_id, well, treatment, treatment_conc, toxic, no_nuclei).
+    ``settings``: inhibition_bar, fdr, confidence, min_zprime, min_control_wells.
+    Returns the tables ``sites`` (with inhibition), ``wells``, ``plate_qc``, ``doses``
+    (per-dose additions) and ``treatments`` (per-treatment additions)."""
+    readouts = ["z"] if readout == "z" else ["z", readout]
+    wells = well_medians(sites, readouts)
+    qc = plate_qc(wells, model, readouts, readout, settings["min_control_wells"], settings["min_zprime"])
+    references = qc[qc["readout"] == readout].set_index("plate_id")
+    sites = sites.assign(
+        inhibition=inhibition(
+            sites[readout],
+            sites["plate_id"].map(references["median_infected"]),
+            sites["plate_id"].map(references["median_noninfected"]),
+        )
+    )
+    wells["inhibition"] = sites.groupby("well_id")["inhibition"].median().reindex(wells["well_id"]).to_numpy()
+    doses = toxic_doses(nuclei_wells)
+    wells = usable_wells(wells, doses, qc, settings["min_zprime"])
+    per_dose = dose_inhibition(sites, wells, settings["confidence"], intervals)
+    doses = doses.merge(per_dose, on=["treatment", "treatment_conc"], how="outer")
+    doses["n_wells_used"] = doses["n_wells_used"].fillna(0).astype(np.int64)
+    doses["toxic"] = doses["toxic"].fillna(False).astype(bool)
+    curves = treatment_curves(wells, doses, settings["inhibition_bar"], settings["fdr"])
+    return {"sites": sites, "wells": wells, "plate_qc": qc, "doses": doses, "treatments": curves}
