@@ -1,4 +1,4 @@
-# Download and unpack the public dataset archives (DESIGN.md 1.1).
+# Download and unpack the public dataset archives (docs/method.md §1).
 #
 # Needs, from common.smk: DATASET, RESOURCES, LOGS, BENCH, and config["download"].
 # Targets:

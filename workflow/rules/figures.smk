@@ -1,4 +1,4 @@
-# Figures and report (DESIGN 1.9): ranked tables with dose-response fits, dose-response
+# Figures and report (docs/method.md §11): ranked tables with dose-response fits, dose-response
 # panels of the top treatments, infection maps, the models compared, the correlation with
 # a reference score table, and (demo only) the scores against the hidden truth.
 

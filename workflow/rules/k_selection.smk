@@ -1,4 +1,4 @@
-# Choice of k (DESIGN 1.6), its own target: `snakemake --cores N k_selection`.
+# Choice of k (docs/method.md §6), its own target: `snakemake --cores N k_selection`.
 # M is trained once per k; on the validation sites, the infection-map area above eta is
 # compared with the Poisson expectation 1 - exp(-MOI), and AP is reported per k.
 # GPU rules; the GPU is requested in the profile (set-resources gpu).

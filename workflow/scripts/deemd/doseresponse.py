@@ -1,4 +1,4 @@
-"""Dose-response curves (DESIGN 1.9): a four-parameter logistic of the dose efficacy
+"""Dose-response curves (docs/method.md §11): a four-parameter logistic of the dose efficacy
 e(t,c) in log10 concentration, fitted per treatment with scipy's ``curve_fit``.
 
     e(c) = bottom + (top - bottom) / (1 + 10^((log10 EC50 - log10 c) * hill)),  hill > 0

@@ -1,6 +1,6 @@
 """Resumable, verified HTTP downloads and resumable, atomic unpacking of zip archives.
 
-DESIGN.md 1.1: the RxRx19a archives (metadata, ~445 GB of images, embeddings) come from
+docs/method.md §1: the RxRx19a archives (metadata, ~445 GB of images, embeddings) come from
 a public bucket over plain HTTP(S). A transfer of that size *will* be interrupted, so:
 
 * :func:`download` streams into ``dest.part``, resumes it with ``Range: bytes=N-``

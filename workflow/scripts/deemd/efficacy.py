@@ -1,5 +1,5 @@
 """Drug efficacy from site scores: a sign-test interval of the median per dose, a score per
-treatment, and the ranking (DESIGN 1.8).
+treatment, and the ranking (docs/method.md §9).
 
 For treatment t at concentration c the sites' scores T = {z_i} (z high = looks infected)
 get the exact sign-test confidence interval of their median, as R's ``rstatix::sign_test``

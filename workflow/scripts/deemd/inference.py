@@ -29,7 +29,7 @@ def score_dataset(path: str, dataset, device: torch.device, workers: int, progre
 
 
 def site_z(setup, scores, probabilities):
-    """z_i of DESIGN 1.7: the median of the site's top-k patch probabilities (M, V); the
+    """z_i of docs/method.md §7: the median of the site's top-k patch probabilities (M, V); the
     site probability itself for the whole-site model W."""
     if probabilities is None:
         return scores

@@ -1,4 +1,4 @@
-"""Infection maps (DESIGN 1.9): per pixel, the generalised mean of the probabilities of
+"""Infection maps (docs/method.md §8): per pixel, the generalised mean of the probabilities of
 the patches that cover it, A = (mean mu^(1/alpha))^alpha, then a Gaussian filter."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The models and the multiple-instance pieces of DEEMD (DESIGN 1.5): patches cut on the
+"""The models and the multiple-instance pieces of DEEMD (docs/method.md §5): patches cut on the
 device, ResNet34 with a 5-channel input, top-k selection, class-weighted BCE, scores."""
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ def k_selection_figure(table: pd.DataFrame, expected_area: float, moi: float):
 
 
 # ---------------------------------------------------------------------------------------
-# Figures and report (DESIGN 1.9): dose-response panels, infection maps, model comparison,
+# Figures and report (docs/method.md §11): dose-response panels, infection maps, model comparison,
 # correlation with a reference score table.
 
 

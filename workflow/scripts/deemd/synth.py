@@ -1,6 +1,6 @@
 """Synthetic demo screen in the exact RxRx19a layout, with its hidden truth.
 
-A seeded, deterministic world (DESIGN section 2): HRCE-like cells with five stains,
+A seeded, deterministic world (docs/method.md §12): HRCE-like cells with five stains,
 SARS-CoV-2 infection spreading in local foci with cytopathic effects, and a compound
 library whose hidden dose-response (efficacy and toxicity) drives each treated well.
 

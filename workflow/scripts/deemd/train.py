@@ -1,4 +1,4 @@
-"""Training and inference loops of the three models (DESIGN 1.5):
+"""Training and inference loops of the three models (docs/method.md §5):
 
 M  MIL top-k: each epoch (a) every patch of every training site inferred, (b) per site
    the k patches with the highest probability kept, (c) trained on with the site label;
