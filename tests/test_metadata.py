@@ -9,6 +9,7 @@ from deemd.metadata import (
     build_sites_table,
     coerce_types,
     consistency_errors,
+    infected_control_check,
     map_columns,
     plate_digests,
     read_metadata_csv,
@@ -137,3 +138,74 @@ def test_read_metadata_csv_keeps_strings(tmp_path):
     table = read_metadata_csv(str(path))
     assert table["plate"].map(type).eq(str).all()
     assert table["treatment"].isna().sum() == 8
+
+
+def test_empty_and_header_only_csv_name_the_file(tmp_path):
+    """issue 11: an empty CSV gave a bare EmptyDataError, a header-only one blamed the filter."""
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(MetadataError, match=r"empty\.csv: empty file"):
+        read_metadata_csv(str(empty))
+    header_only = tmp_path / "header.csv"
+    header_only.write_text(",".join(COLUMNS) + "\n")
+    raw = read_metadata_csv(str(header_only))
+    with pytest.raises(MetadataError, match=r"header\.csv: no rows, only the header"):
+        build_sites_table(raw, SCHEMA, str(header_only))
+
+
+def test_duplicate_column_names_are_an_error(tmp_path):
+    """issue 11: with two columns of one name, the first was used silently."""
+    path = tmp_path / "m.csv"
+    raw_metadata().assign(extra="x").rename(columns={"extra": "plate"}).to_csv(path, index=False)
+    with pytest.raises(MetadataError, match=r"m\.csv, line 1: column 'plate' appears 2 times \(columns \[5, 12\]\)"):
+        read_metadata_csv(str(path))
+
+
+def test_mapped_column_colliding_with_an_existing_one_is_an_error():
+    """issue 11: mapping Barcode -> plate when the CSV also has 'plate' failed at the split step."""
+    raw = raw_metadata().assign(Barcode="9")
+    with pytest.raises(MetadataError, match=r"maps 'Barcode' to 'plate', but the CSV already has a column 'plate'"):
+        build_sites_table(raw, SCHEMA, "m.csv", columns={"plate": "Barcode"})
+    with pytest.raises(MetadataError, match=r"maps the CSV column 'Barcode' to 2 columns \['plate', 'experiment'\]"):
+        map_columns(raw.drop(columns=["plate", "experiment"]), {"plate": "Barcode", "experiment": "Barcode"}, None, None, "m.csv")
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "1e999", "nan"])
+def test_non_finite_concentration_names_line_and_column(value):
+    """issue 11: treatment_conc: inf was accepted."""
+    raw = raw_metadata()
+    raw.loc[5, "treatment_conc"] = value
+    with pytest.raises(MetadataError, match=rf"m\.csv, line 7, column 'treatment_conc': value '{value}' is not a finite number"):
+        build_sites_table(raw, SCHEMA, "m.csv")
+
+
+def test_negative_or_zero_concentration_names_line_and_column():
+    raw = raw_metadata()
+    raw.loc[5, "treatment_conc"] = "-0.3"
+    with pytest.raises(MetadataError, match=r"m\.csv, line 7, column 'treatment_conc': value -0\.3: .*minimum of 0"):
+        build_sites_table(raw, SCHEMA, "m.csv")
+
+
+def test_well_id_disagreeing_with_plate_and_well_names_the_line():
+    """issue 11: such a well_id failed only at the split step, with a pandas reindex error."""
+    raw = raw_metadata()
+    raw.loc[5, "well_id"] = "HRCE-1_1_Z99"  # line 7: plate 1, B02, site 2
+    with pytest.raises(MetadataError, match=r"m\.csv, line 7, column 'well_id': value 'HRCE-1_1_Z99' disagrees with experiment/plate/well HRCE-1/1/B02: the other sites"):
+        build_sites_table(raw, SCHEMA, "m.csv")
+    raw = raw_metadata()
+    raw["well_id"] = raw["experiment"] + "_" + raw["well"]  # plate left out: two plates share each well_id
+    with pytest.raises(MetadataError, match=r"line 10, column 'well_id': value 'HRCE-1_A01' disagrees with experiment/plate/well HRCE-1/2/A01: well_id 'HRCE-1_A01' also names HRCE-1/1/A01"):
+        build_sites_table(raw, SCHEMA, "m.csv")
+
+
+def test_infected_control_check_pools_or_fails_per_experiment():
+    """A plate without untreated infected wells is pooled with its experiment; an
+    experiment without any is an error naming it and its plates."""
+    raw = raw_metadata(plates=(1, 2, 3))
+    controls = (raw["plate"] != "2") & raw["treatment"].isna()
+    raw.loc[controls, "disease_condition"] = "Active SARS-CoV-2"
+    sites = build_sites_table(raw, SCHEMA, "m.csv")
+    assert infected_control_check(sites, "m.csv") == ([], ["HRCE-1_2"])
+    errors, pooled = infected_control_check(build_sites_table(raw_metadata(), SCHEMA, "m.csv"), "m.csv")
+    assert pooled == [] and len(errors) == 1
+    assert "m.csv: experiment 'HRCE-1' (plate(s) ['HRCE-1_1', 'HRCE-1_2']) has no untreated 'Active SARS-CoV-2' well" in errors[0]

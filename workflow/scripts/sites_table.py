@@ -3,8 +3,8 @@
 import logging
 
 from deemd.io import write_parquet_atomic
-from deemd.metadata import build_sites_table, read_metadata_csv
-from deemd.validate import load_schema
+from deemd.metadata import build_sites_table, infected_control_check, read_metadata_csv
+from deemd.validate import MetadataError, load_schema
 
 
 def main(metadata_path, schema_path, output, dataset, log):
@@ -22,6 +22,11 @@ def main(metadata_path, schema_path, output, dataset, log):
         experiments=dataset.get("experiments"),
     )
     logging.info("%d sites on %d plates after filtering", len(sites), sites["plate_id"].nunique())
+    errors, pooled = infected_control_check(sites, metadata_path)
+    if errors:
+        raise MetadataError("invalid metadata:\n  " + "\n  ".join(errors))
+    for plate_id in pooled:
+        logging.warning("plate %s has no untreated infected well: its toxicity reference is its experiment's", plate_id)
     write_parquet_atomic(sites, output)
 
 

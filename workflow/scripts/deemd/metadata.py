@@ -3,6 +3,7 @@ normalised, checked and filtered, one row per site."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 
 import numpy as np
@@ -29,11 +30,34 @@ UV = "UV Inactivated SARS-CoV-2"
 CONDITIONS = (INFECTED, MOCK, UV)
 
 
+def duplicate_column_errors(names: list[str], source: str) -> list[str]:
+    """A header naming a column twice (pandas would silently rename the second 'x.1')."""
+    positions: dict[str, list[int]] = {}
+    for position, name in enumerate(names, start=1):
+        positions.setdefault(name, []).append(position)
+    return [
+        f"{source}, line 1: column {name!r} appears {len(where)} times (columns {where}); each column needs its own name"
+        for name, where in positions.items()
+        if len(where) > 1
+    ]
+
+
 def read_metadata_csv(path: str) -> pd.DataFrame:
-    """Read a metadata CSV as strings (no type guessing: that is the schema's job)."""
+    """Read a metadata CSV as strings (no type guessing: that is the schema's job).
+    An empty file, or a header naming a column twice, is a MetadataError naming the file."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), None)
+    except UnicodeDecodeError as error:
+        raise MetadataError(f"{path}: cannot be read as CSV: {error}") from error
+    if not header or not any(name.strip() for name in header):
+        raise MetadataError(f"{path}: empty file; expected a header line of column names and one row per imaged site")
+    duplicates = duplicate_column_errors(header, path)
+    if duplicates:
+        raise MetadataError("invalid metadata:\n  " + "\n  ".join(duplicates))
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise MetadataError(f"{path}: cannot be read as CSV: {error}") from error
 
 
@@ -43,9 +67,28 @@ def map_columns(
     """Rename a CSV's columns to the standard ones, translate its vocabularies and fill
     columns it lacks from ``defaults``; site_id and well_id are derived when absent."""
     columns, values, defaults = columns or {}, values or {}, defaults or {}
+    duplicates = duplicate_column_errors([str(name) for name in raw.columns], source)
+    if duplicates:
+        raise MetadataError("invalid metadata:\n  " + "\n  ".join(duplicates))
     missing = [name for name in columns.values() if name not in raw.columns]
     if missing:
         raise MetadataError(f"{source}: column(s) {missing} named in dataset.columns are not in the CSV {list(raw.columns)}")
+    messages = []
+    targets: dict[str, list[str]] = {}
+    for standard, name in columns.items():
+        targets.setdefault(name, []).append(standard)
+    for name, standards in targets.items():
+        if len(standards) > 1:
+            messages.append(f"{source}: dataset.columns maps the CSV column {name!r} to {len(standards)} columns {standards}")
+    for standard, name in columns.items():
+        # A CSV column already named like the target would give two columns of one name.
+        if standard != name and standard in raw.columns and standard not in columns.values():
+            messages.append(
+                f"{source}: dataset.columns maps {name!r} to {standard!r}, but the CSV already has a column "
+                f"{standard!r}; drop one of them or map that column too"
+            )
+    if messages:
+        raise MetadataError("invalid dataset.columns:\n  " + "\n  ".join(messages))
     table = raw.rename(columns={csv: std for std, csv in columns.items()})
     for name, value in defaults.items():
         if name not in table.columns:
@@ -75,12 +118,15 @@ def coerce_types(table: pd.DataFrame, source: str) -> pd.DataFrame:
         bad = numbers.isna() & text.notna()
         if kind == "int":
             bad |= numbers.notna() & (numbers != np.round(numbers))
+        # inf (or 1e999) is a number to pandas, but no concentration or index.
+        infinite = numbers.notna() & ~np.isfinite(numbers.astype(float))
+        bad |= infinite
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise MetadataError(
-                f"{source}, line {row + 2}, column {column!r}: value {text.iloc[row]!r} is not "
-                f"{'an integer' if kind == 'int' else 'a number'}"
-            )
+            what = "an integer" if kind == "int" else "a number"
+            if infinite.iloc[row] or text.iloc[row].strip().lower() == "nan":
+                what = "a finite number"
+            raise MetadataError(f"{source}, line {row + 2}, column {column!r}: value {text.iloc[row]!r} is not {what}")
         table[column] = numbers.astype("Int64") if kind == "int" else numbers.astype(float)
     return table
 
@@ -102,6 +148,34 @@ def consistency_errors(table: pd.DataFrame, source: str, max_errors: int = 20) -
     per_well = table.groupby("well_id")[["disease_condition", "treatment", "treatment_conc"]].nunique(dropna=False)
     mixed = table["well_id"].map((per_well > 1).any(axis=1))
     report(mixed, "the sites of one well disagree on condition, treatment or concentration")
+    if len(messages) < max_errors:
+        messages += well_id_errors(table, source)
+    return messages
+
+
+def well_id_errors(table: pd.DataFrame, source: str) -> list[str]:
+    """well_id and (experiment, plate, well) must name the same wells, one to one: later
+    steps join on either. A row is reported where it disagrees with the most common
+    pairing of its well (so the odd row is named, not its well's first row)."""
+    key = table["experiment"].astype(str) + "/" + table["plate"].astype(str) + "/" + table["well"].astype(str)
+    pairs = pd.DataFrame({"key": key, "well_id": table["well_id"]}).value_counts().reset_index()
+    usual_id = pairs.drop_duplicates("key").set_index("key")["well_id"]
+    usual_key = pairs.drop_duplicates("well_id").set_index("well_id")["key"]
+    odd_id = table["well_id"] != key.map(usual_id)
+    shared_id = (key != table["well_id"].map(usual_key)) & ~odd_id
+    messages = []
+    for mask, text in (
+        (odd_id, "the other sites of {key} have well_id {other!r}"),
+        (shared_id, "well_id {well_id!r} also names {other}"),
+    ):
+        if mask.any():
+            row = int(np.flatnonzero(mask.to_numpy())[0])
+            well_id, row_key = table["well_id"].iloc[row], key.iloc[row]
+            other = usual_id[row_key] if "{key}" in text else usual_key[well_id]
+            messages.append(
+                f"{source}, line {row + 2}, column 'well_id': value {well_id!r} disagrees with experiment/plate/well "
+                f"{row_key}: " + text.format(key=row_key, other=other, well_id=well_id) + f"; {int(mask.sum())} such row(s)"
+            )
     return messages
 
 
@@ -120,6 +194,8 @@ def build_sites_table(
     Adds ``plate_id`` (experiment_plate), the unit of work of the workflow. Raises
     MetadataError naming file, line, column and value on the first batch of problems.
     """
+    if raw.empty:
+        raise MetadataError(f"{source}: no rows, only the header {list(raw.columns)}; expected one row per imaged site")
     table = map_columns(raw, columns, values, defaults, source)
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
@@ -139,6 +215,30 @@ def build_sites_table(
     table = table.assign(plate_id=table["experiment"] + "_" + table["plate"].astype(str))
     table = table.sort_values(["plate_id", "well", "site"], kind="stable").reset_index(drop=True)
     return table
+
+
+def infected_control_check(sites: pd.DataFrame, source: str) -> tuple[list[str], list[str]]:
+    """Which plates of a sites table lack untreated Active SARS-CoV-2 wells, the reference
+    of the toxicity flag (deemd.nuclei.flag_wells).
+
+    Returns (errors, pooled): an error per experiment none of whose plates has one (no
+    reference at all), and the plate_ids that have none themselves but whose experiment
+    does (flag_wells compares them with the experiment's pooled controls).
+    """
+    control = (sites["disease_condition"] == INFECTED) & sites["treatment"].isna()
+    with_controls = set(sites.loc[control, "plate_id"])
+    errors, pooled = [], []
+    for experiment, plates in sites.groupby("experiment", sort=True)["plate_id"]:
+        plates = sorted(set(plates))
+        lacking = [plate for plate in plates if plate not in with_controls]
+        if len(lacking) == len(plates):
+            errors.append(
+                f"{source}: experiment {experiment!r} (plate(s) {plates}) has no untreated {INFECTED!r} well "
+                "(treatment empty); the toxicity flag and training need them as the infected reference"
+            )
+        else:
+            pooled += lacking
+    return errors, pooled
 
 
 def plate_digests(sites: pd.DataFrame) -> dict[str, str]:
