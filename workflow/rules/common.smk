@@ -69,12 +69,20 @@ SITES_PARAMS = {
 
 
 # The demo's plates must not change when plates are added, so the plate count is not a
-# param of the per-plate job; the library depends only on its own keys.
+# param of the per-plate job; the library depends only on its own keys (moi: its
+# best_nontoxic_efficacy column). Both name the world, so changing it reruns them.
 DEMO = config.get("demo") or {}
-DEMO_PLATE_PARAMS = {key: value for key, value in DEMO.items() if key != "plates"}
+DEMO_WORLD = DEMO.get("world", "foci")
+DEMO_PLATE_PARAMS = {
+    **{key: value for key, value in DEMO.items() if key != "plates"},
+    "world": DEMO_WORLD,
+}
 DEMO_LIBRARY_PARAMS = {
-    key: DEMO.get(key)
-    for key in ("seed", "compounds", "concentrations_um", "compound_classes")
+    **{
+        key: DEMO.get(key)
+        for key in ("seed", "compounds", "concentrations_um", "compound_classes", "moi")
+    },
+    "world": DEMO_WORLD,
 }
 
 

@@ -5,10 +5,11 @@ import os
 from pathlib import Path
 
 from deemd import synth
+from deemd.logs import start_rule_log
 
 
 def main(params: dict, wildcards: dict, output: dict, log: str) -> None:
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    start_rule_log(log)
     library = synth.make_library(params["demo"])
     path = Path(output["library"] if "library" in output else list(output.values())[0])
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from deemd import synth
+from deemd.logs import start_rule_log
 
 PNG_LEVEL = 1  # zlib level: fast to write; the PNGs are read many times but written once
 
@@ -37,7 +38,7 @@ def _save_npz(tmp: Path, **arrays) -> None:
 def main(params: dict, wildcards: dict, output: dict, log: str, input: dict | None = None) -> None:
     """``input["library"]``: the library CSV; without it the library is rebuilt from
     ``params["demo"]`` (the same table: it is deterministic)."""
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    start_rule_log(log)
     demo = params["demo"]
     experiment, plate = str(wildcards["experiment"]), int(wildcards["plate"])
     library = pd.read_csv(input["library"]) if input and input.get("library") else synth.make_library(demo)

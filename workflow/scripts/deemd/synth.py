@@ -42,7 +42,11 @@ LIBRARY_COLUMNS = [
     "tox_ic50_um",
     "tox_max",
     "max_efficacy",
+    "best_nontoxic_efficacy",
 ]
+# The columns that fix a plate's content (library_digest): the derived truth columns are
+# left out, so adding one never changes a plate.
+DIGEST_COLUMNS = LIBRARY_COLUMNS[:9]
 TRUTH_COLUMNS = [
     "site_id",
     "well_id",
@@ -70,6 +74,13 @@ SITES = 4
 CELL_TYPE = "HRCE"
 # Hill slope of toxicity (the library table has no column for it: one slope for all).
 TOX_HILL = 2.0
+# A dose is non-toxic when it kills less than this share of the cells; the truth column
+# best_nontoxic_efficacy is the best share of infection removed over such doses (a dose
+# that kills a third of the cells would not be given as an antiviral).
+NONTOXIC_KILL = 0.3
+# Keys of the demo config that do not shape a foci plate: the plate count (adding a plate
+# must not change a plate), the world selector and the diffuse world's own section.
+DIGEST_IGNORED = ("plates", "world", "diffuse")
 
 # Defaults of the optional keys; the config may override any of them.
 CELL_DEFAULTS = {
@@ -133,27 +144,29 @@ def rng_from(*parts) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([_entropy_word(p) for p in parts]))
 
 
-def config_digest(demo: dict) -> int:
-    """crc32 of the demo config without ``plates`` (the plate count must not change a plate)."""
-    body = {k: v for k, v in demo.items() if k != "plates"}
+def config_digest(demo: dict, ignored: tuple = DIGEST_IGNORED) -> int:
+    """crc32 of the demo config without the ``ignored`` keys (by default the plate count,
+    which must not change a plate, and the keys the foci world does not read)."""
+    body = {k: v for k, v in demo.items() if k not in ignored}
     return zlib.crc32(json.dumps(body, sort_keys=True, default=str).encode("utf-8"))
 
 
 def library_digest(library: pd.DataFrame) -> int:
     """crc32 of the library's canonical CSV text: equal for a table and its CSV round trip
     (values are stored rounded to 6 significant digits)."""
-    text = library[LIBRARY_COLUMNS].to_csv(index=False, float_format="%.6g", lineterminator="\n")
+    text = library[DIGEST_COLUMNS].to_csv(index=False, float_format="%.6g", lineterminator="\n")
     return zlib.crc32(text.encode("utf-8"))
 
 
-def plate_entropy(demo: dict, experiment: str, plate: int, library: pd.DataFrame) -> list[int]:
-    """Entropy words that fix one plate's content."""
+def plate_entropy(demo: dict, experiment: str, plate: int, library: pd.DataFrame, digest: int | None = None) -> list[int]:
+    """Entropy words that fix one plate's content; ``digest``: the config digest (default
+    ``config_digest(demo)``; another world passes its own)."""
     return [
         _entropy_word(int(demo["seed"])),
         _entropy_word(str(experiment)),
         int(plate),
         library_digest(library),
-        config_digest(demo),
+        config_digest(demo) if digest is None else int(digest),
     ]
 
 
@@ -262,7 +275,28 @@ def make_library(demo: dict) -> pd.DataFrame:
         lib[col] = _r6(lib[col])
     effects = hill(concs[None, :], lib["emax"].to_numpy()[:, None], lib["ec50_um"].to_numpy()[:, None], lib["hill"].to_numpy()[:, None])
     lib["max_efficacy"] = _r6(effects.max(axis=1))
+    lib["best_nontoxic_efficacy"] = best_nontoxic_efficacy(lib, concs, float(demo["moi"]))
     return lib[LIBRARY_COLUMNS]
+
+
+def share_removed(effect, moi: float) -> np.ndarray:
+    """True share of infection a dose removes, 1 - P(infected | dose) / P(infected | none),
+    where a cell is infected with probability 1 - exp(-MOI (1 - effect)) (both worlds keep
+    that share per well). ``effect``: the Hill effect on the MOI, 0-1 (array of any shape)."""
+    e = np.clip(np.asarray(effect, dtype=float), 0.0, 1.0)
+    return 1.0 - (-np.expm1(-moi * (1.0 - e))) / (-np.expm1(-moi))
+
+
+def best_nontoxic_efficacy(library: pd.DataFrame, concs, moi: float) -> np.ndarray:
+    """Per compound (float, length of ``library``): the largest true share of infection
+    removed (``share_removed``) over the tested doses ``concs`` (uM) at which it kills less
+    than NONTOXIC_KILL of the cells; 0 when every dose kills more. Rounded to 6 digits."""
+    c = np.asarray(concs, dtype=float)[None, :]
+    col = lambda name: library[name].to_numpy(dtype=float)[:, None]  # noqa: E731
+    effect = hill(c, col("emax"), col("ec50_um"), col("hill"))
+    kill = hill(c, col("tox_max"), col("tox_ic50_um"), TOX_HILL)
+    removed = np.where(kill < NONTOXIC_KILL, share_removed(effect, moi), 0.0)
+    return _r6(np.clip(removed.max(axis=1, initial=0.0), 0.0, 1.0))
 
 
 # --------------------------------------------------------------------------- plate layout
@@ -284,23 +318,37 @@ def well_effects(library: pd.DataFrame, treatment, conc, moi: float) -> tuple[np
     return moi * (1.0 - effect), tox
 
 
-def plate_layout(library: pd.DataFrame, demo: dict, experiment: str, plate: int) -> pd.DataFrame:
+def plate_layout(
+    library: pd.DataFrame,
+    demo: dict,
+    experiment: str,
+    plate: int,
+    replicates: dict | None = None,
+    entropy: list | None = None,
+) -> pd.DataFrame:
     """One row per used well of a plate, in plate order: well, disease_condition,
     treatment, treatment_conc, SMILES, and the hidden failed, moi_effective, toxic_kill.
 
     Each plate holds every control and every (compound, concentration) x replicates at
-    random positions; ``failed_wells_per_plate`` wells get no cells."""
-    rng = rng_from(*plate_entropy(demo, experiment, plate, library), "layout")
+    random positions; ``failed_wells_per_plate`` wells get no cells. ``replicates``: wells
+    per concentration of each treatment on this plate (default ``replicates_per_plate``
+    for all); ``entropy``: the plate's entropy words (default ``plate_entropy``)."""
+    if entropy is None:
+        entropy = plate_entropy(demo, experiment, plate, library)
+    rng = rng_from(*entropy, "layout")
     wells = well_names(int(demo["plate_rows"]), int(demo["plate_columns"]))
     entries = []
     for condition, n in demo["controls_per_plate"].items():
         if condition not in CONDITIONS:
             raise ValueError(f"controls_per_plate: unknown disease_condition {condition!r}")
         entries += [(condition, None, np.nan, None)] * int(n)
-    for _ in range(int(demo["replicates_per_plate"])):
+    if replicates is None:
+        replicates = dict.fromkeys(library["treatment"], int(demo["replicates_per_plate"]))
+    for r in range(max(replicates.values(), default=0)):
         for name, smiles in zip(library["treatment"], library["SMILES"]):
-            for c in demo["concentrations_um"]:
-                entries.append((INFECTED, name, float(c), smiles))
+            if r < replicates[name]:
+                for c in demo["concentrations_um"]:
+                    entries.append((INFECTED, name, float(c), smiles))
     if len(entries) > len(wells):
         raise ValueError(f"plate needs {len(entries)} wells but has {len(wells)}")
     position = np.sort(rng.permutation(len(wells))[: len(entries)])
