@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from deemd.logs import start_rule_log
 from deemd.split import training_channel_stats
 from deemd.store import open_plate_store
 
@@ -22,7 +23,7 @@ def write_json_atomic(data, path):
 
 
 def main(split_path, store_paths, output, params, threads, log):
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    start_rule_log(log)
     split = pd.read_parquet(split_path)
     stores = {}
     for path in store_paths:

@@ -5,9 +5,11 @@ import os
 
 import pandas as pd
 
+from deemd.logs import start_rule_log
+
 
 def main(parts, output, log):
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    start_rule_log(log)
     # Strings throughout: the CSV is rewritten exactly, with no type guessing.
     table = pd.concat([pd.read_csv(part, dtype=str, keep_default_na=False) for part in parts], ignore_index=True)
     tmp = output + ".tmp"

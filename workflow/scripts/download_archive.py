@@ -4,7 +4,8 @@ Everything happens in :func:`deemd.download.download`; this script maps the rule
 params/output/log onto it and logs progress lines into the rule's log.
 """
 
-from deemd.download import MiB, download, log_to_file
+from deemd.download import MiB, download
+from deemd.logs import start_rule_log
 
 
 def main(
@@ -20,20 +21,20 @@ def main(
     progress_interval_s: float = 10.0,
 ) -> None:
     """Download ``url`` to ``output`` (via ``output.part``), logging into ``log``."""
-    with log_to_file(log) as logger:
-        logger.info("downloading %s -> %s", url, output)
-        download(
-            url,
-            output,
-            expected_size=size,
-            md5=md5,
-            sha256=sha256,
-            chunk_size=max(1, int(float(chunk_mib) * MiB)),
-            retries=int(retries),
-            timeout=float(timeout_s),
-            progress=lambda p: logger.info("%s", p),
-            progress_interval=progress_interval_s,
-        )
+    logger = start_rule_log(log)
+    logger.info("downloading %s -> %s", url, output)
+    download(
+        url,
+        output,
+        expected_size=size,
+        md5=md5,
+        sha256=sha256,
+        chunk_size=max(1, int(float(chunk_mib) * MiB)),
+        retries=int(retries),
+        timeout=float(timeout_s),
+        progress=lambda p: logger.info("%s", p),
+        progress_interval=progress_interval_s,
+    )
 
 
 if "snakemake" in globals():

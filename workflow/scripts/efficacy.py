@@ -10,10 +10,11 @@ import pandas as pd
 from deemd.efficacy import efficacy_tables, sign_test_intervals
 from deemd.inhibition import TREATED, quantitative_efficacy, rank_by_hit
 from deemd.io import write_parquet_atomic
+from deemd.logs import start_rule_log
 
 
 def main(inference_tables, nuclei_path, output, log, efficacy, qc, readout, model=None):
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    start_rule_log(log)
     sites = pd.concat([pd.read_parquet(path) for path in inference_tables], ignore_index=True)
     sites = sites.drop(columns=["patch_probabilities"], errors="ignore")
     if model is not None and "model" in sites.columns:

@@ -9,12 +9,13 @@ import torch
 from deemd.data import SiteDataset
 from deemd.inference import score_dataset
 from deemd.io import write_parquet_atomic, write_table_atomic
+from deemd.logs import start_rule_log
 from deemd.plots import pr_curves_figure, save_figure_atomic
 from deemd.train import average_precision, select_device
 
 
 def main(model_paths, models, split_path, store_paths, output, runtime, threads, log):
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    start_rule_log(log)
     torch.set_num_threads(max(1, threads))
     device = select_device(runtime["device"])
     sites = pd.read_parquet(split_path)

@@ -8,11 +8,12 @@ import pandas as pd
 from deemd.doseresponse import fit_dose_table
 from deemd.figures import top_treatments
 from deemd.io import write_table_atomic
+from deemd.logs import start_rule_log
 from deemd.plots import dose_response_figure, save_figure_atomic
 
 
 def main(doses_path, treatments_path, output, model, zeta, top, columns, log):
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    start_rule_log(log)
     doses = pd.read_parquet(doses_path)
     treatments = pd.read_parquet(treatments_path)
     # e(t,c) = 1 - an upper bound of a median probability: it lies in [0, 1].

@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from deemd.figures import read_site_images, select_control_sites, select_treated_sites
+from deemd.logs import start_rule_log
 from deemd.maps import infection_maps, scaled_sigma, smooth_maps
 from deemd.plots import infection_map_figure, save_figure_atomic
 from deemd.truth import load_masks
@@ -23,7 +24,7 @@ def site_maps(probabilities, grid, maps_cfg):
 
 
 def main(inputs, output, model, maps_cfg, n_controls, n_treated, overlay_alpha, store_paths, mask_paths, log):
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    start_rule_log(log)
     saved = torch.load(inputs["model"], map_location="cpu", weights_only=False)
     setup = saved["setup"]
     split = pd.read_parquet(inputs["split"])

@@ -6,11 +6,12 @@ import pandas as pd
 
 from deemd.figures import efficacy_wide
 from deemd.io import write_table_atomic
+from deemd.logs import start_rule_log
 from deemd.plots import model_comparison_figure, save_figure_atomic
 
 
 def main(treatment_paths, models, output, zeta, top, log):
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    start_rule_log(log)
     wide = efficacy_wide({model: pd.read_parquet(path) for model, path in zip(models, treatment_paths)})
     for model in models:
         logging.info("model %s: %d effective of %d treatments", model, int(wide[f"effective_{model}"].fillna(False).sum()), len(wide))

@@ -6,6 +6,7 @@ import logging
 import pandas as pd
 
 from deemd.io import write_table_atomic
+from deemd.logs import start_rule_log
 from deemd.plots import reference_correlation_figure, save_figure_atomic
 from deemd.truth import effective_set_scores, reference_correlation, reference_scores, with_reference
 
@@ -15,7 +16,7 @@ def read_table(path):
 
 
 def main(treatment_paths, models, reference_path, reference_cfg, zeta, label_top, output, log):
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    start_rule_log(log)
     reference = reference_scores(read_table(reference_path), reference_cfg["treatment_column"], reference_cfg["score_column"])
     threshold = reference_cfg["effective_threshold"]
     logging.info("reference %s: %d treatments with a score, %d at or above %s", reference_path, len(reference),

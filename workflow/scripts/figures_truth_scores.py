@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from deemd.io import write_table_atomic
+from deemd.logs import start_rule_log
 from deemd.maps import infection_maps, scaled_sigma, smooth_maps
 from deemd.truth import (
     effective_set_scores,
@@ -22,7 +23,7 @@ from deemd.truth import (
 
 
 def main(inputs, models, threshold, maps_cfg, output, log):
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    start_rule_log(log)
     truth = reference_scores(pd.read_csv(inputs["truth"]), "treatment", "max_efficacy")
     test = pd.read_parquet(inputs["test_scores"])
     if "patch_probabilities" not in test.columns:

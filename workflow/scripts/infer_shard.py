@@ -12,6 +12,7 @@ from deemd.data import SiteDataset
 from deemd.inference import score_dataset, shard_rows, site_z
 from deemd.inhibition import scored_sites
 from deemd.io import write_parquet_atomic
+from deemd.logs import start_rule_log
 from deemd.maps import infected_share
 from deemd.train import select_device
 
@@ -19,7 +20,7 @@ COLUMNS = ["site_id", "well_id", "plate_id", "well", "site", "role", "treatment"
 
 
 def main(model_path, model, split_path, store_path, plate_id, part, parts, output, runtime, maps, threads, log):
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    start_rule_log(log)
     torch.set_num_threads(max(1, threads))
     sites = pd.read_parquet(split_path)
     treated = shard_rows(scored_sites(sites, plate_id), part, parts)

@@ -9,13 +9,14 @@ import torch
 from deemd.data import SiteDataset
 from deemd.inference import score_dataset
 from deemd.io import write_table_atomic
+from deemd.logs import start_rule_log
 from deemd.maps import area_above, infection_maps, scaled_sigma, smooth_maps
 from deemd.plots import k_selection_figure, save_figure_atomic
 from deemd.train import average_precision, select_device
 
 
 def main(model_paths, ks, moi, maps_cfg, split_path, store_paths, output, runtime, threads, log):
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    start_rule_log(log)
     torch.set_num_threads(max(1, threads))
     device = select_device(runtime["device"])
     sites = pd.read_parquet(split_path)

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
+from deemd.logs import start_rule_log
 from deemd.metadata import well_table
 from deemd.nuclei import count_nuclei, flag_wells, scale_params
 from deemd.store import open_plate_store, site_slices
@@ -23,7 +24,7 @@ def valid_pixels(site_valid: np.ndarray, layout, site_size) -> np.ndarray | None
 
 
 def main(sites_path, store_path, plate_id, output, params, threads, log):
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    start_rule_log(log)
     dataset = params["dataset"]
     store = open_plate_store(store_path)
     nucleus_params = scale_params(params["nuclei"], store.site_size)

@@ -6,12 +6,13 @@ import logging
 import pandas as pd
 
 from deemd.io import write_parquet_atomic
+from deemd.logs import start_rule_log
 from deemd.nuclei import infected_vs_noninfected
 from deemd.plots import nuclei_count_figure, save_figure_atomic
 
 
 def main(plate_tables, output, log):
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    start_rule_log(log)
     wells = pd.concat([pd.read_parquet(path) for path in plate_tables], ignore_index=True)
     test = infected_vs_noninfected(wells)
     logging.info("%d wells from %d plates; %s", len(wells), len(plate_tables), test)

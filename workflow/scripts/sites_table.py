@@ -3,12 +3,13 @@
 import logging
 
 from deemd.io import write_parquet_atomic
+from deemd.logs import start_rule_log
 from deemd.metadata import build_sites_table, infected_control_check, read_metadata_csv
 from deemd.validate import MetadataError, load_schema
 
 
 def main(metadata_path, schema_path, output, dataset, log):
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    start_rule_log(log)
     raw = read_metadata_csv(metadata_path)
     logging.info("%s: %d rows", metadata_path, len(raw))
     sites = build_sites_table(

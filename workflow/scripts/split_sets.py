@@ -6,11 +6,12 @@ import logging
 import pandas as pd
 
 from deemd.io import write_parquet_atomic
+from deemd.logs import start_rule_log
 from deemd.split import make_split
 
 
 def main(wells_path, sites_path, qc_paths, output, params, log):
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    start_rule_log(log)
     config = params["split"]
     wells = pd.read_parquet(wells_path)
     sites = pd.read_parquet(sites_path)

@@ -8,13 +8,14 @@ from pathlib import Path
 import pandas as pd
 
 from deemd.io import write_parquet_atomic
+from deemd.logs import start_rule_log
 from deemd.metadata import well_table
 from deemd.stitch import stitch_plate
 from deemd.store import create_plate_store
 
 
 def main(sites_path, plate_id, output_store, output_qc, params, threads, log):
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    start_rule_log(log)
     dataset, store_cfg = params["dataset"], params["store"]
     sites = pd.read_parquet(sites_path)
     plate_sites = sites[sites["plate_id"] == plate_id]

@@ -11,6 +11,7 @@ import torch
 
 from deemd.data import SiteDataset, site_loader
 from deemd.io import write_parquet_atomic
+from deemd.logs import start_rule_log
 from deemd.mil import patch_grid
 from deemd.plots import save_figure_atomic, training_curves_figure
 from deemd.train import Runtime, TrainSetup, fit, select_device
@@ -47,7 +48,7 @@ def data_digest(setup, sites, stats):
 
 
 def main(kind, split_path, stats_path, store_paths, output, params, threads, log, stop_after=None):
-    logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    start_rule_log(log)
     torch.set_num_threads(max(1, threads))
     train = params["train"]
     stats = json.loads(Path(stats_path).read_text())

@@ -9,7 +9,8 @@ last, atomically, and lists the counts.
 
 from pathlib import Path
 
-from deemd.download import log_to_file, unpack_archive, unpack_experiment, write_flag
+from deemd.download import unpack_archive, unpack_experiment, write_flag
+from deemd.logs import start_rule_log
 
 
 def main(
@@ -21,26 +22,26 @@ def main(
     progress_interval_s: float = 10.0,
 ) -> None:
     """Unpack ``experiment`` (or everything if None) from ``archive`` under ``dest_root``."""
-    with log_to_file(log) as logger:
-        what = f"images of {experiment}" if experiment else "all members"
-        logger.info("unpacking %s from %s into %s", what, archive, dest_root)
-        kwargs = dict(progress=logger.info, progress_interval=progress_interval_s)
-        if experiment:
-            result = unpack_experiment(archive, dest_root, experiment, **kwargs)
-        else:
-            result = unpack_archive(archive, dest_root, **kwargs)
-        fields = {
-            "archive": Path(archive).name,
-            "experiment": experiment or "all",
-            "destination": dest_root,
-            "files": result.files,
-            "extracted": result.extracted,
-            "skipped": result.skipped,
-            "bytes_extracted": result.bytes_extracted,
-            ("plates" if experiment else "folders"): result.plates,
-        }
-        write_flag(flag, fields)
-        logger.info("done: %s", ", ".join(f"{k}={v}" for k, v in fields.items()))
+    logger = start_rule_log(log)
+    what = f"images of {experiment}" if experiment else "all members"
+    logger.info("unpacking %s from %s into %s", what, archive, dest_root)
+    kwargs = dict(progress=logger.info, progress_interval=progress_interval_s)
+    if experiment:
+        result = unpack_experiment(archive, dest_root, experiment, **kwargs)
+    else:
+        result = unpack_archive(archive, dest_root, **kwargs)
+    fields = {
+        "archive": Path(archive).name,
+        "experiment": experiment or "all",
+        "destination": dest_root,
+        "files": result.files,
+        "extracted": result.extracted,
+        "skipped": result.skipped,
+        "bytes_extracted": result.bytes_extracted,
+        ("plates" if experiment else "folders"): result.plates,
+    }
+    write_flag(flag, fields)
+    logger.info("done: %s", ", ".join(f"{k}={v}" for k, v in fields.items()))
 
 
 if "snakemake" in globals():

@@ -35,7 +35,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -760,37 +760,3 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def write_flag(path: str | os.PathLike, fields: dict) -> Path:
     """Write a flag file of ``key: value`` lines (YAML-readable), atomically."""
     return atomic_write_text(path, "".join(f"{k}: {v}\n" for k, v in fields.items()))
-
-
-# --------------------------------------------------------------------------- logging
-
-
-@contextlib.contextmanager
-def log_to_file(
-    path: str | os.PathLike | None, level: int = logging.INFO
-) -> Iterator[logging.Logger]:
-    """Send records of the root logger to ``path`` while the block runs (scripts' logs).
-
-    Yields a logger for the caller; the handler is removed afterwards, so tests can call
-    a script's ``main()`` repeatedly.
-    """
-    root = logging.getLogger()
-    handler = None
-    old_level = root.level
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler.setLevel(level)
-        root.addHandler(handler)
-    root.setLevel(min(level, old_level) if old_level else level)
-    try:
-        yield logging.getLogger("deemd")
-    except BaseException:
-        logging.getLogger("deemd").exception("failed")
-        raise
-    finally:
-        root.setLevel(old_level)
-        if handler is not None:
-            root.removeHandler(handler)
-            handler.close()
