@@ -13,6 +13,7 @@ from PIL import Image
 
 from deemd import synth
 from deemd.logs import start_rule_log
+from deemd.worlds import world_module, world_name
 
 PNG_LEVEL = 1  # zlib level: fast to write; the PNGs are read many times but written once
 
@@ -41,10 +42,11 @@ def main(params: dict, wildcards: dict, output: dict, log: str, input: dict | No
     start_rule_log(log)
     demo = params["demo"]
     experiment, plate = str(wildcards["experiment"]), int(wildcards["plate"])
-    library = pd.read_csv(input["library"]) if input and input.get("library") else synth.make_library(demo)
-    layout = synth.plate_layout(library, demo, experiment, plate)
+    world = world_module(demo)
+    library = pd.read_csv(input["library"]) if input and input.get("library") else world.make_library(demo)
+    layout = world.plate_layout(library, demo, experiment, plate)
     n_wells = len(layout)
-    logging.info("%s plate %d: %d wells x %d sites, %d px", experiment, plate, n_wells, synth.SITES, demo["site_size"])
+    logging.info("%s plate %d (world %s): %d wells x %d sites, %d px", experiment, plate, world_name(demo), n_wells, synth.SITES, demo["site_size"])
 
     images_dir = Path(output["images"])
     tmp_dir = images_dir.with_name(images_dir.name + ".tmp")
@@ -57,7 +59,7 @@ def main(params: dict, wildcards: dict, output: dict, log: str, input: dict | No
     # PNG encoding releases the GIL: two threads overlap it with rendering.
     with ThreadPoolExecutor(max_workers=2) as pool:
         pending = []
-        for i, (row, images, site_masks, rows) in enumerate(synth.iter_plate(demo, experiment, plate, library)):
+        for i, (row, images, site_masks, rows) in enumerate(world.iter_plate(demo, experiment, plate, library)):
             for s in range(synth.SITES):
                 for c in range(images.shape[1]):
                     name = f"{row['well']}_s{s + 1}_w{c + 1}.png"
