@@ -48,5 +48,7 @@ rule nuclei_summary:
     resources:
         mem_mb=2000,
         runtime=20,
+    params:
+        toxicity=config["nuclei"]["toxicity"],
     script:
         "../scripts/nuclei_summary.py"

@@ -1,4 +1,5 @@
-"""Snakemake glue: count nuclei in every well of one plate and flag the wells."""
+"""Snakemake glue: count nuclei in every well of one plate (the toxicity flags are set
+across plates by nuclei_summary.py, which can pool an experiment's controls)."""
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -8,7 +9,7 @@ import pandas as pd
 
 from deemd.logs import start_rule_log
 from deemd.metadata import well_table
-from deemd.nuclei import count_nuclei, flag_wells, scale_params
+from deemd.nuclei import count_nuclei, scale_params
 from deemd.store import open_plate_store, site_slices
 from deemd.io import write_parquet_atomic
 
@@ -48,10 +49,9 @@ def main(sites_path, store_path, plate_id, output, params, threads, log):
     table = well_table(sites[sites["plate_id"] == plate_id]).set_index("well").loc[wells].reset_index()
     table["n_sites_imaged"] = site_valid.sum(axis=1)
     table["nuclei_count"] = counts
-    table = flag_wells(table, params["nuclei"]["toxicity"])
     logging.info(
-        "%d wells, median count %.0f, %d without nuclei, %d toxic",
-        len(table), table["nuclei_count"].median(), table["no_nuclei"].sum(), table["toxic"].sum(),
+        "%d wells, median count %.0f, %d without nuclei",
+        len(table), table["nuclei_count"].median(), (table["nuclei_count"] == 0).sum(),
     )
     write_parquet_atomic(table, output)
 

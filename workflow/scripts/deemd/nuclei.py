@@ -83,27 +83,58 @@ def count_nuclei(nuclear: np.ndarray, params: NucleusParams, valid: np.ndarray |
     return int(segment_nuclei(nuclear, params, valid).max())
 
 
+class ToxicityReferenceError(ValueError):
+    """A plate has no untreated infected well with nuclei, nor has its experiment."""
+
+
 def flag_wells(wells: pd.DataFrame, toxicity: dict) -> pd.DataFrame:
-    """Add the QC flags to a per-well table holding ``nuclei_count`` for one plate.
+    """Add the QC flags to a per-well table of one or more plates.
+
+    ``wells`` holds, per well: plate_id, experiment, disease_condition, treatment,
+    nuclei_count (int) and n_sites_imaged (int, sites left after on_bad_image: drop).
+    Adds nuclei_per_site (float, count / n_sites_imaged; NaN without imaged sites),
+    no_nuclei, toxic, infected_control_median (nuclei per site) and toxicity_reference.
 
     no_nuclei: no nucleus detected (such wells are excluded everywhere).
-    toxic: a treated well far below the plate's untreated infected wells; the rule is
-    ``fraction`` (count < fraction * their median) or ``mad`` (robust z-score < -z).
+    toxic: a treated well far below the untreated infected wells; the rule is ``fraction``
+    (per-site count < fraction * their median) or ``mad`` (robust z-score < -z). Counts are
+    compared per imaged site, so that a well that lost sites is not called toxic.
+    The reference is the plate's own untreated infected wells with nuclei
+    (toxicity_reference 'plate'); a plate without any uses those of every plate of its
+    experiment in ``wells`` ('experiment'); without those either, ToxicityReferenceError
+    names the plate and the experiment.
     """
     wells = wells.copy()
+    count = wells["nuclei_count"].to_numpy(dtype=float)
+    imaged = wells["n_sites_imaged"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        wells["nuclei_per_site"] = np.where(imaged > 0, count / imaged, np.nan)
     wells["no_nuclei"] = wells["nuclei_count"] == 0
     treated = wells["treatment"].notna()
-    controls = wells.loc[(wells["disease_condition"] == INFECTED) & ~treated & ~wells["no_nuclei"], "nuclei_count"]
-    wells["infected_control_median"] = float(controls.median()) if len(controls) else np.nan
-    if len(controls) == 0:
-        wells["toxic"] = False
-        return wells
-    median = float(controls.median())
+    control = (wells["disease_condition"] == INFECTED) & ~treated & ~wells["no_nuclei"] & (imaged > 0)
+    median = pd.Series(np.nan, index=wells.index)
+    scale = pd.Series(np.nan, index=wells.index)
+    reference = pd.Series("plate", index=wells.index, dtype=object)
+    for plate_id, rows in wells.groupby("plate_id", sort=True).groups.items():
+        pool = control & wells.index.isin(rows)
+        if not pool.any():
+            experiment = wells.loc[rows, "experiment"].iloc[0]
+            pool = control & (wells["experiment"] == experiment)
+            if not pool.any():
+                raise ToxicityReferenceError(
+                    f"plate {plate_id}: no untreated {INFECTED!r} well with nuclei, on this plate or on any plate "
+                    f"of experiment {experiment!r}; nuclei.toxicity needs them as the reference"
+                )
+            reference[rows] = "experiment"
+        per_site = wells.loc[pool, "nuclei_per_site"]
+        median[rows] = float(per_site.median())
+        scale[rows] = max(float(stats.median_abs_deviation(per_site, scale="normal")), 1e-9)
+    wells["infected_control_median"] = median
+    wells["toxicity_reference"] = reference
     if toxicity["method"] == "fraction":
-        low = wells["nuclei_count"] < toxicity["fraction"] * median
+        low = wells["nuclei_per_site"] < toxicity["fraction"] * median
     else:
-        mad = stats.median_abs_deviation(controls, scale="normal")
-        low = (wells["nuclei_count"] - median) / max(mad, 1e-9) < -toxicity["z"]
+        low = (wells["nuclei_per_site"] - median) / scale < -toxicity["z"]
     wells["toxic"] = treated & ~wells["no_nuclei"] & low
     return wells
 
