@@ -3,10 +3,18 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 import pytest
+import zarr
 from PIL import Image
 
 from deemd.stitch import ImageReadError, image_path, read_png, read_site, read_well_into, site_paths_by_well, stitch_plate
-from deemd.store import create_plate_store, open_plate_store, site_slices
+from deemd.store import (
+    StoreIntegrityError,
+    create_plate_store,
+    damage_marker,
+    has_checksums,
+    open_plate_store,
+    site_slices,
+)
 
 LAYOUT = [[1, 2], [3, 4]]
 PATTERN = "{root}/{experiment}/Plate{plate}/{well}_s{site}_w{channel}.png"
@@ -117,3 +125,63 @@ def test_read_well_into_places_sites_and_drops_bad_ones(tmp_path):
 def test_open_plate_store_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a deemd plate store"):
         open_plate_store(tmp_path / "nothing.zarr")
+
+
+def finished_store(tmp_path):
+    """A finished three-well store of tmp_path/p.zarr, as the stitch job leaves it."""
+    sites, pattern = make_plate(tmp_path)
+    store = create_plate_store(tmp_path / "p.zarr", ["A01", "A02", "B01"], ["a", "b"], 8, LAYOUT)
+    with ThreadPoolExecutor(2) as pool:
+        stitch_plate(sites, store, pattern, [1, 2], "error", 2, pool)
+    store.group.attrs["complete"] = True
+    return tmp_path / "p.zarr"
+
+
+def test_store_chunks_carry_checksums(tmp_path):
+    path = finished_store(tmp_path)
+    store = open_plate_store(path)
+    assert has_checksums(store.group["images"]) and has_checksums(store.group["site_valid"])
+    assert not damage_marker(path).exists()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "flipped", "emptied"])
+def test_damaged_chunk_is_an_error_naming_store_and_well(damage, tmp_path):
+    path = finished_store(tmp_path)
+    chunk = path / "images" / "c.1.0.0.0"  # well A02
+    data = chunk.read_bytes()
+    if damage == "deleted":
+        chunk.unlink()
+    elif damage == "truncated":
+        chunk.write_bytes(data[: len(data) // 2])
+    elif damage == "flipped":
+        chunk.write_bytes(data[:10] + bytes([data[10] ^ 0xFF]) + data[11:])
+    else:
+        chunk.write_bytes(b"")
+    store = open_plate_store(path)
+    # The other wells still read; the damaged one never reads as zeros or garbage.
+    assert store.images[0, 0, 0, 0] == 0 * 50 + 10 + 1
+    assert store.images[2].shape == (2, 16, 16)
+    reason = "is missing" if damage == "deleted" else "is corrupt"
+    for read in (lambda: store.images[1], lambda: store.read_wells(), lambda: store.read_wells(1, 2, channel=0),
+                 lambda: store.images[1, :, :8, :8], lambda: store.images[...]):
+        with pytest.raises(StoreIntegrityError, match=rf"p\.zarr: chunk images/c\.1\.0\.0\.0 \(images of well A02\) {reason}"):
+            read()
+    # Marked for restitching: the marker is an input of the stitch rule.
+    marker = damage_marker(path)
+    assert marker == tmp_path / "p.zarr.damaged" and "A02" in marker.read_text()
+
+
+def test_damaged_site_valid_and_store_without_checksums(tmp_path):
+    path = finished_store(tmp_path)
+    (path / "site_valid" / zarr.open_array(str(path / "site_valid")).metadata.encode_chunk_key((0, 0))).unlink()
+    with pytest.raises(StoreIntegrityError, match=r"p\.zarr: chunk site_valid/c/0/0 \(site_valid of wells A01, A02, B01\) is missing"):
+        open_plate_store(path).site_valid
+    # A store written without checksums (an older version) is refused and marked.
+    old = tmp_path / "old.zarr"
+    group = zarr.open_group(str(old), mode="w")
+    group.create_array("images", shape=(1, 1, 4, 4), chunks=(1, 1, 4, 4), dtype="uint8")
+    group.create_array("site_valid", shape=(1, 4), chunks=(1, 4), dtype="bool")
+    group.attrs.update({"wells": ["A01"], "complete": True})
+    with pytest.raises(StoreIntegrityError, match=r"old\.zarr: array 'images' has no checksums"):
+        open_plate_store(old)
+    assert damage_marker(old).exists()

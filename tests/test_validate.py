@@ -18,7 +18,7 @@ def config():
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "rxrx19a.yaml", "facility.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "rxrx19a.yaml", "facility.yaml", "diffuse.yaml"])
 def test_shipped_configs_are_valid(name):
     merged = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     override = yaml.safe_load((REPO / "config" / name).read_text())
@@ -126,10 +126,11 @@ def test_every_schema_object_refuses_unknown_keys(config):
 
 
 def _objects_without_closed_keys(schema, path="(top level)"):
-    """Paths of schema objects that would accept an undeclared key."""
+    """Paths of schema objects (type object) that would accept an undeclared key."""
     found = []
     if isinstance(schema, dict):
-        if schema.get("type") == "object" or "properties" in schema:
+        types = schema.get("type")
+        if types == "object" or (isinstance(types, list) and "object" in types):
             if "additionalProperties" not in schema and "propertyNames" not in schema:
                 found.append(path)
         for key, value in schema.items():

@@ -9,6 +9,8 @@ import pandas as pd
 # the input functions below.
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 from deemd.metadata import plate_digests
+from deemd.stitch import image_manifest_digest
+from deemd.store import damage_marker
 from deemd.validate import check_config, load_schema
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
@@ -192,6 +194,41 @@ def plate_images(wildcards):
     if SOURCE == "rxrx19a":
         return f"{RESOURCES}/unpacked/{experiment}.done"
     return []
+
+
+@functools.cache
+def _plate_sites(path, mtime):
+    table = pd.read_parquet(
+        path, columns=["plate_id", "experiment", "plate", "well", "site"]
+    )
+    return dict(tuple(table.groupby("plate_id", sort=False)))
+
+
+@functools.cache
+def _image_manifest(plate_id, path, mtime):
+    return image_manifest_digest(
+        _plate_sites(path, mtime)[plate_id],
+        config["dataset"]["images"],
+        config["dataset"]["channels"],
+    )
+
+
+def plate_image_manifest(wildcards):
+    """With dataset.source local the PNGs are no inputs (that would make the DAG O(sites)
+    files): a hash of the sizes and mtimes of the plate's own images is a param instead,
+    so a re-exported or repaired image reruns its plate (one os.stat per image)."""
+    if SOURCE != "local":
+        return None
+    path = sites_table()
+    return _image_manifest(wildcards.plate_id, path, Path(path).stat().st_mtime)
+
+
+def store_damage_marker(wildcards):
+    """A reading job that finds the plate's store damaged marks it ({store}.damaged,
+    deemd/store.py); once it exists it is an input of the stitch job, which then reruns
+    (newer than the store), so rerunning the same command restitches the plate."""
+    marker = damage_marker(f"{RESULTS}/store/{wildcards.plate_id}.zarr")
+    return [str(marker)] if marker.exists() else []
 
 
 def demo_plate_ids():

@@ -5,6 +5,7 @@ rule stitch:
     input:
         sites=plate_sites_input,
         images=plate_images,
+        damaged=store_damage_marker,
     output:
         store=directory(f"{RESULTS}/store/{{plate_id}}.zarr"),
         qc=f"{RESULTS}/store/{{plate_id}}.qc.parquet",
@@ -22,5 +23,6 @@ rule stitch:
         dataset=STITCH_PARAMS,
         store=config["store"],
         plate_digest=plate_digest,
+        image_manifest=plate_image_manifest,
     script:
         "../scripts/stitch_plate.py"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import zlib
 
 import numpy as np
@@ -134,3 +136,22 @@ def stitch_plate(
             progress(batch.stop, len(wells))
     store.group["site_valid"][:] = valid_all
     return dropped
+
+
+def image_manifest_digest(plate_sites, pattern: str, channels: list[int]) -> str:
+    """Hash of the size and modification time (ns) of every channel image of one plate's
+    sites (the plate's own files only; a missing file counts as size and time -1).
+
+    A param of the stitch job, so a re-exported or repaired PNG reruns its plate without
+    making the images O(sites) inputs of the DAG. Costs one os.stat per file.
+    """
+    stats = []
+    columns = ("experiment", "plate", "well", "site")
+    for experiment, plate, well, site in zip(*(plate_sites[c].tolist() for c in columns)):
+        for channel in channels:
+            try:
+                stat = os.stat(image_path(pattern, experiment, plate, well, site, channel))
+                stats.append((stat.st_size, stat.st_mtime_ns))
+            except FileNotFoundError:
+                stats.append((-1, -1))
+    return hashlib.blake2b(np.asarray(stats, dtype=np.int64).tobytes(), digest_size=16).hexdigest()

@@ -8,10 +8,18 @@ One Zarr (v3) group per plate:
 Why one 4-D array and not one OME-Zarr HCS image per well: zarr-python pays about 2-3 ms
 of metadata and call overhead per array, which at demo size costs more than decoding the
 PNGs; one array per plate reads a well in one chunk (measured in benchmarks/stitch.py).
+
+Every chunk ends in a CRC-32C checksum (zarr's crc32c codec, after Blosc), and every read
+checks that the chunks it touches exist (zarr would return the fill value for a missing
+chunk) and match their checksum. A damaged store is a StoreIntegrityError naming the store
+and the well; the store is then marked for restitching (``{store}.damaged``, an input of
+the stitch rule), so rerunning the same snakemake command restitches that plate.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,19 +27,117 @@ import numpy as np
 import zarr
 
 
+class StoreIntegrityError(OSError):
+    """A chunk of a finished plate store is missing or fails its checksum."""
+
+
+def damage_marker(path: str | Path) -> Path:
+    """The file that marks a damaged store for restitching (an input of the stitch rule)."""
+    return Path(str(path).rstrip("/") + ".damaged")
+
+
+def mark_damaged(path: str | Path, reason: str) -> Path | None:
+    """Write ``{path}.damaged`` (the reason and the time), atomically; None where the
+    directory is not writable (the error message then says what to delete instead)."""
+    marker = damage_marker(path)
+    tmp = marker.with_name(marker.name + f".tmp{os.getpid()}")
+    try:
+        tmp.write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {reason}\n")
+        os.replace(tmp, marker)
+    except OSError:
+        return None
+    return marker
+
+
+def integrity_error(path: str | Path, reason: str) -> StoreIntegrityError:
+    """A StoreIntegrityError naming the store, after marking it for restitching."""
+    marker = mark_damaged(path, reason)
+    remedy = (
+        f"it is marked for restitching ({marker}, an input of the stitch rule): rerun the same "
+        "snakemake command and the plate's stitch job reruns"
+        if marker is not None
+        else f"delete {path} and rerun the same snakemake command, which restitches the plate"
+    )
+    return StoreIntegrityError(f"{path}: {reason}; the plate store is damaged, {remedy}")
+
+
+class VerifiedArray:
+    """A zarr array whose every read checks its chunks: a missing chunk (which zarr would
+    read as the fill value) or a checksum mismatch is a StoreIntegrityError naming the
+    store and the well. Chunks are one per index of the first axis (a well); writes and
+    every other attribute (shape, dtype, ...) go to the array unchanged."""
+
+    def __init__(self, array: zarr.Array, store_path: Path, labels):
+        # labels: a callable giving the well names (only needed for an error message).
+        self._array, self._path, self._labels = array, Path(store_path), labels
+        self._chunk_rows = int(array.chunks[0])
+        self._tail = (0,) * (array.ndim - 1)
+
+    def __getattr__(self, name):
+        return getattr(self._array, name)
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    def __setitem__(self, key, value) -> None:
+        self._array[key] = value
+
+    def _chunk_name(self, chunk: int) -> str:
+        return f"{self._array.path}/{self._array.metadata.encode_chunk_key((chunk, *self._tail))}"
+
+    def _chunk_file(self, chunk: int) -> Path:
+        return self._path / self._chunk_name(chunk)
+
+    def _label(self, chunk: int) -> str:
+        rows = range(chunk * self._chunk_rows, min((chunk + 1) * self._chunk_rows, self._array.shape[0]))
+        labels = self._labels()
+        names = [labels[r] if r < len(labels) else f"index {r}" for r in rows]
+        if len(names) == 1:
+            return f"{self._array.path} of well {names[0]}"
+        shown = ", ".join(names) if len(names) <= 4 else f"{names[0]} to {names[-1]}"
+        return f"{self._array.path} of wells {shown}"
+
+    def _chunks(self, key) -> np.ndarray:
+        first = key[0] if isinstance(key, tuple) and key else key
+        if first is Ellipsis or (isinstance(key, tuple) and not key):
+            first = slice(None)
+        rows = np.atleast_1d(np.arange(self._array.shape[0])[first])
+        return np.unique(rows // self._chunk_rows)
+
+    def __getitem__(self, key):
+        chunks = self._chunks(key)
+        # One stat per chunk read: microseconds against milliseconds of decoding a well.
+        for chunk in chunks:
+            if not self._chunk_file(chunk).is_file():
+                raise integrity_error(self._path, f"chunk {self._chunk_name(chunk)} ({self._label(chunk)}) is missing")
+        try:
+            return self._array[key]
+        except (ValueError, RuntimeError, OSError) as error:
+            # Which chunk: read each alone (only on this failure path).
+            for chunk in chunks:
+                try:
+                    self._array[chunk * self._chunk_rows]
+                except (ValueError, RuntimeError, OSError) as chunk_error:
+                    raise integrity_error(
+                        self._path, f"chunk {self._chunk_name(chunk)} ({self._label(chunk)}) is corrupt ({chunk_error})"
+                    ) from error
+            raise
+
+
 @dataclass(frozen=True)
 class PlateStore:
-    """An open per-plate store."""
+    """An open per-plate store; its reads are verified (VerifiedArray)."""
 
     group: zarr.Group
+    path: Path
 
     @property
-    def images(self) -> zarr.Array:
-        return self.group["images"]
+    def images(self) -> VerifiedArray:
+        return VerifiedArray(self.group["images"], self.path, lambda: self.wells)
 
     @property
     def site_valid(self) -> np.ndarray:
-        return self.group["site_valid"][:]
+        return VerifiedArray(self.group["site_valid"], self.path, lambda: self.wells)[:]
 
     @property
     def wells(self) -> list[str]:
@@ -70,20 +176,27 @@ def create_plate_store(
     rows, cols = len(site_layout), len(site_layout[0])
     shape = (len(wells), len(channel_names), rows * site_size, cols * site_size)
     group = zarr.open_group(str(path), mode="w")
-    compressor = zarr.codecs.BloscCodec(cname=codec, clevel=clevel, shuffle="shuffle")
+    # The checksum comes after Blosc: it covers the stored bytes, so a truncated or
+    # altered chunk fails before Blosc decodes it (Blosc on a truncated chunk can crash).
+    compressors = [zarr.codecs.BloscCodec(cname=codec, clevel=clevel, shuffle="shuffle"), zarr.codecs.Crc32cCodec()]
     # Flat chunk keys (no directory per chunk) and no all-fill-value test per chunk: both
-    # cost more CPU than compressing a small well (benchmarks/stitch.py).
+    # cost more CPU than compressing a small well (benchmarks/stitch.py). Every chunk is
+    # written, so a missing one means damage.
     group.create_array(
         "images",
         shape=shape,
         chunks=(1,) + shape[1:],
         dtype="uint8",
-        compressors=compressor,
+        compressors=compressors,
         fill_value=0,
         chunk_key_encoding={"name": "default", "separator": "."},
         config={"write_empty_chunks": True},
     )
-    group.create_array("site_valid", shape=(len(wells), rows * cols), chunks=(max(len(wells), 1), rows * cols), dtype="bool", fill_value=False)
+    group.create_array(
+        "site_valid", shape=(len(wells), rows * cols), chunks=(max(len(wells), 1), rows * cols), dtype="bool",
+        fill_value=False, compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()],
+        config={"write_empty_chunks": True},
+    )
     group.attrs.update(
         {
             "wells": list(wells),
@@ -99,11 +212,18 @@ def create_plate_store(
             **(attrs or {}),
         }
     )
-    return PlateStore(group)
+    return PlateStore(group, Path(path))
+
+
+def has_checksums(array: zarr.Array) -> bool:
+    """Whether every chunk of ``array`` carries a CRC-32C checksum."""
+    return any(isinstance(codec, zarr.codecs.Crc32cCodec) for codec in array.compressors)
 
 
 def open_plate_store(path: str | Path) -> PlateStore:
-    """Open a store for reading; a missing or unfinished store is an error naming it."""
+    """Open a store for reading; a missing or unfinished store is an error naming it, and
+    so is one without checksums (written before they were added: it is marked for
+    restitching, as a damaged one is)."""
     path = Path(path)
     try:
         group = zarr.open_group(str(path), mode="r")
@@ -112,7 +232,10 @@ def open_plate_store(path: str | Path) -> PlateStore:
         raise FileNotFoundError(f"{path}: not a deemd plate store ({error})") from error
     if not group.attrs.get("complete", False):
         raise ValueError(f"{path}: plate store was not finished (no 'complete' attribute); rerun the stitch job")
-    return PlateStore(group)
+    for name in ("images", "site_valid"):
+        if not has_checksums(group[name]):
+            raise integrity_error(path, f"array {name!r} has no checksums (written by an older version)")
+    return PlateStore(group, path)
 
 
 def site_slices(site_layout: list[list[int]], site_size: int) -> dict[int, tuple[slice, slice]]:

@@ -1,0 +1,71 @@
+"""Reruns that must happen: a damaged plate store, and changed images of a local dataset.
+Tiny workflow runs up to the per-well table only (no training)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pandas as pd
+import pytest
+
+from workflow_utils import TINY, WELLS, deep_merge, job_counts, snakemake, write_config
+
+pytestmark = pytest.mark.workflow
+
+
+@pytest.fixture(scope="module")
+def wells_run(tmp_path_factory):
+    """The tiny demo (2 plates) up to the per-well table."""
+    directory = tmp_path_factory.mktemp("wells")
+    write_config(directory, TINY)
+    snakemake(directory, WELLS)
+    return directory
+
+
+def test_damaged_store_fails_naming_store_and_well_then_rerun_restitches(wells_run, tmp_path):
+    directory = tmp_path / "damaged"
+    shutil.copytree(wells_run, directory, symlinks=True)
+    store = directory / "results/tiny/store/HRCE-1_1.zarr"
+    (store / "images" / "c.2.0.0.0").unlink()
+    # Anything that reads the store now fails, naming the store and the well, in its log.
+    result = snakemake(directory, WELLS, "--forcerun", "nuclei", check=False)
+    assert result.returncode != 0
+    log = (directory / "logs/tiny/nuclei/HRCE-1_1.log").read_text()
+    assert "ERROR failed: StoreIntegrityError: results/tiny/store/HRCE-1_1.zarr: chunk images/c.2.0.0.0" in log
+    assert "is missing" in log and "rerun the same snakemake command" in log
+    assert (directory / "results/tiny/store/HRCE-1_1.zarr.damaged").exists()
+    # Rerunning the same command restitches that plate only, then nothing is left to do.
+    result = snakemake(directory, WELLS)
+    output = result.stdout + result.stderr
+    assert job_counts(output).get("stitch") == 1 and "plate_id=HRCE-1_1" in output.split("rule stitch")[1][:2000]
+    assert (store / "images" / "c.2.0.0.0").exists()
+    assert "Nothing to be done" in snakemake(directory, "-n", WELLS).stdout
+
+
+def test_changed_image_of_a_local_dataset_reruns_its_plate(wells_run, tmp_path):
+    shutil.copytree(wells_run / "resources/tiny/images", tmp_path / "plates")
+    shutil.copy(wells_run / "resources/tiny/metadata.csv", tmp_path / "plates" / "metadata.csv")
+    local = {"dataset": {"name": "lab", "source": "local", "metadata": str(tmp_path / "plates" / "metadata.csv"),
+                         "images": str(tmp_path / "plates/{experiment}/Plate{plate}/{well}_s{site}_w{channel}.png"),
+                         "on_bad_image": "drop"}}
+    write_config(tmp_path, deep_merge(TINY, local))
+    target = "results/lab/nuclei/wells.parquet"
+    png = sorted((tmp_path / "plates/HRCE-1/Plate2").glob("*_s3_w1.png"))[0]
+    good = png.read_bytes()
+    png.write_bytes(good[:100])  # a truncated export: the site is dropped
+    snakemake(tmp_path, target)
+    site_id = f"HRCE-1_2_{png.name.split('_')[0]}_3"
+    assert pd.read_parquet(tmp_path / "results/lab/store/HRCE-1_2.qc.parquet")["site_id"].tolist() == [site_id]
+    assert "Nothing to be done" in snakemake(tmp_path, "-n", target).stdout
+    # The repaired file reruns its plate's stitch (and what follows), not the other plate's.
+    png.write_bytes(good)
+    os.utime(png, ns=(png.stat().st_atime_ns, png.stat().st_mtime_ns + 10**9))
+    result = snakemake(tmp_path, target)
+    output = result.stdout + result.stderr
+    assert job_counts(output).get("stitch") == 1
+    assert "plate_id=HRCE-1_2" in output and "plate_id=HRCE-1_1" not in output
+    assert pd.read_parquet(tmp_path / "results/lab/store/HRCE-1_2.qc.parquet").empty
+    wells = pd.read_parquet(tmp_path / target)
+    assert wells.loc[wells["well_id"] == site_id.rsplit("_", 1)[0], "n_sites_imaged"].item() == 4
+    assert "Nothing to be done" in snakemake(tmp_path, "-n", target).stdout
