@@ -6,7 +6,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from deemd.validate import ConfigError, check_config, config_errors, image_pattern_errors, load_schema, metadata_errors
+from deemd.validate import (
+    ConfigError,
+    check_config,
+    config_errors,
+    image_pattern_errors,
+    load_schema,
+    metadata_errors,
+    shared_image_errors,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema(REPO / "workflow" / "schemas" / "config.schema.yaml")
@@ -184,3 +192,14 @@ def test_bad_image_pattern_stops_at_start_up_naming_the_key(config, pattern, exp
 
 def test_facility_image_pattern_with_format_spec_is_accepted():
     assert image_pattern_errors("/data/{plate}/{well}_f{site:02d}_c{channel}.png") == []
+
+
+def test_plates_sharing_image_files_are_an_error():
+    """Without {experiment}, two experiments' plate 1 would read the same images."""
+    plates = pd.DataFrame({"experiment": ["A-1", "B-1", "B-1"], "plate": [1, 1, 2], "plate_id": ["A-1_1", "B-1_1", "B-1_2"]})
+    messages = shared_image_errors("img/P{plate}/{well}_{site}_{channel}.png", plates)
+    assert messages == [
+        "config key dataset.images: 'img/P{plate}/{well}_{site}_{channel}.png' gives plates A-1_1 and B-1_1 the same "
+        "files ('img/P1/A01_1_1.png'); add {experiment} to it"
+    ]
+    assert shared_image_errors("img/{experiment}/P{plate}/{well}_{site}_{channel}.png", plates) == []

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 from deemd.metadata import plate_digests
 from deemd.stitch import image_manifest_digest
 from deemd.store import damage_marker
-from deemd.validate import check_config, load_schema
+from deemd.validate import ConfigError, check_config, load_schema, shared_image_errors
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
 check_config(config, load_schema(SCHEMAS / "config.schema.yaml"))
@@ -143,7 +143,13 @@ def sites_table(wildcards=None):
 
 @functools.cache
 def _plate_digests(path, mtime):
-    return plate_digests(pd.read_parquet(path))
+    sites = pd.read_parquet(path)
+    # Plates known only now: none may read another's images (no {experiment} in the pattern).
+    plates = sites.drop_duplicates("plate_id")
+    errors = shared_image_errors(config["dataset"]["images"], plates)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    return plate_digests(sites)
 
 
 def plate_digests_now():

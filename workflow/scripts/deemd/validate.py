@@ -117,6 +117,24 @@ def image_pattern_errors(pattern: str, key: str = "dataset.images") -> list[str]
     return messages
 
 
+def shared_image_errors(pattern: str, plates: pd.DataFrame, key: str = "dataset.images") -> list[str]:
+    """Plates that ``pattern`` sends to the same files, e.g. two experiments' plate 1 when
+    the pattern has no {experiment}. ``plates``: one row per plate with experiment (str),
+    plate (int) and plate_id; each plate's path is filled with its own first well."""
+    first = {}
+    messages = []
+    for row in plates.itertuples(index=False):
+        path = pattern.format(experiment=row.experiment, plate=int(row.plate), well="A01", site=1, channel=1)
+        if path in first:
+            messages.append(
+                f"config key {key}: {pattern!r} gives plates {first[path]} and {row.plate_id} the same files "
+                f"({path!r}); add {{experiment}} to it"
+            )
+        else:
+            first[path] = row.plate_id
+    return messages
+
+
 def check_config(config: dict, schema: dict) -> None:
     """Raise ConfigError listing every violation, plus the cross-key rules a schema cannot say."""
     messages = config_errors(config, schema)
