@@ -358,3 +358,195 @@ def test_every_figure_renders_to_png(tmp_path):
     reference = reference_scores(reference_table(), "compound", "hit")
     merged = {"M": with_reference(treatments, reference), "W": with_reference(other, reference)}
     save(reference_correlation_figure(merged, zeta=0.5, threshold=0.5, reference_name="hit"), tmp_path / "reference.png")
+
+
+# --- quantitative efficacy: ranking table, calls, plate layout, figures ------------------
+# Hand-made tables with exactly the columns of results/{name}/efficacy/{model}/.
+
+from deemd.figures import (  # noqa: E402
+    CALL_CATEGORIES,
+    RANKING_COLUMNS,
+    call_categories,
+    plate_grid,
+    plate_shape,
+    ranking_table,
+    row_label,
+    well_position,
+)
+from deemd.inhibition_plots import (  # noqa: E402
+    deemd_vs_inhibition_figure,
+    hit_scatter_figure,
+    inhibition_dose_response_figure,
+    plate_maps_figure,
+    plate_qc_figure,
+)
+
+INHIBITION_CURVES = {"A": (0.0, 0.95, 0.5, 1.5), "B": None, "C": (0.05, 0.6, 1.0, 1.0)}
+
+
+def inhibition_doses():
+    """dose_table() with the inhibition columns; A's two highest doses are toxic, C's
+    last dose has no interval."""
+    doses = dose_table()
+    median = [0.0 if INHIBITION_CURVES[t] is None else float(logistic4(np.log10(c), *INHIBITION_CURVES[t][:2],
+                                                                         np.log10(INHIBITION_CURVES[t][2]), INHIBITION_CURVES[t][3]))
+              for t, c in zip(doses["treatment"], doses["treatment_conc"])]
+    doses["median_inhibition"] = median
+    doses["inhibition_ci_lower"] = doses["median_inhibition"] - 0.15
+    doses["inhibition_ci_upper"] = doses["median_inhibition"] + 0.1
+    doses["toxic"] = (doses["treatment"] == "A") & (doses["treatment_conc"] >= 3.0)
+    doses["n_wells_used"] = np.where(doses["toxic"], 0, 3)
+    no_ci = doses["ci_lower"].isna()
+    doses.loc[no_ci, ["inhibition_ci_lower", "inhibition_ci_upper"]] = np.nan
+    return doses
+
+
+def inhibition_treatments():
+    """treatment_table() with the inhibition columns and the new ranking: hit C first
+    (DEEMD put A first), D without any estimate last."""
+    treatments = treatment_table()
+    extra = pd.DataFrame({
+        "treatment": ["A", "C", "B", "D"],
+        "inhibition_max": [0.8, 0.9, 0.02, np.nan],
+        "inhibition_max_se": [0.05, 0.04, 0.05, np.nan],
+        "inhibition_best_conc_um": [1.0, 10.0, 0.03, np.nan],
+        "inhibition_ec50_um": [0.5, 1.0, np.nan, np.nan],
+        "inhibition_emax": [0.95, 0.6, np.nan, np.nan],
+        "inhibition_emax_se": [0.03, 0.05, np.nan, np.nan],
+        "inhibition_bottom": [0.0, 0.05, np.nan, np.nan],
+        "inhibition_hill": [1.5, 1.0, np.nan, np.nan],
+        "hit_p_value": [1e-5, 0.0, 0.9, np.nan],
+        "hit_q_value": [2e-5, 0.0, 0.9, np.nan],
+        "hit": [True, True, False, False],
+        "n_toxic_doses": [2, 0, 0, 1],
+        "n_wells_tested": [12, 18, 18, 0],
+        "inhibition_status": ["ok", "ok", "flat response", "no non-toxic dose"],
+    })
+    table = treatments.merge(extra, on="treatment", validate="one_to_one")
+    table["deemd_rank"] = table["rank"]
+    table["rank"] = table["treatment"].map({"A": 2, "C": 1, "B": 3, "D": 4})
+    return table
+
+
+def efficacy_wells(plates=("P_1", "P_2")):
+    """One row per well: 3 treated wells per dose of A, B, C spread over ``plates``, and
+    4 infected and 4 non-infected control wells per plate, on 96-well plates."""
+    doses = inhibition_doses()
+    rng = np.random.default_rng(4)
+    rows, slots = [], {plate: 0 for plate in plates}
+
+    def well(plate):
+        slots[plate] += 1
+        return f"{'ABCDEFGH'[(slots[plate] - 1) // 12]}{(slots[plate] - 1) % 12 + 1:02d}"
+
+    for dose in doses.itertuples():
+        for replicate in range(3):
+            plate = plates[replicate % len(plates)]
+            inhibition = dose.median_inhibition + rng.normal(0, 0.05)
+            rows.append({"plate_id": plate, "well": well(plate), "role": "treated", "treatment": dose.treatment,
+                         "treatment_conc": dose.treatment_conc, "n_sites": 4, "median_z": 1 - inhibition,
+                         "median_readout": 0.3 * (1 - inhibition), "inhibition": inhibition, "toxic": bool(dose.toxic),
+                         "used": not dose.toxic, "reason": "toxic" if dose.toxic else ""})
+    for plate in plates:
+        for role, level in (("infected_control", 0.0), ("noninfected_control", 1.0)):
+            for _ in range(4):
+                inhibition = level + rng.normal(0, 0.05)
+                rows.append({"plate_id": plate, "well": well(plate), "role": role, "treatment": None, "treatment_conc": 0.0,
+                             "n_sites": 4, "median_z": 1 - inhibition, "median_readout": 0.3 * (1 - inhibition),
+                             "inhibition": inhibition, "toxic": False, "used": True, "reason": ""})
+    wells = pd.DataFrame(rows)
+    wells.insert(2, "well_id", wells["plate_id"] + "_" + wells["well"])
+    return wells
+
+
+def nuclei_wells(wells):
+    return wells[["plate_id", "well"]].assign(nuclei_count=np.arange(len(wells)) % 50 + 300, toxic=wells["toxic"], no_nuclei=False)
+
+
+def plate_qc_table(models=("M", "W", "V")):
+    """plate_qc rows of each model (W: z only); V's second plate fails."""
+    tables = []
+    for model in models:
+        readouts = ["z"] if model == "W" else ["z", "a"]
+        for readout in readouts:
+            fails = model == "V"
+            tables.append(pd.DataFrame({
+                "plate_id": ["P_1", "P_2"], "model": model, "readout": readout, "n_infected": 4, "n_noninfected": 4,
+                "median_infected": [0.9, 0.8], "median_noninfected": [0.05, 0.1],
+                "zprime": [0.6, -4.0 if fails else 0.4], "ssmd": [5.0, 0.5 if fails else 3.0],
+                "control_source": ["plate", "experiment"], "passes": [True, not fails],
+            }))
+    return pd.concat(tables, ignore_index=True)
+
+
+def test_ranking_table_orders_by_the_new_rank_and_shows_both_calls():
+    doses = inhibition_doses()
+    ranked = ranking_table(inhibition_treatments(), fit_dose_table(doses, limits=(0, 1)))
+    assert ranked["treatment"].tolist() == ["C", "A", "B", "D"]
+    assert ranked.columns[:4].tolist() == ["rank", "treatment", "hit", "effective"]
+    assert [c for c in RANKING_COLUMNS if c in ranked.columns] == RANKING_COLUMNS
+    assert {"fit_status", "ec50_um", "top"} <= set(ranked.columns)
+    assert ranked.set_index("treatment").loc["A", "deemd_rank"] == 1
+    with pytest.raises(ValueError, match="rank"):
+        ranking_table(inhibition_treatments().drop(columns="rank"), fit_dose_table(doses))
+
+
+def test_top_treatments_by_another_score_and_rank():
+    treatments = inhibition_treatments()
+    assert top_treatments(treatments, 5, score="inhibition_max")["treatment"].tolist() == ["C", "A", "B"]
+    assert top_treatments(treatments, 2, rank="deemd_rank")["treatment"].tolist() == ["A", "C"]
+
+
+def test_call_categories():
+    categories = call_categories([True, False, True, False, None], [True, True, False, False, True])
+    assert categories.tolist() == ["hit and effective", "hit only", "effective only", "neither", "hit only"]
+    assert set(categories) <= set(CALL_CATEGORIES)
+    with pytest.raises(ValueError, match="effective calls"):
+        call_categories([True], [True, False])
+
+
+def test_well_positions_and_plate_formats():
+    rows, columns = well_position(["A01", "b03", "H12"])
+    assert rows.tolist() == [0, 1, 7] and columns.tolist() == [0, 2, 11]
+    assert plate_shape(rows, columns) == (8, 12)
+    rows, columns = well_position(["P24", "A01"])
+    assert plate_shape(rows, columns) == (16, 24)
+    rows, columns = well_position(["AF48", "Z01", "AA02"])
+    assert rows.tolist() == [31, 25, 26] and plate_shape(rows, columns) == (32, 48)
+    assert [row_label(i) for i in (0, 25, 26, 31)] == ["A", "Z", "AA", "AF"]
+    grid = plate_grid([0, 1], [2, 0], [5.0, 7.0], (2, 3))
+    assert grid[0, 2] == 5 and grid[1, 0] == 7 and np.isnan(grid).sum() == 4
+    with pytest.raises(ValueError, match="twice"):
+        plate_grid([0, 0], [1, 1], [1, 2], (2, 3))
+    with pytest.raises(ValueError, match="B3x"):
+        well_position(["A01", "B3x"])
+
+
+def test_every_inhibition_figure_renders_to_png(tmp_path):
+    doses, treatments, wells = inhibition_doses(), inhibition_treatments(), efficacy_wells()
+    shown = top_treatments(treatments, 4, score="inhibition_max")
+    save(inhibition_dose_response_figure(doses, wells, shown, bar=0.5, columns=2, title="M"), tmp_path / "inhibition.png")
+    save(inhibition_dose_response_figure(doses, wells, shown.head(0), bar=0.5), tmp_path / "inhibition_empty.png", min_bytes=1000)
+    save(hit_scatter_figure(treatments, bar=0.5, fdr=0.05, model="M"), tmp_path / "hits.png")
+    save(deemd_vs_inhibition_figure(treatments, zeta=0.5, bar=0.5, model="M"), tmp_path / "versus.png")
+    save(plate_qc_figure(plate_qc_table(), min_zprime=0.0), tmp_path / "plate_qc.png")
+    save(plate_qc_figure(plate_qc_table(("W",)), min_zprime=0.3), tmp_path / "plate_qc_w.png")
+    save(plate_maps_figure(nuclei_wells(wells), wells, "M"), tmp_path / "plate_maps.png")
+    # A 384-well plate, and a well counted for nuclei but not scored (blank, not an error).
+    big = wells.assign(well=[f"{'ABCDEFGHIJKLMNOP'[i % 16]}{i // 16 + 1:02d}" for i in range(len(wells))], plate_id="P_1")
+    nuclei = pd.concat([nuclei_wells(big), pd.DataFrame({"plate_id": ["P_1"], "well": ["P24"], "nuclei_count": [0], "toxic": [False]})])
+    save(plate_maps_figure(nuclei, big, "W"), tmp_path / "plate_maps_384.png")
+
+
+def test_inhibition_panel_draws_the_treatments_own_curve(tmp_path):
+    """The fitted curve drawn is logistic4 at the treatment's own parameters (emax as top)."""
+    doses, treatments, wells = inhibition_doses(), inhibition_treatments(), efficacy_wells()
+    figure = inhibition_dose_response_figure(doses, wells, top_treatments(treatments, 1, score="inhibition_max"), bar=0.5)
+    ax = figure.axes[0]
+    curve = next(line for line in ax.get_lines() if line.get_label() == "4PL fit")
+    x, y = curve.get_data()
+    c = treatments.set_index("treatment").loc["C"]
+    expected = logistic4(np.log10(x), c["inhibition_bottom"], c["inhibition_emax"], np.log10(c["inhibition_ec50_um"]), c["inhibition_hill"])
+    assert np.allclose(y, expected)
+    assert "#1 C: hit" in ax.get_title()
+    save(figure, tmp_path / "one.png")

@@ -260,6 +260,12 @@ def final_outputs(wildcards):
         *expand(f"{RESULTS}/efficacy/{{model}}/treatments.parquet", model=MODELS),
         *expand(f"{RESULTS}/figures/dose_response/{{model}}.png", model=MODELS),
         *expand(f"{RESULTS}/figures/ranking/{{model}}.tsv", model=MODELS),
+        *expand(
+            f"{RESULTS}/figures/{{kind}}/{{model}}.png",
+            kind=["inhibition", "hits", "deemd_vs_inhibition", "plate_maps"],
+            model=MODELS,
+        ),
+        f"{RESULTS}/figures/plate_qc.png",
         *expand(f"{RESULTS}/figures/infection_maps/{{model}}.png", model=MAP_MODELS),
         f"{RESULTS}/figures/model_comparison.png",
         *([f"{RESULTS}/figures/reference_correlation.png"] if REFERENCE else []),

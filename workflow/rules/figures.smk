@@ -7,10 +7,17 @@ rule dose_response:
     input:
         doses=f"{RESULTS}/efficacy/{{model}}/doses.parquet",
         treatments=f"{RESULTS}/efficacy/{{model}}/treatments.parquet",
+        wells=f"{RESULTS}/efficacy/{{model}}/wells.parquet",
     output:
         figure=report(
             f"{RESULTS}/figures/dose_response/{{model}}.png",
             caption="../report/dose_response.rst",
+            category="Efficacy",
+            subcategory="{model}",
+        ),
+        inhibition=report(
+            f"{RESULTS}/figures/inhibition/{{model}}.png",
+            caption="../report/inhibition.rst",
             category="Efficacy",
             subcategory="{model}",
         ),
@@ -32,10 +39,97 @@ rule dose_response:
         runtime=20,
     params:
         zeta=config["efficacy"]["zeta"],
+        bar=config["efficacy"]["inhibition_bar"],
         top=FIGURES["top_compounds"],
         columns=FIGURES["panel_columns"],
     script:
         "../scripts/figures_dose_response.py"
+
+
+rule efficacy_calls:
+    input:
+        treatments=f"{RESULTS}/efficacy/{{model}}/treatments.parquet",
+    output:
+        hits=report(
+            f"{RESULTS}/figures/hits/{{model}}.png",
+            caption="../report/hits.rst",
+            category="Efficacy",
+            subcategory="{model}",
+        ),
+        versus=report(
+            f"{RESULTS}/figures/deemd_vs_inhibition/{{model}}.png",
+            caption="../report/deemd_vs_inhibition.rst",
+            category="Efficacy",
+            subcategory="{model}",
+        ),
+    log:
+        f"{LOGS}/figures/efficacy_calls_{{model}}.log",
+    benchmark:
+        f"{BENCH}/figures/efficacy_calls_{{model}}.tsv"
+    conda:
+        "../../envs/plots.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        zeta=config["efficacy"]["zeta"],
+        bar=config["efficacy"]["inhibition_bar"],
+        fdr=config["efficacy"]["fdr"],
+        label_top=FIGURES["label_top"],
+    script:
+        "../scripts/figures_efficacy_calls.py"
+
+
+rule plate_qc_figure:
+    input:
+        expand(f"{RESULTS}/efficacy/{{model}}/plate_qc.parquet", model=MODELS),
+    output:
+        report(
+            f"{RESULTS}/figures/plate_qc.png",
+            caption="../report/plate_qc.rst",
+            category="Plate QC",
+        ),
+    log:
+        f"{LOGS}/figures/plate_qc.log",
+    benchmark:
+        f"{BENCH}/figures/plate_qc.tsv"
+    conda:
+        "../../envs/plots.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        models=MODELS,
+        min_zprime=config["qc"]["min_zprime"],
+    script:
+        "../scripts/figures_plate_qc.py"
+
+
+rule plate_maps:
+    input:
+        nuclei=f"{RESULTS}/nuclei/wells.parquet",
+        wells=f"{RESULTS}/efficacy/{{model}}/wells.parquet",
+    output:
+        report(
+            f"{RESULTS}/figures/plate_maps/{{model}}.png",
+            caption="../report/plate_maps.rst",
+            category="Plate QC",
+            subcategory="{model}",
+        ),
+    log:
+        f"{LOGS}/figures/plate_maps_{{model}}.log",
+    benchmark:
+        f"{BENCH}/figures/plate_maps_{{model}}.tsv"
+    conda:
+        "../../envs/plots.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    script:
+        "../scripts/figures_plate_maps.py"
 
 
 rule infection_maps:
@@ -154,6 +248,7 @@ if SOURCE == "synthetic":
             treatments=expand(
                 f"{RESULTS}/efficacy/{{model}}/treatments.parquet", model=MODELS
             ),
+            doses=expand(f"{RESULTS}/efficacy/{{model}}/doses.parquet", model=MODELS),
             models=expand(f"{RESULTS}/models/{{model}}/model.pt", model=MODELS),
             test_scores=f"{RESULTS}/evaluation/test_scores.parquet",
             masks=truth_masks,

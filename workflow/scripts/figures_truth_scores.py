@@ -1,7 +1,10 @@
 """Snakemake glue (demo only): every model scored against the demo's hidden truth:
 precision and recall of E against the truly effective compounds, Spearman rho of e(t)
 with the true maximum efficacy, and the localisation ROC AUC of the infection maps
-(M, V) of the untreated infected test sites against their true infected-cell masks."""
+(M, V) of the untreated infected test sites against their true infected-cell masks; and
+the quantitative call: precision and recall of hit (and of E) with partial compounds
+excluded, Spearman rho and median error of inhibition_max, and EC50 agreement, against
+the truth's best_nontoxic_efficacy."""
 
 import logging
 
@@ -14,6 +17,9 @@ from deemd.logs import start_rule_log
 from deemd.maps import infection_maps, scaled_sigma, smooth_maps
 from deemd.truth import (
     effective_set_scores,
+    quantitative_truth_scores,
+    truth_classes,
+    truth_efficacy_column,
     load_masks,
     map_localisation_auc,
     map_localisation_auc_per_site,
@@ -24,12 +30,19 @@ from deemd.truth import (
 
 def main(inputs, models, threshold, maps_cfg, output, log):
     start_rule_log(log)
-    truth = reference_scores(pd.read_csv(inputs["truth"]), "treatment", "max_efficacy")
+    compounds = pd.read_csv(inputs["truth"])
+    truth = reference_scores(compounds, "treatment", "max_efficacy")
+    efficacy_column = truth_efficacy_column(compounds)
+    if efficacy_column != "best_nontoxic_efficacy":
+        logging.warning("%s has no best_nontoxic_efficacy column: the quantitative scores use %s instead",
+                        inputs["truth"], efficacy_column)
+    classes = truth_classes(compounds, threshold, efficacy_column)
+    logging.info("truth (%s >= %s): %s", efficacy_column, threshold, classes["truth_class"].value_counts().to_dict())
     test = pd.read_parquet(inputs["test_scores"])
     if "patch_probabilities" not in test.columns:
         raise ValueError(f"{inputs['test_scores']} has no patch_probabilities column; rerun the evaluate rule")
     rows = []
-    for model, treatments_path, model_path in zip(models, inputs["treatments"], inputs["models"]):
+    for model, treatments_path, doses_path, model_path in zip(models, inputs["treatments"], inputs["doses"], inputs["models"]):
         treatments = pd.read_parquet(treatments_path)
         correlation = reference_correlation(treatments, truth)
         row = {
@@ -40,6 +53,8 @@ def main(inputs, models, threshold, maps_cfg, output, log):
             "map_roc_auc": np.nan,
             "map_roc_auc_site_median": np.nan,
             "n_map_sites": 0,
+            **quantitative_truth_scores(treatments, pd.read_parquet(doses_path), classes),
+            "truth_efficacy_column": efficacy_column,
         }
         infected = test[(test["model"] == model) & (test["label"] == 1)]
         has_maps = len(infected) and infected["patch_probabilities"].notna().all()

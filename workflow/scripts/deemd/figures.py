@@ -13,9 +13,10 @@ MOCK_GROUP = "Mock"
 ACTIVE_GROUP = "Active untreated"
 
 
-def top_treatments(treatments: pd.DataFrame, n: int) -> pd.DataFrame:
-    """The ``n`` best-ranked treatments that have a score e(t), in rank order."""
-    scored = treatments[treatments["e_t"].notna()].sort_values("rank", kind="mergesort")
+def top_treatments(treatments: pd.DataFrame, n: int, score: str = "e_t", rank: str = "rank") -> pd.DataFrame:
+    """The ``n`` best-ranked treatments (by the column ``rank``) that have a ``score``
+    (e(t) by default, e.g. inhibition_max), in rank order."""
+    scored = treatments[treatments[score].notna()].sort_values(rank, kind="mergesort")
     return scored.head(max(int(n), 0)).reset_index(drop=True)
 
 
@@ -91,3 +92,96 @@ def read_site_images(sites: pd.DataFrame, store_paths: dict[str, str]) -> np.nda
     if not images:
         return np.zeros((0, 0, 0, 0), dtype=np.uint8)
     return np.stack(images)
+
+
+# --- quantitative efficacy: the ranking table, the two calls, plate layouts -------------
+
+# The ranking table's leading columns: both calls, the inhibition estimates, then DEEMD's.
+RANKING_COLUMNS = [
+    "rank", "treatment", "hit", "effective", "inhibition_max", "inhibition_max_se", "inhibition_best_conc_um",
+    "inhibition_ec50_um", "inhibition_emax", "inhibition_emax_se", "inhibition_bottom", "inhibition_hill",
+    "hit_p_value", "hit_q_value", "n_toxic_doses", "n_wells_tested", "inhibition_status",
+    "deemd_rank", "e_t", "n_doses", "n_doses_with_interval", "n_effective_doses", "max_e_dose", "status",
+]
+
+
+def ranking_table(treatments: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
+    """The treatments (efficacy/{model}/treatments.parquet) with the logistic fits of
+    e(t,c) (deemd.doseresponse.fit_dose_table; ``status`` becomes ``fit_status``), ordered
+    by ``rank`` (hit first, then inhibition_max). Columns: RANKING_COLUMNS that are
+    present, then any other treatment column, then the fit's; a missing ``rank`` column is
+    an error naming the columns there are."""
+    if "rank" not in treatments.columns or "treatment" not in treatments.columns:
+        raise ValueError(f"treatment table lacks rank or treatment; it has {list(treatments.columns)}")
+    ranked = treatments.merge(
+        fits.drop(columns="n_points", errors="ignore").rename(columns={"status": "fit_status"}),
+        on="treatment", how="left", validate="one_to_one",
+    ).sort_values(["rank", "treatment"], kind="mergesort")
+    first = [c for c in RANKING_COLUMNS if c in ranked.columns]
+    others = [c for c in treatments.columns if c not in first]
+    rest = [c for c in ranked.columns if c not in first and c not in others]
+    return ranked[first + others + rest].reset_index(drop=True)
+
+
+CALL_CATEGORIES = ["hit and effective", "hit only", "effective only", "neither"]
+
+
+def call_categories(effective, hit) -> np.ndarray:
+    """Which of the four combinations of DEEMD's call (``effective``, E) and the
+    inhibition call (``hit``) each treatment has: an object array of CALL_CATEGORIES
+    labels; missing calls count as False."""
+    e = pd.Series(effective, dtype="boolean").fillna(False).to_numpy(dtype=bool)
+    h = pd.Series(hit, dtype="boolean").fillna(False).to_numpy(dtype=bool)
+    if e.shape != h.shape:
+        raise ValueError(f"{len(e)} effective calls for {len(h)} hit calls")
+    return np.select([h & e, h & ~e, ~h & e], CALL_CATEGORIES[:3], CALL_CATEGORIES[3]).astype(object)
+
+
+# Standard plate formats (rows, columns); a plate is drawn in the smallest that holds its wells.
+PLATE_FORMATS = [(8, 12), (16, 24), (32, 48)]
+
+
+def well_position(wells) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-based (row, column) int arrays of well names like "B03" or "AF48": row letters
+    A..Z, then AA..AF (1536-well plates), and a column number; a name of another form is
+    an error naming it."""
+    given = pd.Series(wells, dtype="object").astype(str)
+    names = given.str.strip().str.upper()
+    parts = names.str.extract(r"^([A-Z]{1,2})(\d{1,3})$")
+    bad = given[parts[0].isna()]
+    if len(bad):
+        raise ValueError(f"well name(s) {bad.head(3).tolist()} are not a row letter and a column number (e.g. B03)")
+    letters = parts[0].to_numpy(dtype=str)
+    rows = np.array([(26 * (ord(s[0]) - 64) + ord(s[1]) - 65) if len(s) == 2 else ord(s) - 65 for s in letters], dtype=np.int64)
+    columns = parts[1].astype(np.int64).to_numpy() - 1
+    if (columns < 0).any():
+        raise ValueError(f"well name(s) {given[columns < 0].head(3).tolist()} have column 0")
+    return rows, columns
+
+
+def plate_shape(rows, columns) -> tuple[int, int]:
+    """(n_rows, n_columns) of the smallest standard plate (96, 384, 1536 wells) holding
+    wells at the zero-based positions ``rows``, ``columns``; beyond 1536, the wells' extent."""
+    n_rows = int(np.max(rows)) + 1 if len(rows) else 1
+    n_columns = int(np.max(columns)) + 1 if len(columns) else 1
+    for shape in PLATE_FORMATS:
+        if n_rows <= shape[0] and n_columns <= shape[1]:
+            return shape
+    return n_rows, n_columns
+
+
+def plate_grid(rows, columns, values, shape: tuple[int, int]) -> np.ndarray:
+    """A float (n_rows, n_columns) array with ``values`` at the wells' positions and NaN
+    at wells not given (drawn blank); a well given twice is an error."""
+    grid = np.full(shape, np.nan)
+    rows, columns = np.asarray(rows), np.asarray(columns)
+    flat = rows * shape[1] + columns
+    if len(np.unique(flat)) != len(flat):
+        raise ValueError("a well is given twice for one plate")
+    grid[rows, columns] = np.asarray(values, dtype=np.float64)
+    return grid
+
+
+def row_label(index: int) -> str:
+    """The row letters of a zero-based row index (0 -> A, 26 -> AA)."""
+    return chr(65 + index) if index < 26 else chr(64 + index // 26) + chr(65 + index % 26)

@@ -152,6 +152,36 @@ def _panel_grid(n: int, columns: int, width: float, height: float):
     return figure, axes.ravel()[:n]
 
 
+def log_concentration_axis(ax, grid) -> None:
+    """A log concentration x axis over ``grid`` (µM), ticked at 1 and 3 per decade
+    (half-log doses) and labelled as plain numbers."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 3.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlim(grid[0], grid[-1])
+
+
+def concentration_grid(doses: pd.DataFrame, n: int = 200) -> np.ndarray:
+    """``n`` log-spaced concentrations (µM) from the lowest positive dose / 1.5 to the
+    highest x 1.5 of a dose table (0.01-10 µM when it has none)."""
+    positive = doses.loc[doses["treatment_conc"] > 0, "treatment_conc"]
+    c_min, c_max = (positive.min(), positive.max()) if len(positive) else (0.01, 10.0)
+    return np.geomspace(c_min / 1.5, c_max * 1.5, n)
+
+
+def panel_legend(figure, axes, ncol: int = 6) -> bool:
+    """One legend below the panels with each label of any panel once, in rows of at most
+    ``ncol`` entries; False when there is none."""
+    legend = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    if legend:
+        figure.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(len(legend), ncol), fontsize=8, frameon=False)
+    return bool(legend)
+
+
 def dose_response_figure(doses: pd.DataFrame, fits: pd.DataFrame, treatments: pd.DataFrame, zeta: float, columns: int = 4, title: str | None = None):
     """One panel per treatment of ``treatments`` (in its order: rank, treatment, e_t):
     the dose efficacy e(t,c) against concentration (log axis) with the sign-test interval
@@ -166,9 +196,7 @@ def dose_response_figure(doses: pd.DataFrame, fits: pd.DataFrame, treatments: pd
     if len(treatments) == 0:
         axes[0].text(0.5, 0.5, "no treatment with a score", ha="center", va="center", transform=axes[0].transAxes)
         axes[0].set_axis_off()
-    positive = doses.loc[doses["treatment_conc"] > 0, "treatment_conc"]
-    c_min, c_max = (positive.min(), positive.max()) if len(positive) else (0.01, 10.0)
-    grid = np.geomspace(c_min / 1.5, c_max * 1.5, 200)
+    grid = concentration_grid(doses)
     for ax, top in zip(axes, treatments.itertuples()):
         rows = doses[doses["treatment"] == top.treatment].sort_values("treatment_conc")
         with_ci = rows[rows["e_dose"].notna()]
@@ -189,13 +217,8 @@ def dose_response_figure(doses: pd.DataFrame, fits: pd.DataFrame, treatments: pd
         elif fit is not None:
             ax.text(0.03, 0.95, f"no fit: {fit['status']}", transform=ax.transAxes, va="top", fontsize=6, color="grey")
         ax.axhline(zeta, color="#4C72B0", linestyle="--", linewidth=1, label=f"zeta = {zeta:g}")
-        ax.set_xscale("log")
-        # Ticks at 1 and 3 per decade (half-log doses), labelled as plain numbers.
-        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 3.0)))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        log_concentration_axis(ax, grid)
         ax.set_ylim(-0.05, 1.05)
-        ax.set_xlim(grid[0], grid[-1])
         e_t = f"{top.e_t:.2f}" if np.isfinite(top.e_t) else "NA"
         ax.set_title(f"#{top.rank} {top.treatment}  e(t) = {e_t}", fontsize=9)
         ax.tick_params(labelsize=7)
@@ -205,12 +228,7 @@ def dose_response_figure(doses: pd.DataFrame, fits: pd.DataFrame, treatments: pd
             ax.set_xlabel("concentration (µM)", fontsize=8)
         if i % per_row == 0:
             ax.set_ylabel("dose efficacy e(t,c)", fontsize=8)
-    legend = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(label, handle)
-    if legend:
-        figure.legend(list(legend.values()), list(legend), loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
+    legend = panel_legend(figure, axes)
     if title:
         figure.suptitle(title)
     figure.tight_layout(rect=(0, 0.05 if legend else 0, 1, 1))

@@ -135,3 +135,128 @@ def load_masks(mask_paths, site_ids) -> np.ndarray:
     if not site_ids:
         return np.zeros((0, 0, 0), dtype=bool)
     return np.stack([found[s] for s in site_ids]).astype(bool)
+
+
+# --- the quantitative call (hit, inhibition) against a synthetic truth -------------------
+# Truly effective: the best non-toxic tested dose removes at least `threshold` of the
+# infection; truly inactive: no antiviral effect at all (emax == 0: kinds inactive and
+# toxic). Everything between ("partial") counts in neither precision nor recall, so that
+# a hit on a compound removing 60 % of the infection is neither right nor wrong.
+
+EFFECTIVE, INACTIVE, PARTIAL = "effective", "inactive", "partial"
+
+
+def truth_efficacy_column(compounds: pd.DataFrame) -> str:
+    """The truth column of a compound's best achievable efficacy: best_nontoxic_efficacy
+    where the truth has it, else max_efficacy (older truth files; the caller warns)."""
+    for column in ("best_nontoxic_efficacy", "max_efficacy"):
+        if column in compounds.columns:
+            return column
+    raise ValueError(f"truth table has neither best_nontoxic_efficacy nor max_efficacy; it has {list(compounds.columns)}")
+
+
+def truth_classes(compounds: pd.DataFrame, threshold: float, efficacy_column: str) -> pd.DataFrame:
+    """One row per compound of the truth table (treatment, emax, ec50_um, ``efficacy_column``):
+    treatment, true_efficacy (float, 0-1), emax, true_ec50_um (NaN without an effect) and
+    truth_class: "effective" (true_efficacy >= threshold), "inactive" (emax == 0) or
+    "partial" (any other: some true effect below the threshold at the best non-toxic dose)."""
+    missing = [c for c in ("treatment", "emax", "ec50_um", efficacy_column) if c not in compounds.columns]
+    if missing:
+        raise ValueError(f"truth table lacks column(s) {missing}; it has {list(compounds.columns)}")
+    classes = pd.DataFrame({
+        "treatment": compounds["treatment"].astype(str).str.strip(),
+        "true_efficacy": pd.to_numeric(compounds[efficacy_column], errors="coerce").astype("float64"),
+        "emax": pd.to_numeric(compounds["emax"], errors="coerce").fillna(0.0).astype("float64"),
+        "true_ec50_um": pd.to_numeric(compounds["ec50_um"], errors="coerce").astype("float64"),
+    })
+    classes["truth_class"] = np.select(
+        [classes["true_efficacy"] >= threshold, classes["emax"] == 0], [EFFECTIVE, INACTIVE], PARTIAL
+    ).astype(object)
+    duplicated = classes["treatment"][classes["treatment"].duplicated()]
+    if len(duplicated):
+        raise ValueError(f"truth table lists treatment(s) more than once: {sorted(set(duplicated))[:5]}")
+    return classes
+
+
+def call_scores(treatments: pd.DataFrame, classes: pd.DataFrame, call_column: str) -> dict:
+    """Precision and recall of the boolean call ``call_column`` (hit, effective) of the
+    treatments against the truth classes (:func:`truth_classes`), over the treatments that
+    both tables hold and that are truly effective or truly inactive; calls on partial
+    compounds are counted apart (n_partial, n_partial_called) and in neither score."""
+    merged = treatments[["treatment", call_column]].merge(classes, on="treatment", how="inner", validate="one_to_one")
+    called = merged[call_column].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    partial = (merged["truth_class"] == PARTIAL).to_numpy()
+    scored = merged[~partial]
+    result = identification(
+        scored.loc[called[~partial], "treatment"],
+        scored.loc[scored["truth_class"] == EFFECTIVE, "treatment"],
+        scored["treatment"],
+    )
+    return {**result, "n_partial": int(partial.sum()), "n_partial_called": int((called & partial).sum())}
+
+
+def dose_ranges(doses: pd.DataFrame) -> pd.DataFrame:
+    """The tested concentration range of each treatment of a dose table (treatment,
+    treatment_conc in µM): treatment, conc_min_um, conc_max_um (positive doses only)."""
+    positive = doses[doses["treatment_conc"] > 0]
+    return (positive.groupby("treatment")["treatment_conc"].agg(conc_min_um="min", conc_max_um="max").reset_index())
+
+
+def ec50_agreement(estimated_um, true_um, conc_min_um, conc_max_um, tolerance_log10: float = 0.5) -> dict:
+    """The share of compounds whose true EC50 lies inside their tested range (inclusive)
+    whose estimated EC50 lies within ``tolerance_log10`` decades of it (a missing estimate
+    counts as a miss), and n, the number of such compounds (share NaN when n is 0)."""
+    estimated, truth = np.asarray(estimated_um, dtype=np.float64), np.asarray(true_um, dtype=np.float64)
+    low, high = np.asarray(conc_min_um, dtype=np.float64), np.asarray(conc_max_um, dtype=np.float64)
+    inside = np.isfinite(truth) & (truth > 0) & (truth >= low) & (truth <= high)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        error = np.abs(np.log10(estimated[inside]) - np.log10(truth[inside]))
+    close = np.isfinite(error) & (error <= tolerance_log10)
+    n = int(inside.sum())
+    return {"ec50_within_half_log": float(close.mean()) if n else float("nan"), "n_ec50": n}
+
+
+def inhibition_truth_scores(treatments: pd.DataFrame, doses: pd.DataFrame, classes: pd.DataFrame) -> dict:
+    """The inhibition estimates of one model scored against the truth classes: Spearman
+    rho of inhibition_max with true_efficacy (all shared compounds), the median
+    |inhibition_max - true_efficacy| over compounds with any true effect (emax > 0; a
+    compound without an estimate is left out and n says how many remain), and the EC50
+    agreement (:func:`ec50_agreement`, ranges from ``doses``)."""
+    merged = treatments.merge(classes, on="treatment", how="inner", validate="one_to_one")
+    merged = merged.merge(dose_ranges(doses), on="treatment", how="left", validate="one_to_one")
+    correlation = spearman(merged["inhibition_max"], merged["true_efficacy"])
+    with_effect = merged[(merged["emax"] > 0) & merged["inhibition_max"].notna()]
+    error = (with_effect["inhibition_max"] - with_effect["true_efficacy"]).abs()
+    return {
+        "inhibition_spearman_rho": correlation["rho"],
+        "inhibition_spearman_p": correlation["p_value"],
+        "inhibition_median_abs_error": float(error.median()) if len(error) else float("nan"),
+        "n_with_effect": int(len(with_effect)),
+        **ec50_agreement(merged["inhibition_ec50_um"], merged["true_ec50_um"], merged["conc_min_um"], merged["conc_max_um"]),
+    }
+
+
+def quantitative_truth_scores(treatments: pd.DataFrame, doses: pd.DataFrame, classes: pd.DataFrame) -> dict:
+    """Every score of the quantitative comparison for one model: precision and recall of
+    ``hit`` and of DEEMD's ``effective`` with partial compounds excluded (hit_*, e_*),
+    Spearman rho of e(t) with true_efficacy, and :func:`inhibition_truth_scores`."""
+    hit = call_scores(treatments, classes, "hit")
+    deemd = call_scores(treatments, classes, "effective")
+    merged = treatments.merge(classes, on="treatment", how="inner", validate="one_to_one")
+    e_rho = spearman(merged["e_t"], merged["true_efficacy"])
+    return {
+        "hit_precision": hit["precision"],
+        "hit_recall": hit["recall"],
+        "hit_n_called": hit["n_predicted"],
+        "hit_n_true_positive": hit["n_true_positive"],
+        "n_truly_effective": hit["n_true"],
+        "n_truly_inactive": hit["n_treatments"] - hit["n_true"],
+        "n_partial": hit["n_partial"],
+        "hit_n_partial_called": hit["n_partial_called"],
+        **inhibition_truth_scores(treatments, doses, classes),
+        "e_precision_excl_partial": deemd["precision"],
+        "e_recall_excl_partial": deemd["recall"],
+        "e_n_called_excl_partial": deemd["n_predicted"],
+        "e_n_partial_called": deemd["n_partial_called"],
+        "e_spearman_rho_true_efficacy": e_rho["rho"],
+    }
