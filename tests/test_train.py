@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +16,7 @@ from deemd.train import (
     fit,
     inference_sites_per_batch,
     infer_patches,
+    load_checkpoint,
     select_device,
     site_scores,
     sites_per_step,
@@ -173,3 +176,31 @@ def test_infer_patches_probabilities_cover_every_patch():
     probabilities, labels, rows = infer_patches(build_resnet34(2), loaders(Sites(5, 3), 2, None), PatchGrid(32, 16, 8), RUNTIME, 7)
     assert probabilities.shape == (5, 9) and rows.tolist() == [0, 1, 2, 3, 4]
     assert labels.tolist() == [0, 1, 0, 1, 0]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not a checkpoint"])
+def test_unreadable_checkpoint_is_set_aside_and_training_restarts(damage, tmp_path, caplog):
+    torch.set_num_threads(1)
+    train, val = Sites(12, 0), Sites(8, 1)
+    checkpoint = tmp_path / "checkpoint" / "last.pt"
+    checkpoint.parent.mkdir()
+    cut = fit(setup("M", epochs=1), train, val, loaders, RUNTIME, checkpoint, "d", log=lambda *_: None)
+    assert cut["finished"]
+    data = checkpoint.read_bytes()
+    if damage == "truncated":
+        checkpoint.write_bytes(data[: len(data) // 2])
+    elif damage == "empty":
+        checkpoint.write_bytes(b"")
+    else:
+        torch.save([1, 2, 3], checkpoint)
+    messages = []
+    with caplog.at_level(logging.WARNING, logger="deemd.train"):
+        result = fit(setup("M", epochs=1), train, val, loaders, RUNTIME, checkpoint, "d", log=messages.append)
+    assert result["finished"] and [row["epoch"] for row in result["history"]] == [1]
+    assert not any("resumed" in m for m in messages)
+    aside = list(checkpoint.parent.glob("last.pt.corrupt-*"))
+    assert len(aside) == 1 and not checkpoint.with_name("last.pt.tmp").exists()
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert f"checkpoint {checkpoint} is unreadable" in warning and aside[0].name in warning
+    # The fresh run wrote a good checkpoint again.
+    assert load_checkpoint(checkpoint, "cpu")["state"]["epoch"] == 1

@@ -13,6 +13,7 @@ uninterrupted one would (on CPU).
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import time
@@ -244,6 +245,27 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def load_checkpoint(path: Path, device) -> dict | None:
+    """The saved training state at ``path``, or None where there is none. A checkpoint
+    that cannot be read (truncated by a full disk or a kill during an older, non-atomic
+    write; another torch's format) is set aside as ``last.pt.corrupt-<time>`` with a
+    warning (in the rule's log), so training restarts instead of failing on every rerun."""
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location=device, weights_only=False)
+        if not isinstance(saved, dict):
+            raise ValueError(f"holds a {type(saved).__name__}, not a checkpoint dict")
+        return saved
+    except Exception as error:  # noqa: BLE001 - unpickling fails in many ways; all mean unreadable
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(path, aside)
+        logging.getLogger("deemd.train").warning(
+            "checkpoint %s is unreadable (%s: %s); moved to %s, training starts afresh", path, type(error).__name__, error, aside.name
+        )
+        return None
+
+
 def fit(setup: TrainSetup, train_data, val_data, loader_factory, runtime: Runtime, checkpoint: Path, digest: str, log=print, stop_after=None):
     """Train one model with early stopping on validation average precision.
 
@@ -263,8 +285,8 @@ def fit(setup: TrainSetup, train_data, val_data, loader_factory, runtime: Runtim
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=setup.lr, total_steps=total_steps, anneal_strategy="cos", cycle_momentum=False)
     state = {"epoch": 0, "history": [], "best_ap": -1.0, "best_loss": float("inf"), "max_ap": -1.0, "best_epoch": 0,
              "best_state": None, "bad_epochs": 0, "stopped": False}
-    if checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=runtime.device, weights_only=False)
+    saved = load_checkpoint(checkpoint, runtime.device)
+    if saved is not None:
         if saved.get("digest") == digest:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
