@@ -295,16 +295,34 @@ def test_glue_main_end_to_end(tmp_path):
             ("Few", 1.0): rng.uniform(0.0, 0.1, 4),
         }
     )
+    sites["well"] = sites["well_id"]
+    sites["role"] = "treated"
+    controls = []
+    for role, level in (("infected_control", 0.9), ("noninfected_control", 0.05)):
+        for w in range(3):
+            for site in range(4):
+                controls.append({"site_id": f"{role}{w}{site}", "well_id": f"{role}{w}", "well": f"{role}{w}", "plate_id": "E_1",
+                                 "role": role, "treatment": None, "treatment_conc": np.nan, "model": "M",
+                                 "z": level + 0.01 * site, "score": level})
+    sites = pd.concat([sites, pd.DataFrame(controls)], ignore_index=True)
+    sites["a"] = sites["z"]
+    nuclei = sites.drop_duplicates("well_id").assign(toxic=False, no_nuclei=False)[["plate_id", "well", "treatment", "treatment_conc", "toxic", "no_nuclei"]]
+    nuclei_path = tmp_path / "nuclei.parquet"
+    nuclei.to_parquet(nuclei_path)
     paths = []
     for i, part in enumerate(np.array_split(np.arange(len(sites)), 2)):
         path = tmp_path / f"E_{i + 1}.parquet"
         sites.iloc[part].to_parquet(path)
         paths.append(str(path))
-    output = {"doses": str(tmp_path / "out" / "doses.parquet"), "treatments": str(tmp_path / "out" / "treatments.parquet")}
-    main(paths, output, str(tmp_path / "log.txt"), {"zeta": 0.5, "confidence": 0.95}, "M")
+    output = {name: str(tmp_path / "out" / f"{name}.parquet") for name in ("doses", "treatments", "wells", "plate_qc")}
+    efficacy = {"zeta": 0.5, "confidence": 0.95, "inhibition_bar": 0.5, "fdr": 0.05}
+    qc = {"min_zprime": 0.0, "min_control_wells": 3}
+    main(paths, str(nuclei_path), output, str(tmp_path / "log.txt"), efficacy, qc, "a", "M")
     doses = pd.read_parquet(output["doses"])
-    treatments = pd.read_parquet(output["treatments"])
-    assert len(doses) == 5 and doses["n_sites"].sum() == len(sites)
+    treatments = pd.read_parquet(output["treatments"]).sort_values("deemd_rank")
+    assert set(pd.read_parquet(output["plate_qc"])["readout"]) == {"a", "z"}
+    assert len(pd.read_parquet(output["wells"])) == sites["well_id"].nunique()
+    assert len(doses) == 5 and doses["n_sites"].sum() == (sites["role"] == "treated").sum()
     assert doses["status"].tolist().count("ok") == 3
     expected = sign_test_intervals(np.zeros(12, int), sites.loc[sites["treatment_conc"].eq(10.0) & sites["treatment"].eq("Good"), "z"].to_numpy(), 0.95)
     good10 = doses[(doses["treatment"] == "Good") & (doses["treatment_conc"] == 10.0)].iloc[0]
@@ -314,4 +332,4 @@ def test_glue_main_end_to_end(tmp_path):
     assert np.isnan(treatments["e_t"].iloc[2]) and treatments["status"].iloc[2] != "ok"
     assert "too few sites (n=4)" in (tmp_path / "log.txt").read_text()
     with pytest.raises(ValueError, match="model"):
-        main(paths, output, str(tmp_path / "log.txt"), {"zeta": 0.5, "confidence": 0.95}, "W")
+        main(paths, str(nuclei_path), output, str(tmp_path / "log.txt"), efficacy, qc, "z", "W")

@@ -1,0 +1,108 @@
+"""Score the workflow against the hidden truth over both synthetic worlds and several seeds.
+
+Each run is a clean run of the whole workflow on one world (foci: config/config.yaml;
+diffuse: config/diffuse.yaml on top of it) at the demo's size, with demo.seed, split.seed
+and train.seed all set from one seed, in its own directory. The per-model truth scores
+(results/<name>/figures/truth_scores.tsv: DEEMD's E and the inhibition hit calls against
+the truth) and the per-plate Z' are gathered into one table.
+
+    python3 benchmarks/worlds.py                      # foci and diffuse, seeds 1 2 3
+    python3 benchmarks/worlds.py --worlds diffuse --seeds 4 --cores 2
+
+Each run takes about as long as the demo (minutes on 2 cores). Runs already finished in
+--workdir are reused (Snakemake reruns nothing), so an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WORLD_CONFIGS = {"foci": [], "diffuse": ["config/diffuse.yaml"]}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def run_config(world: str, seed: int) -> dict:
+    """The full config of one run: config.yaml, the world's overlay, and the seeds."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for overlay in WORLD_CONFIGS[world]:
+        config = deep_merge(config, yaml.safe_load((REPO / overlay).read_text()))
+    return deep_merge(config, {"demo": {"seed": seed}, "split": {"seed": seed}, "train": {"seed": seed}})
+
+
+def run(world: str, seed: int, workdir: Path, cores: int) -> tuple[Path, dict, float]:
+    directory = workdir / f"{world}_seed{seed}"
+    directory.mkdir(parents=True, exist_ok=True)
+    config = run_config(world, seed)
+    (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    name = config["dataset"]["name"]
+    target = f"results/{name}/figures/truth_scores.tsv"
+    command = ["snakemake", target, "-s", str(REPO / "Snakefile"), "--directory", str(directory), "--cores", str(cores),
+               "--configfile", str(directory / "config.yaml")]
+    start = time.monotonic()
+    with open(directory / "snakemake.log", "w") as log:
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.monotonic() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{world} seed {seed}: snakemake failed; see {directory / 'snakemake.log'}")
+    return directory / "results" / name, config, seconds
+
+
+def gather(results: Path, world: str, seed: int, seconds: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    scores = pd.read_csv(results / "figures" / "truth_scores.tsv", sep="\t").assign(world=world, seed=seed, wall_s=round(seconds))
+    qc = [pd.read_parquet(path) for path in sorted((results / "efficacy").glob("*/plate_qc.parquet"))]
+    qc = pd.concat(qc, ignore_index=True).assign(world=world, seed=seed) if qc else pd.DataFrame()
+    return scores, qc
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worlds", nargs="+", default=list(WORLD_CONFIGS), choices=list(WORLD_CONFIGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/deemd-worlds"))
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=None, help="TSV of every run's scores (default: WORKDIR/scores.tsv)")
+    args = parser.parse_args(argv)
+    all_scores, all_qc = [], []
+    for world in args.worlds:
+        for seed in args.seeds:
+            results, _, seconds = run(world, seed, args.workdir, args.cores)
+            scores, qc = gather(results, world, seed, seconds)
+            all_scores.append(scores)
+            all_qc.append(qc)
+            print(f"{world} seed {seed}: {seconds:.0f} s", file=sys.stderr, flush=True)
+    scores = pd.concat(all_scores, ignore_index=True)
+    first = ["world", "seed", "model"]
+    scores = scores[first + [c for c in scores.columns if c not in first]]
+    output = args.output or args.workdir / "scores.tsv"
+    scores.to_csv(output, sep="\t", index=False, float_format="%.3f")
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_columns", 40)
+    print(scores.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    qc = pd.concat(all_qc, ignore_index=True)
+    if len(qc):
+        table = qc.pivot_table(index=["world", "seed", "plate_id"], columns=["model", "readout"], values="zprime")
+        print("\nrobust Z' per plate (held-out control wells), by model and readout:")
+        print(table.to_string(float_format=lambda v: f"{v:.2f}"))
+    print(f"\nscores written to {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Unit tests of deemd.inhibition: control normalisation, plate QC, toxic doses, the
+inhibition curve and its hit test, BH q-values and the ranking (docs/method.md §10)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from deemd.doseresponse import logistic4
+from deemd.inhibition import (
+    INFECTED_CONTROL,
+    NONINFECTED_CONTROL,
+    TREATED,
+    benjamini_hochberg,
+    control_references,
+    fitted_at,
+    inhibition,
+    inhibition_curve,
+    quantitative_efficacy,
+    rank_by_hit,
+    robust_ssmd,
+    robust_zprime,
+    scored_sites,
+    site_roles,
+    toxic_doses,
+    well_medians,
+)
+from test_efficacy import reference_intervals
+
+CONCENTRATIONS = np.array([0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
+
+
+def test_robust_zprime_and_ssmd_known_values():
+    positive = np.array([0.9, 1.0, 1.1])  # median 1.0, MAD 0.1
+    negative = np.array([0.0, 0.1, 0.2])  # median 0.1, MAD 0.1
+    sd = 1.4826 * 0.1
+    assert robust_zprime(positive, negative) == pytest.approx(1 - 3 * 2 * sd / 0.9)
+    assert robust_ssmd(positive, negative) == pytest.approx(0.9 / np.hypot(sd, sd))
+    # How far an outlier lies does not matter, only which side it is on.
+    assert robust_zprime(np.append(positive, 50.0), negative) == pytest.approx(robust_zprime(np.append(positive, 1.5), negative))
+    assert robust_zprime(positive, positive) == -np.inf
+    assert np.isnan(robust_zprime([], negative)) and np.isnan(robust_ssmd(positive, []))
+    assert robust_ssmd([1.0, 1.0], [0.0, 0.0]) == np.inf
+
+
+def split_table():
+    return pd.DataFrame(
+        {
+            "site_id": [f"s{i}" for i in range(6)],
+            "plate_id": ["E_1"] * 5 + ["E_2"],
+            "set": ["train", "val", "test", "treated", "val", "treated"],
+            "label": pd.array([1, 1, 0, pd.NA, 0, pd.NA], dtype="Int64"),
+            "well": ["A01", "A02", "A03", "A04", "A05", "A01"],
+        }
+    )
+
+
+def test_roles_leave_out_training_sites():
+    roles = site_roles(split_table()).fillna("trained on")
+    assert roles.tolist() == ["trained on", INFECTED_CONTROL, NONINFECTED_CONTROL, TREATED, NONINFECTED_CONTROL, TREATED]
+    plate = scored_sites(split_table(), "E_1")
+    assert plate["site_id"].tolist() == ["s1", "s2", "s3", "s4"]
+    assert plate["role"].tolist() == [INFECTED_CONTROL, NONINFECTED_CONTROL, TREATED, NONINFECTED_CONTROL]
+
+
+def control_wells(plate_id, infected, noninfected):
+    rows = [{"plate_id": plate_id, "role": INFECTED_CONTROL, "median_a": v} for v in infected]
+    rows += [{"plate_id": plate_id, "role": NONINFECTED_CONTROL, "median_a": v} for v in noninfected]
+    return rows
+
+
+def test_control_references_per_plate_and_pooled():
+    wells = pd.DataFrame(
+        control_wells("E_1", [0.6, 0.7, 0.8], [0.0, 0.1, 0.2])
+        + control_wells("E_2", [0.5], [0.0, 0.0, 0.0])  # too few infected wells: pooled
+        + [{"plate_id": "E_2", "role": TREATED, "median_a": 0.3}]
+    )
+    refs = control_references(wells, "median_a", min_wells=3).set_index("plate_id")
+    assert refs.loc["E_1", "control_source"] == "plate"
+    assert refs.loc["E_1", "median_infected"] == pytest.approx(0.7)
+    assert refs.loc["E_1", "median_noninfected"] == pytest.approx(0.1)
+    assert refs.loc["E_2", "control_source"] == "experiment"
+    assert refs.loc["E_2", "n_infected"] == 4  # the experiment's four infected wells
+    assert refs.loc["E_2", "median_infected"] == pytest.approx(np.median([0.6, 0.7, 0.8, 0.5]))
+
+
+def test_control_references_error_names_plate_and_experiment():
+    wells = pd.DataFrame(control_wells("HRCE-9_1", [], [0.0, 0.1, 0.2]) + [{"plate_id": "HRCE-9_1", "role": TREATED, "median_a": 0.3}])
+    with pytest.raises(ValueError, match=r"plate HRCE-9_1: no held-out infected_control wells .* experiment HRCE-9"):
+        control_references(wells, "median_a", min_wells=1)
+
+
+def test_inhibition_scale_and_degenerate_references():
+    values = inhibition([0.8, 0.45, 0.1, 0.9], [0.8, 0.8, 0.8, 0.1], [0.1, 0.1, 0.1, 0.1])
+    assert values[:3] == pytest.approx([0.0, 0.5, 1.0])
+    assert np.isnan(values[3])  # references that do not separate give no inhibition
+
+
+def test_toxic_doses_need_half_the_wells():
+    nuclei = pd.DataFrame(
+        {
+            "treatment": ["T", "T", "T", "T", None],
+            "treatment_conc": [1.0, 1.0, 10.0, 10.0, np.nan],
+            "well": ["A01", "A02", "A03", "A04", "A05"],
+            "toxic": [False, True, True, True, False],
+            "no_nuclei": [False, False, False, False, False],
+        }
+    )
+    doses = toxic_doses(nuclei)
+    assert doses["toxic"].tolist() == [True, True]  # 1 of 2 is half; 2 of 2
+    nuclei.loc[1, "toxic"] = False
+    assert toxic_doses(nuclei)["toxic"].tolist() == [False, True]
+
+
+def noisy_wells(emax, ec50=0.5, hill=1.5, wells_per_dose=3, sd=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    c = np.repeat(CONCENTRATIONS, wells_per_dose)
+    y = logistic4(np.log10(c), 0.0, emax, np.log10(ec50), hill) + rng.normal(0, sd, len(c))
+    return c, y
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_curve_of_an_effective_compound_is_a_hit(seed):
+    c, y = noisy_wells(0.95, seed=seed)
+    curve = inhibition_curve(c, y, bar=0.5)
+    assert curve["inhibition_status"] == "ok"
+    assert curve["inhibition_max"] == pytest.approx(0.95, abs=0.08)
+    assert abs(np.log10(curve["inhibition_ec50_um"]) - np.log10(0.5)) < 0.3
+    assert curve["hit_p_value"] < 1e-4
+    assert curve["n_wells_tested"] == len(c)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_curve_of_an_inactive_compound_is_not(seed):
+    c, y = noisy_wells(0.0, seed=seed, sd=0.1)
+    curve = inhibition_curve(c, y, bar=0.5)
+    assert curve["hit_p_value"] > 0.5
+    assert curve["inhibition_max"] < 0.3
+
+
+def test_curve_keeps_power_with_one_well_per_dose():
+    c, y = noisy_wells(0.95, wells_per_dose=1, sd=0.03, seed=4)
+    curve = inhibition_curve(c, y, bar=0.5)
+    assert curve["n_wells_tested"] == 6 and curve["hit_p_value"] < 0.05
+
+
+def test_curve_without_enough_wells_falls_back_to_the_best_dose():
+    curve = inhibition_curve([1.0, 10.0, 10.0], [0.2, 0.8, 0.6], bar=0.5)
+    assert np.isnan(curve["hit_p_value"]) and "too few wells" in curve["inhibition_status"]
+    assert curve["inhibition_max"] == pytest.approx(0.7)
+    empty = inhibition_curve([], [], bar=0.5)
+    assert empty["n_wells_tested"] == 0 and np.isnan(empty["inhibition_max"])
+
+
+def test_delta_method_matches_a_linear_case():
+    # With hill fixed by a zero covariance, the curve's variance at a dose is g' C g.
+    fit = {"bottom": 0.0, "top": 1.0, "log_ec50": 0.0, "hill": 1.0, "covariance": np.diag([0.01, 0.04, 0.0, 0.0])}
+    value, se = fitted_at(fit, [1.0])
+    # At the EC50 the curve is (bottom + top) / 2: gradient 1/2 in each of them.
+    assert value[0] == pytest.approx(0.5)
+    assert se[0] == pytest.approx(np.sqrt(0.25 * 0.01 + 0.25 * 0.04), rel=1e-4)
+
+
+def test_benjamini_hochberg_against_hand_computation():
+    p = np.array([0.01, 0.04, np.nan, 0.03, 0.5])
+    q = benjamini_hochberg(p)
+    # sorted finite p: 0.01 0.03 0.04 0.5 (m = 4): q = min over ranks >= i of p m / rank
+    assert q[[0, 3, 1, 4]] == pytest.approx([0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.5])
+    assert np.isnan(q[2])
+
+
+def test_rank_by_hit_then_inhibition():
+    table = pd.DataFrame(
+        {
+            "treatment": ["a", "b", "c", "d"],
+            "hit": [False, True, False, True],
+            "inhibition_max": [0.99, 0.6, np.nan, 0.9],
+            "e_t": [0.1, 0.9, 0.5, 0.2],
+        }
+    )
+    ranked = rank_by_hit(table)
+    assert ranked["treatment"].tolist() == ["d", "b", "a", "c"]
+    assert ranked["rank"].tolist() == [1, 2, 3, 4]
+
+
+def screen(seed=0, min_wells=3):
+    """Two plates: held-out controls, an effective and an inactive treatment, a toxic dose."""
+    rng = np.random.default_rng(seed)
+    rows, nuclei = [], []
+
+    def add(plate, well, role, treatment, conc, level, toxic=False):
+        for site in range(1, 5):
+            a = float(np.clip(level + rng.normal(0, 0.03), 0, 1))
+            rows.append(
+                {"site_id": f"{plate}_{well}_{site}", "well_id": f"{plate}_{well}", "plate_id": plate, "well": well,
+                 "site": site, "role": role, "treatment": treatment, "treatment_conc": conc, "z": a, "a": a}
+            )
+        nuclei.append({"plate_id": plate, "well": well, "treatment": treatment, "treatment_conc": conc, "toxic": toxic, "no_nuclei": False})
+
+    for plate in ("E_1", "E_2"):
+        for i in range(4):
+            add(plate, f"A{i + 1:02d}", INFECTED_CONTROL, None, np.nan, 0.6)
+            add(plate, f"B{i + 1:02d}", NONINFECTED_CONTROL, None, np.nan, 0.05)
+        for j, conc in enumerate(CONCENTRATIONS):
+            effect = logistic4(np.log10(conc), 0.0, 0.95, np.log10(0.3), 1.5)
+            add(plate, f"C{j + 1:02d}", TREATED, "Good", conc, 0.6 - effect * 0.55)
+            add(plate, f"D{j + 1:02d}", TREATED, "Null", conc, 0.6)
+        # The top dose of Tox kills: its wells never reach the shards, only the nuclei table.
+        nuclei.append({"plate_id": plate, "well": "E01", "treatment": "Tox", "treatment_conc": 10.0, "toxic": True, "no_nuclei": False})
+    settings = {"inhibition_bar": 0.5, "fdr": 0.05, "confidence": 0.95, "min_zprime": 0.0, "min_control_wells": min_wells}
+    return pd.DataFrame(rows), pd.DataFrame(nuclei), settings
+
+
+def test_quantitative_efficacy_end_to_end():
+    sites, nuclei, settings = screen()
+    tables = quantitative_efficacy(sites, nuclei, "M", "a", settings, reference_intervals)
+    qc = tables["plate_qc"]
+    assert sorted(qc["readout"].unique()) == ["a", "z"] and qc["passes"].all()
+    assert (qc["zprime"] > 0.5).all() and (qc["control_source"] == "plate").all()
+    treatments = tables["treatments"].set_index("treatment")
+    assert bool(treatments.loc["Good", "hit"]) and not bool(treatments.loc["Null", "hit"])
+    assert treatments.loc["Good", "inhibition_max"] == pytest.approx(0.95, abs=0.07)
+    assert treatments.loc["Tox", "inhibition_status"] == "every dose toxic"
+    assert treatments.loc["Tox", "n_toxic_doses"] == 1 and not bool(treatments.loc["Tox", "hit"])
+    wells = tables["wells"]
+    assert set(wells.loc[wells["role"] != TREATED, "reason"]) == {"control"}
+    assert wells.loc[wells["role"] == TREATED, "used"].all()
+    doses = tables["doses"].set_index(["treatment", "treatment_conc"])
+    assert doses.loc[("Good", 10.0), "median_inhibition"] > 0.85
+    assert doses.loc[("Good", 10.0), "n_wells_used"] == 2
+
+
+def test_failing_plate_is_left_out_of_hit_calling():
+    sites, nuclei, settings = screen()
+    noisy = (sites["plate_id"] == "E_2") & sites["role"].isin([INFECTED_CONTROL, NONINFECTED_CONTROL])
+    sites.loc[noisy, "a"] = np.random.default_rng(1).uniform(0, 1, int(noisy.sum()))
+    tables = quantitative_efficacy(sites, nuclei, "M", "a", settings, reference_intervals)
+    qc = tables["plate_qc"].set_index(["plate_id", "readout"])
+    assert not qc.loc[("E_2", "a"), "passes"] and qc.loc[("E_1", "a"), "passes"]
+    assert not qc.loc[("E_2", "z"), "passes"]  # one decision per plate, from the readout used
+    wells = tables["wells"]
+    failed = wells[(wells["plate_id"] == "E_2") & (wells["role"] == TREATED)]
+    assert (~failed["used"]).all() and failed["reason"].str.startswith("plate QC: Z'").all()
+    assert tables["treatments"].set_index("treatment").loc["Good", "n_wells_tested"] == 6
+
+
+def test_well_medians_one_row_per_well():
+    sites, _, _ = screen()
+    wells = well_medians(sites, ["z", "a"])
+    assert len(wells) == sites["well_id"].nunique() and (wells["n_sites"] == 4).all()
+    first = sites[sites["well_id"] == wells["well_id"].iloc[0]]
+    assert wells["median_a"].iloc[0] == pytest.approx(first["a"].median())
+    assert stats.rankdata(wells["median_a"]).shape == (len(wells),)
