@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import time
 
 import pandas as pd
 import pytest
 
-from workflow_utils import TINY, WELLS, deep_merge, job_counts, snakemake, write_config
+from workflow_utils import REPO, TINY, WELLS, deep_merge, job_counts, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -69,3 +72,28 @@ def test_changed_image_of_a_local_dataset_reruns_its_plate(wells_run, tmp_path):
     wells = pd.read_parquet(tmp_path / target)
     assert wells.loc[wells["well_id"] == site_id.rsplit("_", 1)[0], "n_sites_imaged"].item() == 4
     assert "Nothing to be done" in snakemake(tmp_path, "-n", target).stdout
+
+
+def test_killed_snakemake_leaves_a_lock_that_unlock_removes(wells_run, tmp_path):
+    """What the README says to do after a kill: the rerun stops with a LockException,
+    `snakemake --unlock` removes the stale lock, and the same command then redoes the
+    killed jobs (rerun-incomplete, default profile)."""
+    directory = tmp_path / "killed"
+    shutil.copytree(wells_run, directory, symlinks=True)
+    shutil.rmtree(directory / "logs/tiny/stitch")
+    command = ["snakemake", WELLS, "--forcerun", "stitch", "-s", str(REPO / "Snakefile"), "--directory",
+               str(directory), "--cores", "2", "--configfile", str(directory / "config.yaml")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (directory / "logs/tiny/stitch").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert list((directory / ".snakemake/locks").iterdir()), "the kill left no lock"
+    result = snakemake(directory, WELLS, check=False)
+    assert result.returncode != 0 and "LockException" in result.stdout + result.stderr
+    assert "--unlock" in result.stdout + result.stderr
+    snakemake(directory, "--unlock")
+    result = snakemake(directory, WELLS)
+    assert job_counts(result.stdout + result.stderr).get("stitch", 0) >= 1
+    assert "Nothing to be done" in snakemake(directory, "-n", WELLS).stdout

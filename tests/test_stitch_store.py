@@ -1,3 +1,4 @@
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import zarr
 from PIL import Image
 
-from deemd.stitch import ImageReadError, image_path, read_png, read_site, read_well_into, site_paths_by_well, stitch_plate
+from deemd.stitch import ImageReadError, image_manifest_digest, image_path, read_png, read_site, read_well_into, site_paths_by_well, stitch_plate
 from deemd.store import (
     StoreIntegrityError,
     create_plate_store,
@@ -185,3 +186,24 @@ def test_damaged_site_valid_and_store_without_checksums(tmp_path):
     with pytest.raises(StoreIntegrityError, match=r"old\.zarr: array 'images' has no checksums"):
         open_plate_store(old)
     assert damage_marker(old).exists()
+
+
+def test_image_manifest_digest_follows_the_plates_own_files(tmp_path):
+    sites, pattern = make_plate(tmp_path)
+    png = tmp_path / "E" / "Plate1" / "A02_s3_w2.png"
+    other = tmp_path / "E" / "Plate2" / "A01_s1_w1.png"
+    write_png(other, np.zeros((8, 8), dtype=np.uint8))
+    digest = image_manifest_digest(sites, pattern, [1, 2])
+    assert image_manifest_digest(sites, pattern, [1, 2], threads=1) == digest
+    other.write_bytes(b"another plate's file")
+    assert image_manifest_digest(sites, pattern, [1, 2]) == digest
+    # Re-exported with the same bytes: a new mtime is a change.
+    stat = png.stat()
+    os.utime(png, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    touched = image_manifest_digest(sites, pattern, [1, 2])
+    assert touched != digest
+    png.unlink()
+    missing = image_manifest_digest(sites, pattern, [1, 2])
+    assert missing not in (digest, touched)
+    write_png(png, np.full((8, 8), 7, dtype=np.uint8))
+    assert image_manifest_digest(sites, pattern, [1, 2]) not in (digest, touched, missing)
