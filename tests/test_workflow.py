@@ -286,3 +286,32 @@ def test_changing_a_parameter_reruns_exactly_what_uses_it(tiny_run, tmp_path, ch
     assert not never & set(counts), counts
     if "figures" in change:
         assert set(counts) == {"dose_response"}, counts
+
+
+# The second synthetic world at the tiny size: 40 cells a site, 1-2 wells a dose.
+TINY_DIFFUSE = {
+    "dataset": {"name": "tinydiffuse", "metadata": "resources/tinydiffuse/metadata.csv",
+                "images": "resources/tinydiffuse/images/{experiment}/Plate{plate}/{well}_s{site}_w{channel}.png"},
+    "demo": {"world": "diffuse", "diffuse": {"cells": {"per_site": 40}}},
+}
+
+
+def test_diffuse_world_runs_to_the_per_well_table(tmp_path):
+    write_config(tmp_path, TINY, TINY_DIFFUSE)
+    snakemake(tmp_path, "results/tinydiffuse/nuclei/wells.parquet")
+    wells = pd.read_parquet(tmp_path / "results/tinydiffuse/nuclei/wells.parquet")
+    truth = pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / "resources/tinydiffuse/truth/sites").glob("*.parquet")))
+    library = pd.read_csv(tmp_path / "resources/tinydiffuse/truth/compounds.csv")
+    assert "best_nontoxic_efficacy" in library.columns and len(library) == TINY["demo"]["compounds"]
+    assert "world diffuse" in (tmp_path / "logs/tinydiffuse/demo/HRCE-1_1.log").read_text()
+    true_counts = truth.groupby("well_id")["n_nuclei"].sum()
+    merged = wells.set_index("well_id").join(true_counts.rename("true_count"))
+    seeded = merged[merged["true_count"] > 0]
+    assert ((seeded["nuclei_count"] - seeded["true_count"]).abs() / seeded["true_count"]).median() <= 0.15
+    untreated = truth[(truth["disease_condition"] == "Active SARS-CoV-2") & truth["treatment"].isna() & ~truth["failed"]]
+    assert (untreated["n_infected"] > 0).mean() > 0.9  # infection spread over (nearly) every site
+    # the world is a param of the demo jobs: switching back to foci reruns them
+    write_config(tmp_path, TINY, {"dataset": TINY_DIFFUSE["dataset"]}, name="foci.yaml")
+    dry = snakemake(tmp_path, "-n", "results/tinydiffuse/nuclei/wells.parquet", config=tmp_path / "foci.yaml")
+    counts = job_counts(dry.stdout + dry.stderr)
+    assert counts.get("demo_library") == 1 and counts.get("demo_plate") == TINY["demo"]["plates"], counts
