@@ -80,13 +80,14 @@ def test_killed_snakemake_leaves_a_lock_that_unlock_removes(wells_run, tmp_path)
     killed jobs (rerun-incomplete, default profile)."""
     directory = tmp_path / "killed"
     shutil.copytree(wells_run, directory, symlinks=True)
-    shutil.rmtree(directory / "logs/tiny/stitch")
     command = ["snakemake", WELLS, "--forcerun", "stitch", "-s", str(REPO / "Snakefile"), "--directory",
                str(directory), "--cores", "2", "--configfile", str(directory / "config.yaml")]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while not (directory / "logs/tiny/stitch").exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.1)
+    # Killed while a stitch job writes its store (its temporary copy exists).
+    store = directory / "results/tiny/store"
+    while not list(store.glob("*.zarr.tmp")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert list((directory / ".snakemake/locks").iterdir()), "the kill left no lock"

@@ -1,0 +1,72 @@
+"""What the store's integrity checks cost a read: one RxRx19a-sized well (5 x 2048 x 2048
+uint8) read from a Blosc-only array (no checks) against the per-plate store (Blosc +
+crc32c, read through PlateStore, which also checks that the chunk exists).
+
+Usage: python benchmarks/store_read.py [--repeats N]
+Prints medians of interleaved repeats (a passing load on the machine hits both alike).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+from scipy import ndimage
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+from deemd.store import create_plate_store, open_plate_store  # noqa: E402
+
+
+def well_image(seed: int = 0) -> np.ndarray:
+    """Microscopy-like: smooth blobs plus noise, so Blosc compresses it about 4x and the
+    checksum has real bytes to cover."""
+    rng = np.random.default_rng(seed)
+    base = ndimage.gaussian_filter(rng.random((5, 512, 512)), (0, 6, 6))
+    tile = np.clip((base - base.min()) / np.ptp(base) * 200 + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+    return np.tile(tile, (1, 4, 4))
+
+
+def timed(function) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=60)
+    args = parser.parse_args()
+    well, wells = well_image(), [f"A{i:02d}" for i in range(1, 9)]
+    tmp = Path(tempfile.mkdtemp(prefix="deemd-bench-"))
+    store = create_plate_store(tmp / "store.zarr", wells, list("abcde"), 1024, [[1, 2], [3, 4]])
+    for i in range(len(wells)):
+        store.images[i] = well
+    store.group.attrs["complete"] = True
+    store = open_plate_store(tmp / "store.zarr")
+    plain = zarr.open_group(str(tmp / "plain.zarr"), mode="w").create_array(
+        "images", shape=store.images.shape, chunks=store.images.chunks, dtype="uint8",
+        compressors=zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), fill_value=0,
+        chunk_key_encoding={"name": "default", "separator": "."}, config={"write_empty_chunks": True},
+    )
+    for i in range(len(wells)):
+        plain[i] = well
+    assert np.array_equal(store.images[3], plain[3])
+    runs = [(timed(lambda: plain[i % 8]), timed(lambda: store.images[i % 8])) for i in range(args.repeats)]
+    before, after = (statistics.median(r[k] for r in runs) for k in range(2))
+    stored = sum(f.stat().st_size for f in (tmp / "store.zarr" / "images").glob("c.*")) / len(wells)
+    shutil.rmtree(tmp)
+    print(f"one well of 5 x 2048 x 2048 uint8, {stored / 1e6:.1f} MB stored, median of {args.repeats}:")
+    print(f"Blosc only, unchecked read        {before * 1e3:8.2f} ms")
+    print(f"Blosc + crc32c, verified read     {after * 1e3:8.2f} ms   ratio {after / before:.3f}")
+
+
+if __name__ == "__main__":
+    main()
