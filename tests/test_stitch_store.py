@@ -1,4 +1,5 @@
 import os
+import pickle
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -143,6 +144,10 @@ def test_store_chunks_carry_checksums(tmp_path):
     store = open_plate_store(path)
     assert has_checksums(store.group["images"]) and has_checksums(store.group["site_valid"])
     assert not damage_marker(path).exists()
+    # DataLoader workers get the stores pickled, opened or not.
+    store.images[0]
+    copy = pickle.loads(pickle.dumps(store))
+    assert np.array_equal(copy.images[2], store.images[2]) and copy.path == path
 
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated", "flipped", "emptied"])

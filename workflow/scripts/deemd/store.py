@@ -18,6 +18,7 @@ the stitch rule), so rerunning the same snakemake command restitches that plate.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -67,13 +68,15 @@ class VerifiedArray:
     store and the well. Chunks are one per index of the first axis (a well); writes and
     every other attribute (shape, dtype, ...) go to the array unchanged."""
 
-    def __init__(self, array: zarr.Array, store_path: Path, labels):
-        # labels: a callable giving the well names (only needed for an error message).
-        self._array, self._path, self._labels = array, Path(store_path), labels
+    def __init__(self, array: zarr.Array, store_path: Path, group: zarr.Group):
+        # The group's "wells" attribute names the wells (only needed for an error message).
+        self._array, self._path, self._group = array, Path(store_path), group
         self._chunk_rows = int(array.chunks[0])
         self._tail = (0,) * (array.ndim - 1)
 
     def __getattr__(self, name):
+        if name.startswith("_"):  # not set yet (unpickling): never recurse
+            raise AttributeError(name)
         return getattr(self._array, name)
 
     def __len__(self) -> int:
@@ -90,7 +93,7 @@ class VerifiedArray:
 
     def _label(self, chunk: int) -> str:
         rows = range(chunk * self._chunk_rows, min((chunk + 1) * self._chunk_rows, self._array.shape[0]))
-        labels = self._labels()
+        labels = list(self._group.attrs.get("wells", []))
         names = [labels[r] if r < len(labels) else f"index {r}" for r in rows]
         if len(names) == 1:
             return f"{self._array.path} of well {names[0]}"
@@ -131,13 +134,14 @@ class PlateStore:
     group: zarr.Group
     path: Path
 
-    @property
+    @functools.cached_property
     def images(self) -> VerifiedArray:
-        return VerifiedArray(self.group["images"], self.path, lambda: self.wells)
+        # Opened once: zarr reads the array's metadata on every group["images"] (~1 ms).
+        return VerifiedArray(self.group["images"], self.path, self.group)
 
     @property
     def site_valid(self) -> np.ndarray:
-        return VerifiedArray(self.group["site_valid"], self.path, lambda: self.wells)[:]
+        return VerifiedArray(self.group["site_valid"], self.path, self.group)[:]
 
     @property
     def wells(self) -> list[str]:
