@@ -10,17 +10,9 @@ import torch
 
 from deemd.figures import read_site_images, select_control_sites, select_treated_sites
 from deemd.logs import start_rule_log
-from deemd.maps import infection_maps, scaled_sigma, smooth_maps
+from deemd.maps import site_maps
 from deemd.plots import infection_map_figure, save_figure_atomic
 from deemd.truth import load_masks
-
-
-def site_maps(probabilities, grid, maps_cfg):
-    """Smoothed infection maps (n, S, S) from a column of per-site patch probabilities."""
-    if len(probabilities) == 0:
-        return np.zeros((0, grid.site_size, grid.site_size), dtype=np.float32)
-    sigma = scaled_sigma(maps_cfg["sigma"], grid.site_size, maps_cfg["reference_site_size"])
-    return smooth_maps(infection_maps(np.stack(probabilities), grid, maps_cfg["alpha"]), sigma)
 
 
 def main(inputs, output, model, maps_cfg, n_controls, n_treated, overlay_alpha, store_paths, mask_paths, log):
@@ -42,7 +34,7 @@ def main(inputs, output, model, maps_cfg, n_controls, n_treated, overlay_alpha, 
         raise ValueError(f"model {model}: sites without patch probabilities (is it the whole-site model W?)")
     logging.info("model %s: %d control and %d treated sites: %s", model, len(controls), len(top), shown["site_id"].tolist())
     images = read_site_images(shown[columns], store_paths)
-    maps = site_maps(list(shown["patch_probabilities"]), setup.grid, maps_cfg)
+    maps = site_maps(np.stack(list(shown["patch_probabilities"])), setup.grid, maps_cfg["alpha"], maps_cfg["sigma"], maps_cfg["reference_site_size"])
     masks = load_masks(mask_paths, shown["site_id"]) if mask_paths else None
     labels = [f"{row.group}\n{row.site_id}\n{row.what} = {row.value:.2f}" for row in shown.itertuples()]
     channel_names = list(saved.get("channel_names") or [])

@@ -10,7 +10,7 @@ from deemd.data import SiteDataset
 from deemd.inference import score_dataset
 from deemd.io import write_table_atomic
 from deemd.logs import start_rule_log
-from deemd.maps import area_above, infection_maps, scaled_sigma, smooth_maps
+from deemd.maps import infected_share
 from deemd.plots import k_selection_figure, save_figure_atomic
 from deemd.train import average_precision, select_device
 
@@ -29,9 +29,7 @@ def main(model_paths, ks, moi, maps_cfg, split_path, store_paths, output, runtim
         )
         if k > setup.grid.n_patches:
             raise ValueError(f"k_selection.ks: k = {k} is more than the {setup.grid.n_patches} patches of a site")
-        sigma = scaled_sigma(maps_cfg["sigma"], setup.grid.site_size, maps_cfg["reference_site_size"])
-        maps = smooth_maps(infection_maps(probabilities, setup.grid, maps_cfg["alpha"]), sigma)
-        area = area_above(maps, setup.eta)
+        area = infected_share(probabilities, setup.grid, maps_cfg["alpha"], maps_cfg["sigma"], maps_cfg["reference_site_size"], setup.eta)
         infected, healthy = area[labels > 0.5], area[labels < 0.5]
         rows.append(
             {
