@@ -223,7 +223,7 @@ def plate_image_manifest(wildcards):
     """With dataset.source local the PNGs are no inputs (that would make the DAG O(sites)
     files): a hash of the sizes and mtimes of the plate's own images is a param instead,
     so a re-exported or repaired image reruns its plate (one os.stat per image)."""
-    if SOURCE != "local":
+    if SOURCE != "local" or not config["dataset"].get("track_image_changes", True):
         return None
     path = sites_table()
     return _image_manifest(wildcards.plate_id, path, Path(path).stat().st_mtime)
