@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 from deemd.data import SiteDataset, site_loader  # noqa: E402
 from deemd.mil import PatchGrid, build_resnet34, patch_grid  # noqa: E402
-from deemd.train import Runtime, infer_patches, select_device  # noqa: E402
+from deemd.inference import infer_patches  # noqa: E402
+from deemd.runtime import Runtime, select_device  # noqa: E402
 
 
 def forward_only(model, runtime: Runtime, n_patches: int, grid: PatchGrid, chunk: int, channels: int) -> float:

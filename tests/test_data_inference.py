@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from deemd.data import SiteDataset, site_loader
-from deemd.inference import load_trained, shard_rows, site_z
-from deemd.mil import PatchGrid, build_resnet34
+from deemd.inference import load_model_file, load_trained, shard_rows, site_z
+from deemd.mil import PatchGrid, TrainSetup, build_resnet34
 from deemd.store import create_plate_store
-from deemd.train import TrainSetup
 
 
 def tiny_store(path, n_wells=3, size=8):
@@ -72,9 +71,21 @@ def test_load_trained_round_trip(tmp_path):
     torch.manual_seed(0)
     model = build_resnet34(2)
     path = tmp_path / "model.pt"
-    torch.save({"kind": "M", "state_dict": model.state_dict(), "setup": setup("M"), "mean": [1.0, 2.0], "std": [3.0, 4.0]}, path)
+    saved = {"kind": "M", "state_dict": model.state_dict(), "setup": setup("M").to_dict(), "mean": [1.0, 2.0], "std": [3.0, 4.0]}
+    torch.save(saved, path)
     loaded, loaded_setup, runtime = load_trained(str(path), torch.device("cpu"))
     assert loaded_setup == setup("M") and runtime.mean.tolist() == [1.0, 2.0]
     x = torch.randn(1, 2, 8, 8)
     model.eval()
     assert torch.allclose(loaded(x), model(x))
+    # Plain data: the file loads without unpickling any class of deemd.
+    assert torch.load(path, weights_only=True)["setup"]["grid"] == {"site_size": 16, "patch_size": 8, "stride": 4}
+
+
+def test_setup_round_trips_as_plain_data_and_old_model_files_are_named(tmp_path):
+    data = setup("V").to_dict()
+    assert TrainSetup.from_dict(data) == setup("V") and isinstance(data["grid"], dict) and data["betas"] == [0.9, 0.999]
+    old = tmp_path / "old.pt"
+    torch.save({"setup": setup("V")}, old)  # the former format: a pickled TrainSetup
+    with pytest.raises(ValueError, match="old.pt: not a model file of this version"):
+        load_model_file(str(old))

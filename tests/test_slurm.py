@@ -173,7 +173,7 @@ def test_results_equal_the_local_run(slurm_run):
     assert {name.split("/")[0] for name in names} == {"evaluation", "models", "inference", "efficacy", "figures"}
     verdicts = {name: _compare(_read(local / name), _read(remote / name)) for name in names}
     for model in ("M", "W", "V"):
-        weights = [torch.load(results / "models" / model / "model.pt", weights_only=False)["state_dict"]
+        weights = [torch.load(results / "models" / model / "model.pt", weights_only=True)["state_dict"]
                    for results in (local, remote)]
         exact = all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
         assert exact or all(torch.allclose(weights[0][key].float(), weights[1][key].float(), rtol=1e-5, atol=1e-6)

@@ -6,22 +6,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from deemd.mil import PatchGrid
-from deemd.train import (
-    Runtime,
-    TrainSetup,
-    autocast_dtype,
-    average_precision,
-    cpu_has_native_bf16,
-    fit,
-    inference_sites_per_batch,
-    infer_patches,
-    load_checkpoint,
-    select_device,
-    site_scores,
-    sites_per_step,
-    steps_per_epoch,
-)
+from deemd.inference import average_precision, infer_patches, inference_sites_per_batch, site_scores
+from deemd.mil import PatchGrid, TrainSetup
+from deemd.runtime import Runtime, autocast_dtype, cpu_has_native_bf16, select_device
+from deemd.train import fit, load_checkpoint, sites_per_step, steps_per_epoch
 
 
 class Sites(torch.utils.data.Dataset):

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from deemd.mil import TrainSetup
 from workflow_utils import REPO, TINY, WELLS, deep_merge, job_counts, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
@@ -175,8 +176,8 @@ def test_training_and_evaluation_outputs(tiny_run):
     split = pd.read_parquet(results / "split" / "sites.parquet")
     assert set(scores["site_id"]) == set(split.loc[split["set"] == "test", "site_id"])
     for model in ("M", "W", "V"):
-        saved = torch.load(results / "models" / model / "model.pt", weights_only=False)
-        assert saved["kind"] == model and saved["setup"].grid.n_patches == 49
+        saved = torch.load(results / "models" / model / "model.pt", weights_only=True)
+        assert saved["kind"] == model and TrainSetup.from_dict(saved["setup"]).grid.n_patches == 49
         history = pd.read_parquet(results / "models" / model / "history.parquet")
         assert len(history) == (1 if model == "V" else 2)
         assert (directory / "logs/tiny/train" / f"{model}.log").read_text().count("epoch ") >= len(history)
@@ -212,15 +213,15 @@ def test_killed_training_resumes_and_ends_as_an_uninterrupted_run(tiny_run, tmp_
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (killed / target).exists()
-    epochs_done = torch.load(checkpoint, weights_only=False)["state"]["epoch"]
+    epochs_done = torch.load(checkpoint, weights_only=True)["state"]["epoch"]
     assert epochs_done < 3
     snakemake(killed, "--unlock")
     snakemake(killed, target, "--rerun-incomplete")
     log = (killed / "logs/tiny/train/M.log").read_text()
     assert f"resumed from {checkpoint.relative_to(killed)} after epoch {epochs_done}" in log
 
-    whole = torch.load(runs["whole"] / target, weights_only=False)
-    resumed = torch.load(killed / target, weights_only=False)
+    whole = torch.load(runs["whole"] / target, weights_only=True)
+    resumed = torch.load(killed / target, weights_only=True)
     assert whole["best_epoch"] == resumed["best_epoch"] and whole["best_val_ap"] == resumed["best_val_ap"]
     for name, tensor in whole["state_dict"].items():
         assert torch.equal(tensor, resumed["state_dict"][name]), name

@@ -7,11 +7,11 @@ import pandas as pd
 import torch
 
 from deemd.data import SiteDataset
-from deemd.inference import score_dataset
+from deemd.inference import average_precision, score_dataset
 from deemd.io import write_parquet_atomic, write_table_atomic
 from deemd.logs import start_rule_log
 from deemd.plots import pr_curves_figure, save_figure_atomic
-from deemd.train import average_precision, select_device
+from deemd.runtime import select_device
 
 
 def main(model_paths, models, split_path, store_paths, output, runtime, threads, log):

@@ -6,9 +6,8 @@ import logging
 
 import numpy as np
 import pandas as pd
-import torch
-
 from deemd.figures import read_site_images, select_control_sites, select_treated_sites
+from deemd.inference import load_model_file
 from deemd.logs import start_rule_log
 from deemd.maps import site_maps
 from deemd.plots import infection_map_figure, save_figure_atomic
@@ -17,7 +16,7 @@ from deemd.truth import load_masks
 
 def main(inputs, output, model, maps_cfg, n_controls, n_treated, overlay_alpha, store_paths, mask_paths, log):
     start_rule_log(log)
-    saved = torch.load(inputs["model"], map_location="cpu", weights_only=False)
+    saved = load_model_file(inputs["model"])
     setup = saved["setup"]
     split = pd.read_parquet(inputs["split"])
     locations = split[["site_id", "plate_id", "well_index", "site", "disease_condition"]]

@@ -10,8 +10,8 @@ import logging
 
 import numpy as np
 import pandas as pd
-import torch
 
+from deemd.inference import load_model_file
 from deemd.io import write_table_atomic
 from deemd.logs import start_rule_log
 from deemd.maps import infection_maps, scaled_sigma, smooth_maps
@@ -59,7 +59,7 @@ def main(inputs, models, threshold, maps_cfg, output, log):
         infected = test[(test["model"] == model) & (test["label"] == 1)]
         has_maps = len(infected) and infected["patch_probabilities"].notna().all()
         if has_maps:
-            grid = torch.load(model_path, map_location="cpu", weights_only=False)["setup"].grid
+            grid = load_model_file(model_path)["setup"].grid
             sigma = scaled_sigma(maps_cfg["sigma"], grid.site_size, maps_cfg["reference_site_size"])
             maps = smooth_maps(infection_maps(np.stack(list(infected["patch_probabilities"])), grid, maps_cfg["alpha"]), sigma)
             masks = load_masks(inputs["masks"], infected["site_id"])

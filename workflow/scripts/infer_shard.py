@@ -14,7 +14,7 @@ from deemd.inhibition import scored_sites
 from deemd.io import write_parquet_atomic
 from deemd.logs import start_rule_log
 from deemd.maps import infected_share
-from deemd.train import select_device
+from deemd.runtime import select_device
 
 COLUMNS = ["site_id", "well_id", "plate_id", "well", "site", "role", "treatment", "treatment_conc"]
 

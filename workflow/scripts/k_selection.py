@@ -7,12 +7,12 @@ import pandas as pd
 import torch
 
 from deemd.data import SiteDataset
-from deemd.inference import score_dataset
+from deemd.inference import average_precision, score_dataset
 from deemd.io import write_table_atomic
 from deemd.logs import start_rule_log
 from deemd.maps import infected_share
 from deemd.plots import k_selection_figure, save_figure_atomic
-from deemd.train import average_precision, select_device
+from deemd.runtime import select_device
 
 
 def main(model_paths, ks, moi, maps_cfg, split_path, store_paths, output, runtime, threads, log):

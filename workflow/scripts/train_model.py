@@ -12,9 +12,10 @@ import torch
 from deemd.data import SiteDataset, site_loader
 from deemd.io import write_parquet_atomic
 from deemd.logs import start_rule_log
-from deemd.mil import patch_grid
+from deemd.mil import TrainSetup, patch_grid
 from deemd.plots import save_figure_atomic, training_curves_figure
-from deemd.train import Runtime, TrainSetup, fit, select_device
+from deemd.runtime import Runtime, select_device
+from deemd.train import fit
 
 
 def make_setup(kind, train, site_size, in_channels):
@@ -81,7 +82,7 @@ def main(kind, split_path, stats_path, store_paths, output, params, threads, log
         {
             "kind": kind,
             "state_dict": result["best_state"],
-            "setup": setup,
+            "setup": setup.to_dict(),  # plain data: the file loads with weights_only=True
             "best_epoch": result["best_epoch"],
             "best_val_ap": result["best_ap"],
             "channel_names": stats["channels"],

@@ -1,18 +1,92 @@
-"""Loading a trained model and scoring sites with it."""
+"""Inference (docs/method.md §5, §7): every patch or whole site of a trained model scored,
+site scores, z_i, average precision; and loading a model file written by the train rule.
+Training imports this module, never the reverse."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.metrics import average_precision_score
 
 from deemd.data import site_loader
-from deemd.mil import build_resnet34
-from deemd.train import Runtime, inference_sites_per_batch, site_scores
+from deemd.mil import PatchGrid, TrainSetup, build_resnet34, extract_patches, kth_largest
+from deemd.runtime import Runtime
+
+
+@torch.inference_mode()
+def infer_patches(model, loader, grid: PatchGrid, runtime: Runtime, chunk: int, progress=None):
+    """Every patch of every site: (probabilities (n_sites, N) float32, labels, rows)."""
+    model.eval()
+    probabilities, labels, rows = [], [], []
+    for step, (sites, label, index) in enumerate(loader):
+        patches = extract_patches(runtime.prepare(sites), grid)
+        flat = patches.reshape(-1, *patches.shape[2:])
+        logits = []
+        for start in range(0, flat.shape[0], chunk):
+            with runtime.autocast():
+                logits.append(model(runtime.layout(flat[start : start + chunk])).float())
+        probabilities.append(torch.sigmoid(torch.cat(logits)).view(len(sites), grid.n_patches).cpu())
+        labels.append(label)
+        rows.append(index)
+        if progress is not None:
+            progress(step + 1, len(loader))
+    return torch.cat(probabilities).numpy(), torch.cat(labels).numpy(), torch.cat(rows).numpy()
+
+
+@torch.inference_mode()
+def infer_sites(model, loader, runtime: Runtime, progress=None):
+    """Whole-site model W: (probabilities (n_sites,), labels, rows)."""
+    model.eval()
+    probabilities, labels, rows = [], [], []
+    for step, (sites, label, index) in enumerate(loader):
+        with runtime.autocast():
+            logits = model(runtime.layout(runtime.prepare(sites))).float()
+        probabilities.append(torch.sigmoid(logits).view(-1).cpu())
+        labels.append(label)
+        rows.append(index)
+        if progress is not None:
+            progress(step + 1, len(loader))
+    return torch.cat(probabilities).numpy(), torch.cat(labels).numpy(), torch.cat(rows).numpy()
+
+
+def inference_sites_per_batch(setup: TrainSetup) -> int:
+    """Sites per inference batch: about 4 training batches of patches (W: of sites)."""
+    if setup.kind == "W":
+        return setup.whole_batch_size
+    return max(1, 4 * setup.batch_size // setup.grid.n_patches)
+
+
+def site_scores(setup: TrainSetup, model, loader, runtime: Runtime, progress=None):
+    """Site scores of any model: the k-th largest patch probability (M, V), or the site
+    probability (W). Returns (scores, labels, rows, patch probabilities or None)."""
+    if setup.kind == "W":
+        scores, labels, rows = infer_sites(model, loader, runtime, progress)
+        return scores, labels, rows, None
+    probabilities, labels, rows = infer_patches(model, loader, setup.grid, runtime, 4 * setup.batch_size, progress)
+    return kth_largest(probabilities, setup.k), labels, rows, probabilities
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """sklearn's average precision; NaN where ``labels`` hold one class only."""
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(average_precision_score(labels, scores))
+
+
+def load_model_file(path: str) -> dict:
+    """A model file written by the train rule (tensors and builtins only, read with
+    ``weights_only=True``), its ``setup`` turned back into a TrainSetup."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises several types for a foreign pickle
+        raise ValueError(f"{path}: not a model file of this version of deemd ({error}); rerun the train rule") from error
+    return {**saved, "setup": TrainSetup.from_dict(saved["setup"])}
 
 
 def load_trained(path: str, device: torch.device, precision: str = "fp32"):
     """A model file written by the train rule -> (model on device, setup, runtime)."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = load_model_file(path)
     setup = saved["setup"]
     model = build_resnet34(setup.in_channels)
     model.load_state_dict(saved["state_dict"])

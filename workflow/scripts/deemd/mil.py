@@ -3,7 +3,7 @@ device, ResNet34 with a 5-channel input, top-k selection, class-weighted BCE, sc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -27,6 +27,47 @@ class PatchGrid:
     @property
     def n_patches(self) -> int:
         return self.grid**2
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """What a training run needs besides the data; saved in model files as plain data
+    (``to_dict``), so that they load with ``torch.load(..., weights_only=True)``."""
+
+    kind: str  # "M", "V" or "W"
+    k: int  # top-k of M, and the site rule of M and V
+    eta: float
+    grid: PatchGrid
+    epochs: int
+    patience: int
+    batch_size: int  # patches per step (M, V)
+    whole_batch_size: int  # sites per step (W)
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    seed: int
+    in_channels: int
+    pretrained_weights: str | None = None
+    # Epochs whose validation AP is within this of the best one compete on validation
+    # loss, so that of two equally ranking models the better calibrated one is kept.
+    ap_tolerance: float = 0.0
+    # Train on a random one of the 8 flips and quarter turns of every patch (or site).
+    augment: bool = False
+
+    @property
+    def train_k(self) -> int:
+        return self.grid.n_patches if self.kind == "V" else self.k
+
+    def to_dict(self) -> dict:
+        """Builtins only (the grid a nested dict, betas a list)."""
+        data = asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainSetup:
+        """The inverse of ``to_dict``."""
+        return cls(**{**data, "grid": PatchGrid(**data["grid"]), "betas": tuple(data["betas"])})
 
 
 def patch_grid(site_size: int, reference_site_size: int, patch_size: int, stride: int) -> PatchGrid:

@@ -1,4 +1,4 @@
-"""Training and inference loops of the three models (docs/method.md §5):
+"""Training loops of the three models (docs/method.md §5):
 
 M  MIL top-k: each epoch (a) every patch of every training site inferred, (b) per site
    the k patches with the highest probability kept, (c) trained on with the site label;
@@ -7,7 +7,8 @@ W  a whole-site classifier at full resolution.
 
 Everything random in an epoch is drawn from generators seeded by (seed, epoch), and a
 checkpoint is written after every epoch, so a killed run resumes and ends exactly as an
-uninterrupted one would (on CPU).
+uninterrupted one would (on CPU). Inference (patch scores, site scores, AP) is in
+deemd.inference, the device and precision in deemd.runtime.
 """
 
 from __future__ import annotations
@@ -17,172 +18,27 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score
 
+from deemd.inference import average_precision, infer_patches, inference_sites_per_batch, site_scores
 from deemd.mil import (
-    PatchGrid,
+    TrainSetup,
     build_resnet34,
     class_weights,
     dihedral_transform,
     extract_patches,
-    kth_largest,
-    normalise,
     random_dihedral_codes,
     topk_patch_indices,
     weighted_bce,
 )
-
-
-@dataclass(frozen=True)
-class TrainSetup:
-    """What a training run needs besides the data."""
-
-    kind: str  # "M", "V" or "W"
-    k: int  # top-k of M, and the site rule of M and V
-    eta: float
-    grid: PatchGrid
-    epochs: int
-    patience: int
-    batch_size: int  # patches per step (M, V)
-    whole_batch_size: int  # sites per step (W)
-    lr: float
-    betas: tuple[float, float]
-    weight_decay: float
-    seed: int
-    in_channels: int
-    pretrained_weights: str | None = None
-    # Epochs whose validation AP is within this of the best one compete on validation
-    # loss, so that of two equally ranking models the better calibrated one is kept.
-    ap_tolerance: float = 0.0
-    # Train on a random one of the 8 flips and quarter turns of every patch (or site).
-    augment: bool = False
-
-    @property
-    def train_k(self) -> int:
-        return self.grid.n_patches if self.kind == "V" else self.k
-
-
-def select_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device {name!r}: no CUDA device is available")
-    return device
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 autocast
-    runs convolutions about twice as fast as fp32; elsewhere it is emulated and slower."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` ('auto', 'bf16' or 'fp32') on ``device``; None
-    for plain fp32. 'auto' takes bf16 where the hardware does it natively: CUDA with bf16
-    support, CPUs with AVX512-BF16 or AMX."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision != "auto":
-        raise ValueError(f"precision {precision!r}: expected 'auto', 'bf16' or 'fp32'")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_native_bf16() else None
-
-
-class Runtime:
-    """Device settings: autocast dtype (see autocast_dtype) and channels-last on CUDA."""
-
-    def __init__(self, device: torch.device, mean: np.ndarray, std: np.ndarray, precision: str = "fp32"):
-        self.device = device
-        self.cuda = device.type == "cuda"
-        self.dtype = autocast_dtype(device, precision)
-        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device)
-        self.std = torch.as_tensor(std, dtype=torch.float32, device=device)
-
-    @property
-    def precision(self) -> str:
-        return "fp32" if self.dtype is None else "bf16"
-
-    def autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
-
-    def prepare(self, sites: torch.Tensor) -> torch.Tensor:
-        """uint8 sites from the loader -> normalised float on the device."""
-        sites = sites.to(self.device, non_blocking=True)
-        return normalise(sites, self.mean, self.std)
-
-    def layout(self, images: torch.Tensor) -> torch.Tensor:
-        return images.contiguous(memory_format=torch.channels_last) if self.cuda else images.contiguous()
-
-    def model(self, model: torch.nn.Module) -> torch.nn.Module:
-        model = model.to(self.device)
-        return model.to(memory_format=torch.channels_last) if self.cuda else model
-
-
-@torch.inference_mode()
-def infer_patches(model, loader, grid: PatchGrid, runtime: Runtime, chunk: int, progress=None):
-    """Every patch of every site: (probabilities (n_sites, N) float32, labels, rows)."""
-    model.eval()
-    probabilities, labels, rows = [], [], []
-    for step, (sites, label, index) in enumerate(loader):
-        patches = extract_patches(runtime.prepare(sites), grid)
-        flat = patches.reshape(-1, *patches.shape[2:])
-        logits = []
-        for start in range(0, flat.shape[0], chunk):
-            with runtime.autocast():
-                logits.append(model(runtime.layout(flat[start : start + chunk])).float())
-        probabilities.append(torch.sigmoid(torch.cat(logits)).view(len(sites), grid.n_patches).cpu())
-        labels.append(label)
-        rows.append(index)
-        if progress is not None:
-            progress(step + 1, len(loader))
-    return torch.cat(probabilities).numpy(), torch.cat(labels).numpy(), torch.cat(rows).numpy()
-
-
-@torch.inference_mode()
-def infer_sites(model, loader, runtime: Runtime, progress=None):
-    """Whole-site model W: (probabilities (n_sites,), labels, rows)."""
-    model.eval()
-    probabilities, labels, rows = [], [], []
-    for step, (sites, label, index) in enumerate(loader):
-        with runtime.autocast():
-            logits = model(runtime.layout(runtime.prepare(sites))).float()
-        probabilities.append(torch.sigmoid(logits).view(-1).cpu())
-        labels.append(label)
-        rows.append(index)
-        if progress is not None:
-            progress(step + 1, len(loader))
-    return torch.cat(probabilities).numpy(), torch.cat(labels).numpy(), torch.cat(rows).numpy()
-
-
-def site_scores(setup: TrainSetup, model, loader, runtime: Runtime, progress=None):
-    """Site scores of any model: the k-th largest patch probability (M, V), or the site
-    probability (W). Returns (scores, labels, rows, patch probabilities or None)."""
-    if setup.kind == "W":
-        scores, labels, rows = infer_sites(model, loader, runtime, progress)
-        return scores, labels, rows, None
-    probabilities, labels, rows = infer_patches(model, loader, setup.grid, runtime, 4 * setup.batch_size, progress)
-    return kth_largest(probabilities, setup.k), labels, rows, probabilities
+from deemd.runtime import Runtime
 
 
 def steps_per_epoch(setup: TrainSetup, n_sites: int) -> int:
     return math.ceil(n_sites / sites_per_step(setup))
-
-
-def inference_sites_per_batch(setup: TrainSetup) -> int:
-    """Sites per inference batch: about 4 training batches of patches (W: of sites)."""
-    if setup.kind == "W":
-        return setup.whole_batch_size
-    return max(1, 4 * setup.batch_size // setup.grid.n_patches)
 
 
 def sites_per_step(setup: TrainSetup) -> int:
@@ -232,13 +88,6 @@ def site_loss(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> fl
     return float(losses.mean())
 
 
-def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
-    labels = np.asarray(labels)
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    return float(average_precision_score(labels, scores))
-
-
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -253,7 +102,7 @@ def load_checkpoint(path: Path, device) -> dict | None:
     if not path.exists():
         return None
     try:
-        saved = torch.load(path, map_location=device, weights_only=False)
+        saved = torch.load(path, map_location=device, weights_only=True)
         if not isinstance(saved, dict):
             raise ValueError(f"holds a {type(saved).__name__}, not a checkpoint dict")
         return saved
@@ -359,7 +208,7 @@ def fit(setup: TrainSetup, train_data, val_data, loader_factory, runtime: Runtim
                 "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "state": state,
-                "setup": asdict(setup),
+                "setup": setup.to_dict(),
             },
             checkpoint,
         )

@@ -1,0 +1,70 @@
+"""The device and numeric precision that training and inference run with: device choice,
+bf16 autocast where the hardware does it natively, channels-last on CUDA."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from deemd.mil import normalise
+
+
+def select_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device {name!r}: no CUDA device is available")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 autocast
+    runs convolutions about twice as fast as fp32; elsewhere it is emulated and slower."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` ('auto', 'bf16' or 'fp32') on ``device``; None
+    for plain fp32. 'auto' takes bf16 where the hardware does it natively: CUDA with bf16
+    support, CPUs with AVX512-BF16 or AMX."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise ValueError(f"precision {precision!r}: expected 'auto', 'bf16' or 'fp32'")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+class Runtime:
+    """Device settings: autocast dtype (see autocast_dtype) and channels-last on CUDA."""
+
+    def __init__(self, device: torch.device, mean: np.ndarray, std: np.ndarray, precision: str = "fp32"):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.dtype = autocast_dtype(device, precision)
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=device)
+
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.dtype is None else "bf16"
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
+
+    def prepare(self, sites: torch.Tensor) -> torch.Tensor:
+        """uint8 sites from the loader -> normalised float on the device."""
+        sites = sites.to(self.device, non_blocking=True)
+        return normalise(sites, self.mean, self.std)
+
+    def layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.cuda else images.contiguous()
+
+    def model(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.cuda else model
