@@ -59,3 +59,21 @@ def test_smoothing_and_area():
     assert smooth_maps(maps, 0) is maps
     assert area_above(maps, 0.5).tolist() == [0.25]
     assert scaled_sigma(60, 128, 1024) == 7.5
+
+
+def test_map_readouts_share_above_eta_and_mean_in_batches():
+    from deemd.maps import infected_share, map_readouts, site_maps
+
+    grid = PatchGrid(64, 16, 8)
+    rng = np.random.default_rng(5)
+    probabilities = rng.uniform(0, 1, (5, grid.n_patches))
+    probabilities[0] = 0.0  # a clean site
+    probabilities[1] = 1.0  # a wholly infected one
+    readouts = map_readouts(probabilities, grid, 0.2, 60, 1024, 0.5, batch_sites=2)
+    maps = site_maps(probabilities, grid, 0.2, 60, 1024)
+    assert readouts["a"] == pytest.approx((maps >= 0.5).mean(axis=(1, 2)))
+    assert readouts["map_mean"] == pytest.approx(maps.mean(axis=(1, 2)), rel=1e-6)
+    assert readouts["a"][0] == 0 and readouts["a"][1] == 1
+    assert infected_share(probabilities, grid, 0.2, 60, 1024, 0.5) == pytest.approx(readouts["a"])
+    with pytest.raises(ValueError, match="probabilities"):
+        map_readouts(probabilities[:, :3], grid, 0.2, 60, 1024, 0.5)

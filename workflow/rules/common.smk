@@ -107,9 +107,9 @@ if REFERENCE:
 
 
 def efficacy_readout(wildcards):
-    """What inhibition is computed from: the map's infected share a_i for the models with
-    maps, the site probability z_i for the whole-site model (docs/method.md §10)."""
-    return "a" if wildcards.model in MAP_MODELS else "z"
+    """The shard column inhibition is computed from: efficacy.map_readout for the models
+    with maps, the site probability z_i for the whole-site model (docs/method.md §10)."""
+    return config["efficacy"]["map_readout"] if wildcards.model in MAP_MODELS else "z"
 
 
 def model_train_params(model):

@@ -13,7 +13,7 @@ from deemd.inference import score_dataset, shard_rows, site_z
 from deemd.inhibition import scored_sites
 from deemd.io import write_parquet_atomic
 from deemd.logs import start_rule_log
-from deemd.maps import infected_share
+from deemd.maps import map_readouts
 from deemd.runtime import select_device
 
 COLUMNS = ["site_id", "well_id", "plate_id", "well", "site", "role", "treatment", "treatment_conc"]
@@ -43,14 +43,13 @@ def main(model_path, model, split_path, store_path, plate_id, part, parts, outpu
         table = table.iloc[order].reset_index(drop=True)
         table["score"] = scores
         table["z"] = site_z(setup, scores, probabilities)
-        table["a"] = np.nan
+        table["a"] = table["map_mean"] = np.nan
         if probabilities is not None:
-            table["a"] = infected_share(
-                probabilities, setup.grid, maps["alpha"], maps["sigma"], maps["reference_site_size"], setup.eta
-            )
+            readouts = map_readouts(probabilities, setup.grid, maps["alpha"], maps["sigma"], maps["reference_site_size"], setup.eta)
+            table["a"], table["map_mean"] = readouts["a"], readouts["map_mean"]
         table["patch_probabilities"] = list(probabilities.astype(np.float32)) if probabilities is not None else None
     else:
-        table = table.assign(score=np.float32(0), z=np.float32(0), a=np.nan, patch_probabilities=None)
+        table = table.assign(score=np.float32(0), z=np.float32(0), a=np.nan, map_mean=np.nan, patch_probabilities=None)
     write_parquet_atomic(table, output)
     logging.info("wrote %d sites", len(table))
 

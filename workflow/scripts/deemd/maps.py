@@ -55,7 +55,7 @@ def site_maps(probabilities: np.ndarray, grid: PatchGrid, alpha: float, sigma: f
     return smooth_maps(infection_maps(probabilities, grid, alpha), scaled_sigma(sigma, grid.site_size, reference_site_size))
 
 
-def infected_share(
+def map_readouts(
     probabilities: np.ndarray,
     grid: PatchGrid,
     alpha: float,
@@ -63,16 +63,25 @@ def infected_share(
     reference_site_size: int,
     eta: float,
     batch_sites: int = 64,
-) -> np.ndarray:
-    """a_i of docs/method.md §10: the share of each site's smoothed infection map at or
-    above ``eta`` (float64 in [0, 1], one per row of ``probabilities``). Sites are mapped
-    ``batch_sites`` at a time, so memory stays at batch_sites x S x S floats whatever the
-    shard size (a 1024 px site's map is 4 MB)."""
+) -> dict[str, np.ndarray]:
+    """Two readouts of each site's smoothed infection map (docs/method.md §10), float64,
+    one per row of ``probabilities``: ``a``, the share of the map at or above ``eta``, and
+    ``map_mean``, the map's mean. Sites are mapped ``batch_sites`` at a time, so memory
+    stays at batch_sites x S x S floats whatever the shard size (a 1024 px site's map is
+    4 MB)."""
     probabilities = np.asarray(probabilities)
     if probabilities.ndim != 2 or probabilities.shape[1] != grid.n_patches:
         raise ValueError(f"expected (n_sites, {grid.n_patches}) probabilities, got {probabilities.shape}")
-    shares = np.empty(len(probabilities), dtype=np.float64)
+    readouts = {name: np.empty(len(probabilities), dtype=np.float64) for name in ("a", "map_mean")}
     for start in range(0, len(probabilities), batch_sites):
         chunk = probabilities[start : start + batch_sites]
-        shares[start : start + len(chunk)] = area_above(site_maps(chunk, grid, alpha, sigma, reference_site_size), eta)
-    return shares
+        maps = site_maps(chunk, grid, alpha, sigma, reference_site_size)
+        readouts["a"][start : start + len(chunk)] = area_above(maps, eta)
+        readouts["map_mean"][start : start + len(chunk)] = maps.reshape(len(maps), -1).mean(axis=1)
+    return readouts
+
+
+def infected_share(probabilities: np.ndarray, grid: PatchGrid, alpha: float, sigma: float, reference_site_size: int, eta: float) -> np.ndarray:
+    """a_i of docs/method.md §10: the share of each site's smoothed infection map at or
+    above ``eta`` (see :func:`map_readouts`)."""
+    return map_readouts(probabilities, grid, alpha, sigma, reference_site_size, eta)["a"]
