@@ -11,6 +11,10 @@ the truth) and the per-plate Z' are gathered into one table.
 
 Each run takes about as long as the demo (minutes on 2 cores). Runs already finished in
 --workdir are reused (Snakemake reruns nothing), so an interrupted sweep resumes.
+
+``--readouts a map_mean z`` also recomputes, from each run's inference shards, the
+inhibition statistics with each site readout in turn (the efficacy rule's code, in this
+process) and scores them against the truth, to compare readouts on the same models.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import pandas as pd
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 WORLD_CONFIGS = {"foci": [], "diffuse": ["config/diffuse.yaml"]}
 
 
@@ -72,6 +77,41 @@ def gather(results: Path, world: str, seed: int, seconds: float) -> tuple[pd.Dat
     return scores, qc
 
 
+def readout_scores(results: Path, config: dict, readouts: list[str], world: str, seed: int) -> pd.DataFrame:
+    """Per model with maps and readout: the inhibition statistics recomputed from the
+    run's shards with that readout, scored against the truth (docs/method.md §10)."""
+    from deemd.efficacy import efficacy_tables, sign_test_intervals
+    from deemd.inhibition import TREATED, quantitative_efficacy
+    from deemd.truth import quantitative_truth_scores, truth_classes, truth_efficacy_column
+
+    compounds = pd.read_csv(results.parents[1] / "resources" / config["dataset"]["name"] / "truth" / "compounds.csv")
+    classes = truth_classes(compounds, config["figures"]["truth_effective_threshold"], truth_efficacy_column(compounds))
+    nuclei = pd.read_parquet(results / "nuclei" / "wells.parquet")
+    settings = {
+        "inhibition_bar": config["efficacy"]["inhibition_bar"],
+        "fdr": config["efficacy"]["fdr"],
+        "confidence": config["efficacy"]["confidence"],
+        "min_zprime": config["qc"]["min_zprime"],
+        "min_control_wells": config["qc"]["min_control_wells"],
+    }
+    rows = []
+    for model_dir in sorted((results / "inference").iterdir()):
+        sites = pd.concat([pd.read_parquet(p).drop(columns="patch_probabilities") for p in sorted(model_dir.glob("*.parquet"))], ignore_index=True)
+        _, deemd = efficacy_tables(sites[sites["role"] == TREATED], config["efficacy"]["zeta"], config["efficacy"]["confidence"])
+        for readout in readouts:
+            if readout not in sites or sites[readout].isna().all():
+                continue
+            tables = quantitative_efficacy(sites, nuclei, model_dir.name, readout, settings, sign_test_intervals)
+            treatments = deemd.merge(tables["treatments"], on="treatment", how="outer")
+            treatments["effective"] = treatments["effective"].fillna(False).astype(bool)
+            qc = tables["plate_qc"]
+            scores = quantitative_truth_scores(treatments, tables["doses"], classes)
+            zprime = qc.loc[qc["readout"] == readout, "zprime"]
+            rows.append({"world": world, "seed": seed, "model": model_dir.name, "readout": readout,
+                         "zprime_min": float(zprime.min()), **scores})
+    return pd.DataFrame(rows)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worlds", nargs="+", default=list(WORLD_CONFIGS), choices=list(WORLD_CONFIGS))
@@ -79,14 +119,17 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/deemd-worlds"))
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--output", type=Path, default=None, help="TSV of every run's scores (default: WORKDIR/scores.tsv)")
+    parser.add_argument("--readouts", nargs="*", default=[], help="also score these shard readouts offline (a, map_mean, z)")
     args = parser.parse_args(argv)
-    all_scores, all_qc = [], []
+    all_scores, all_qc, all_readouts = [], [], []
     for world in args.worlds:
         for seed in args.seeds:
-            results, _, seconds = run(world, seed, args.workdir, args.cores)
+            results, config, seconds = run(world, seed, args.workdir, args.cores)
             scores, qc = gather(results, world, seed, seconds)
             all_scores.append(scores)
             all_qc.append(qc)
+            if args.readouts:
+                all_readouts.append(readout_scores(results, config, args.readouts, world, seed))
             print(f"{world} seed {seed}: {seconds:.0f} s", file=sys.stderr, flush=True)
     scores = pd.concat(all_scores, ignore_index=True)
     first = ["world", "seed", "model"]
@@ -101,6 +144,13 @@ def main(argv=None) -> None:
         table = qc.pivot_table(index=["world", "seed", "plate_id"], columns=["model", "readout"], values="zprime")
         print("\nrobust Z' per plate (held-out control wells), by model and readout:")
         print(table.to_string(float_format=lambda v: f"{v:.2f}"))
+    if all_readouts:
+        readouts = pd.concat(all_readouts, ignore_index=True)
+        readouts.to_csv(output.with_name(output.stem + "_readouts.tsv"), sep="\t", index=False, float_format="%.3f")
+        columns = ["world", "seed", "model", "readout", "zprime_min", "hit_precision", "hit_recall", "inhibition_spearman_rho",
+                   "inhibition_median_abs_error", "ec50_within_half_log", "e_precision_excl_partial", "e_recall_excl_partial"]
+        print("\nreadouts recomputed from the shards:")
+        print(readouts[[c for c in columns if c in readouts]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\nscores written to {output}")
 
 
