@@ -251,7 +251,10 @@ def test_report_collects_every_figure(tiny_run, tmp_path):
     snakemake(directory, "--report", str(report))
     html = report.read_text(errors="replace")
     assert report.stat().st_size > 100_000
-    for name in ("nuclei_counts.png", "pr_curves.png", "model_comparison.png", "training_curves.png", "infection_maps"):
+    for name in ("nuclei_counts.png", "pr_curves.png", "model_comparison.png", "training_curves.png", "infection_maps",
+                 "plate_qc.png", "plate_maps", "deemd_vs_inhibition",
+                 # The captions of the inhibition panels and the hit scatter, names that other figures share.
+                 "Inhibition dose response of", "The hit call of model"):
         assert name in html, name
 
 
@@ -259,7 +262,7 @@ def test_report_collects_every_figure(tiny_run, tmp_path):
     "change,expected",
     [
         # A nucleus parameter: nuclei and everything after, never the demo or stitching.
-        ({"nuclei": {"smoothing_sigma": 7.0}}, {"nuclei": 2, "nuclei_summary": 1, "split_sets": 1}),
+        ({"nuclei": {"diameter": 7.0}}, {"nuclei": 2, "nuclei_summary": 1, "split_sets": 1}),
         # A figure parameter: only that figure.
         ({"figures": {"top_compounds": 3}}, {"dose_response": 3}),
         # An efficacy parameter: efficacy and the figures after it, not training or inference.
