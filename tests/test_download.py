@@ -463,7 +463,7 @@ def test_unpack_resumes_and_skips_present_files(tmp_path, monkeypatch):
     names = sorted(want)
 
     # Kill the first run at the 6th member, mid-copy, without any cleanup (as SIGKILL would).
-    real_copy = dl.shutil.copyfileobj
+    real_copy = dl.unpack.shutil.copyfileobj
     calls = []
 
     def flaky_copy(src, dst, length=0):
@@ -473,8 +473,8 @@ def test_unpack_resumes_and_skips_present_files(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_copy(src, dst, length)
 
-    monkeypatch.setattr(dl.shutil, "copyfileobj", flaky_copy)
-    monkeypatch.setattr(dl.Path, "unlink", lambda self, missing_ok=False: None)
+    monkeypatch.setattr(dl.unpack.shutil, "copyfileobj", flaky_copy)
+    monkeypatch.setattr(dl.unpack.Path, "unlink", lambda self, missing_ok=False: None)
     with pytest.raises(KeyboardInterrupt):
         dl.unpack_experiment(tmp_path / "images.zip", root, "HRCE-1")
     monkeypatch.undo()

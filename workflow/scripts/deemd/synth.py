@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -641,6 +642,166 @@ def _edges(labels: np.ndarray) -> np.ndarray:
     return e & (labels > 0)
 
 
+@dataclass
+class _WellPixels:
+    """Per-pixel layers of a well field (2S, 2S), float32 unless said otherwise.
+
+    ``owner`` (int) indexes the living cell whose territory (nearest seed) holds the pixel;
+    ``dist`` and ``dy``, ``dx`` are the pixel's distance and offsets from that seed;
+    ``u``, ``v`` its coordinates in the unit frame of the owner's nuclear ellipse. The
+    layers in [0, 1]: ``body`` (soft cell body), ``nucleus``, ``cytoplasm``, ``perinuclear``
+    (falls off outside the nucleus), ``membrane`` (body edges); ``cpe`` the CPE strength
+    (``cpe_capped`` at most 1), ``puncta`` sparse bright spots, ``textures`` the well's
+    texture fields (well_textures)."""
+
+    owner: np.ndarray
+    dist: np.ndarray
+    dy: np.ndarray
+    dx: np.ndarray
+    textures: dict
+    u: np.ndarray | None = None
+    v: np.ndarray | None = None
+    body: np.ndarray | None = None
+    nucleus: np.ndarray | None = None
+    cytoplasm: np.ndarray | None = None
+    perinuclear: np.ndarray | None = None
+    membrane: np.ndarray | None = None
+    cpe: np.ndarray | None = None
+    cpe_capped: np.ndarray | None = None
+    puncta: np.ndarray | None = None
+
+
+def _territories(seeds_yx: np.ndarray, field_size: int, textures: dict) -> _WellPixels:
+    """Nearest-seed territories (distance transform with indices) of seeds (n, 2) px."""
+    pix = np.rint(np.clip(seeds_yx, 0, field_size - 1)).astype(int)
+    markers = np.zeros((field_size, field_size), dtype=np.int32)
+    markers[pix[:, 0], pix[:, 1]] = np.arange(1, len(seeds_yx) + 1)
+    dist, (ny, nx) = ndi.distance_transform_edt(markers == 0, return_indices=True)
+    owner = markers[ny, nx] - 1
+    dy = (np.arange(field_size, dtype=np.float32)[:, None] - ny).astype(np.float32)
+    dx = (np.arange(field_size, dtype=np.float32)[None, :] - nx).astype(np.float32)
+    return _WellPixels(owner=owner, dist=dist.astype(np.float32), dy=dy, dx=dx, textures=textures)
+
+
+def _cell_bodies(living: dict, px: _WellPixels, toxic_kill: float, soft: float) -> np.ndarray:
+    """Soft cell bodies in ``px.body``: a ragged radius; infected cells round up and shrink,
+    syncytia spread, toxicity shrinks all. Returns the per-cell radius (n,) float32."""
+    f32 = np.float32
+    infected, syncytial = living["infected"], living["syncytial"]
+    r_cell = (living["r_cell"] * np.where(infected, np.where(syncytial, 1.2, 0.75), 1.0) * (1.0 - 0.15 * toxic_kill)).astype(f32)
+    ragged = np.where(infected & ~syncytial, 0.05, 0.18).astype(f32)
+    own = px.owner
+    px.body = np.clip((r_cell[own] * (1.0 + ragged[own] * px.textures["shape"]) - px.dist) * f32(1.0 / soft) + 0.5, 0.0, 1.0)
+    return r_cell
+
+
+def _nuclei(living: dict, px: _WellPixels, soft: float) -> np.ndarray:
+    """Nuclei in ``px.nucleus`` (and the ellipse frame ``px.u``, ``px.v``): a rotated
+    ellipse in the owner's frame, condensed (smaller) when infected; fragmented nuclei are
+    three overlapping lobes, still one blob after smoothing. Returns the per-pixel minor
+    semi-axis (2S, 2S) float32."""
+    f32 = np.float32
+    own = px.owner
+    shrink = np.where(living["infected"], 0.85, 1.0).astype(f32)
+    minor_per_cell = living["nuc_b"] * shrink
+    major = (living["nuc_a"] * shrink)[own]
+    minor = minor_per_cell[own]
+    cos_t, sin_t = np.cos(living["theta"])[own], np.sin(living["theta"])[own]
+    u = (px.dx * cos_t + px.dy * sin_t) / major
+    v = (-px.dx * sin_t + px.dy * cos_t) / minor
+    rho = np.sqrt(u * u + v * v)
+    nucleus = np.clip((1.0 - rho) * minor * f32(1.0 / soft) + 0.5, 0.0, 1.0)
+    lobed = np.flatnonzero((living["fragmented"][own] & (rho < 1.6)).ravel())
+    if lobed.size:
+        cell = own.ravel()[lobed]
+        lobes = living["lobes"][cell]  # (m, 3, 2)
+        lobes = 0.42 * lobes / np.maximum(np.linalg.norm(lobes, axis=-1, keepdims=True), 1e-6)
+        lobe_radius = 0.6
+        d_lobe = np.sqrt((u.ravel()[lobed, None] - lobes[..., 0]) ** 2 + (v.ravel()[lobed, None] - lobes[..., 1]) ** 2) / lobe_radius
+        nucleus.ravel()[lobed] = np.clip((1.0 - d_lobe) * lobe_radius * minor_per_cell[cell][:, None] / soft + 0.5, 0.0, 1.0).max(1)
+    nucleus *= px.body > 0  # a nucleus never leaves its cell (seeds are its centre)
+    px.u, px.v, px.nucleus = u, v, nucleus
+    return minor
+
+
+def _membranes(body_labels: np.ndarray, px: _WellPixels, nucleus_radius: float) -> None:
+    """``px.membrane``: edges of the body label image (fused syncytia share a label),
+    blurred to a width of about 0.08 nucleus radii."""
+    f32 = np.float32
+    labels = np.where(px.body > 0.5, (body_labels + 1).astype(np.int32)[px.owner], 0)
+    edge = _edges(labels).astype(f32)
+    sigma = 0.08 * nucleus_radius
+    if sigma >= 0.5:
+        edge = np.clip(ndi.gaussian_filter(edge, sigma) * (sigma * 2.0), 0.0, 1.0)
+    px.membrane = edge * px.body
+
+
+def _hoechst(living: dict, px: _WellPixels, infected: np.ndarray, toxic_kill: float) -> np.ndarray:
+    """w1 Hoechst: chromatin-textured nuclei, brighter and smoother when condensed."""
+    own = px.owner
+    gain = 0.45 * living["bright"][:, 0] * (1.0 + 0.35 * infected) * (1.0 - 0.15 * toxic_kill)
+    chromatin_contrast = 0.3 * (1.0 - 0.5 * infected)
+    return gain[own] * px.nucleus * (1.0 + chromatin_contrast[own] * np.clip(px.textures["chrom"], -2.0, 2.0))
+
+
+def _cona(living: dict, px: _WellPixels, dim: np.float32) -> np.ndarray:
+    """w2 ConA: perinuclear ER reticulum; infected: brighter, spread, with puncta."""
+    cp, tex = px.cpe, px.textures
+    er = px.cytoplasm * (px.perinuclear * (1.0 + 0.5 * cp) + 0.25 * cp) * (0.6 + 0.4 * np.clip(tex["ret"], -1.5, 1.5)) + 0.08 * px.body + 0.3 * cp * px.puncta
+    return (0.30 * living["bright"][:, 1] * dim)[px.owner] * er
+
+
+def _phalloidin(living: dict, px: _WellPixels, nucleus_radius: float, dim: np.float32) -> np.ndarray:
+    """w3 Phalloidin: cortex + stress fibres; infected cells round: fibres fade, cortex up."""
+    own, cp, tex = px.owner, px.cpe, px.textures
+    fibre_sin, fibre_cos = np.sin(living["fibre_angle"]), np.cos(living["fibre_angle"])
+    wavenumber = np.float32(2 * np.pi / (0.6 * nucleus_radius))
+    phase = (-px.dx * (wavenumber * fibre_sin)[own] + px.dy * (wavenumber * fibre_cos)[own]) + living["fibre_phase"][own] + 2.0 * tex["fib"]
+    fibres = (0.5 + 0.5 * np.cos(phase)) ** 6 * np.clip(0.4 + 0.6 * tex["amp"], 0.0, 1.5)  # thin, patchy bundles
+    actin = 0.8 * px.membrane * (1.0 + 0.8 * cp) + 0.6 * fibres * px.cytoplasm * (1.0 - 0.7 * px.cpe_capped) + 0.1 * px.body * (1.0 + 1.5 * cp)
+    return (0.32 * living["bright"][:, 2] * dim)[own] * actin
+
+
+def _syto14(living: dict, px: _WellPixels, dim: np.float32) -> np.ndarray:
+    """w4 Syto14: nucleoli + faint nucleoplasm + cytoplasmic RNA; viral RNA when infected."""
+    spots = np.zeros(px.owner.shape, dtype=np.float32)
+    inside = np.flatnonzero(px.nucleus.ravel() > 0)  # nucleoli only matter inside nuclei
+    cell = px.owner.ravel()[inside]
+    nucleoli = living["nucleoli"][cell]  # (m, 2, 2) unit-nucleus coordinates
+    d2 = (px.u.ravel()[inside, None] - nucleoli[..., 0]) ** 2 + (px.v.ravel()[inside, None] - nucleoli[..., 1]) ** 2
+    spots.ravel()[inside] = (living["nucleoli_int"][cell] * np.exp(d2 * np.float32(-1.0 / (2 * 0.2**2)))).sum(-1)
+    rna = px.cytoplasm * (px.perinuclear * (1.0 + 2.5 * px.cpe) + 0.6 * px.cpe * px.puncta)
+    return (0.30 * living["bright"][:, 3] * dim)[px.owner] * (px.nucleus * (0.25 + 0.9 * spots) + 0.2 * rna)
+
+
+def _wga(living: dict, px: _WellPixels, nucleus_radius: float, cpe_capped: np.ndarray, dim: np.float32) -> np.ndarray:
+    """w5 WGA: Golgi beside the nucleus + membrane; infected: Golgi disperses, membrane up.
+    ``cpe_capped``: the per-cell CPE strength, at most 1."""
+    own, cp = px.owner, px.cpe
+    golgi_distance = 1.3 * np.sqrt(living["nuc_a"] * living["nuc_b"])
+    golgi_y, golgi_x = golgi_distance * np.sin(living["golgi_angle"]), golgi_distance * np.cos(living["golgi_angle"])
+    golgi_falloff = (-1.0 / (2 * (0.45 * nucleus_radius * (1.0 + 0.8 * cpe_capped)) ** 2)).astype(np.float32)
+    golgi = np.exp(((px.dy - golgi_y[own]) ** 2 + (px.dx - golgi_x[own]) ** 2) * golgi_falloff[own]) * (0.7 + 0.3 * np.clip(-px.textures["ret"], -1, 1))
+    wga = golgi * px.body * (1.0 - 0.5 * px.cpe_capped) + 0.55 * px.membrane * (1.0 + 0.7 * cp) + 0.07 * px.body * (1.0 + 2.0 * cp)
+    return (0.34 * living["bright"][:, 4] * dim)[own] * wga
+
+
+def _stamp_debris(raw: np.ndarray, debris_yx: np.ndarray, nucleus_radius: float) -> None:
+    """Debris of dead cells added to ``raw`` (5, 2S, 2S): tiny bright spots, much smaller
+    than a nucleus; stamped one by one (a handful per well, far cheaper than filtering
+    the field)."""
+    field_size = raw.shape[-1]
+    sigma = max(0.5, 0.18 * nucleus_radius)
+    h = int(np.ceil(3 * sigma))
+    yy, xx = np.mgrid[-h : h + 1, -h : h + 1]
+    for y, x in debris_yx:
+        cy, cx = int(round(y)), int(round(x))
+        patch = np.exp(-((yy + cy - y) ** 2 + (xx + cx - x) ** 2) / (2 * sigma**2)).astype(np.float32)
+        y0, y1, x0, x1 = max(cy - h, 0), min(cy + h + 1, field_size), max(cx - h, 0), min(cx + h + 1, field_size)
+        p = patch[y0 - cy + h : y1 - cy + h, x0 - cx + h : x1 - cx + h]
+        raw[:, y0:y1, x0:x1] += p * np.array([0.35, 0.0, 0.0, 0.15, 0.25], np.float32)[:, None, None]
+
+
 def render_well(
     rng: np.random.Generator,
     cells: dict,
@@ -656,126 +817,43 @@ def render_well(
     cell's ragged radius; per-pixel quantities come from the owning cell's parameters,
     gathered by the index image, so there is no per-pixel or per-cell Python loop.
     ``bank``: the plate's texture bank (made from ``rng`` when not given)."""
-    s = int(site_size)
-    f = 2 * s
-    raw = np.zeros((5, f, f), dtype=np.float32)
-    mask = np.zeros((f, f), dtype=bool)
-    rn = float(np.median(np.sqrt(cells["nuc_a"] * cells["nuc_b"]))) if len(cells["yx"]) else 1.0
-    soft = max(0.6, 0.12 * rn)  # edge softness of nuclei and cells, px
+    site_size = int(site_size)
+    field_size = 2 * site_size
+    raw = np.zeros((5, field_size, field_size), dtype=np.float32)
+    mask = np.zeros((field_size, field_size), dtype=bool)
+    nucleus_radius = float(np.median(np.sqrt(cells["nuc_a"] * cells["nuc_b"]))) if len(cells["yx"]) else 1.0
+    soft = max(0.6, 0.12 * nucleus_radius)  # edge softness of nuclei and cells, px
     alive = np.flatnonzero(~cells["dead"])
     if alive.size:
         # per-cell parameters of the living cells, float32 so per-pixel maths stays float32
-        g = {k: np.asarray(v)[alive] for k, v in cells.items() if k not in ("yx", "site", "body")}
-        g = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in g.items()}
-        pix = np.rint(np.clip(cells["yx"][alive], 0, f - 1)).astype(int)
-        markers = np.zeros((f, f), dtype=np.int32)
-        markers[pix[:, 0], pix[:, 1]] = np.arange(1, alive.size + 1)
-        dist, (ny, nx) = ndi.distance_transform_edt(markers == 0, return_indices=True)
-        dist = dist.astype(np.float32)
-        own = markers[ny, nx] - 1
-        dy = (np.arange(f, dtype=np.float32)[:, None] - ny).astype(np.float32)
-        dx = (np.arange(f, dtype=np.float32)[None, :] - nx).astype(np.float32)
-        del ny, nx
-
-        # Per-cell coefficients first (cheap), then one gather each into the pixel grid.
-        f32 = np.float32
-        inf = g["infected"]
-        syn = g["syncytial"]
-        infk = inf.astype(f32)
-        cpe = (cpe_strength * g["cpe"] * infk).astype(f32)
-        cpe1 = np.minimum(cpe, 1.0)
-        bright = g["bright"]
-        tox_dim = f32(1.0 - 0.5 * toxic_kill)  # toxicity: surviving cells lose signal
+        living = {k: np.asarray(v)[alive] for k, v in cells.items() if k not in ("yx", "site", "body")}
+        living = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in living.items()}
         if bank is None:
-            bank = texture_bank(rng, s, {"nucleus_radius": rn / s, "cell_radius": float(np.median(cells["r_cell"])) / s})
-        tex = well_textures(rng, bank)
-
-        # Cell body: ragged radius; infected cells round up and shrink, syncytia spread.
-        r_cell = (g["r_cell"] * np.where(inf, np.where(syn, 1.2, 0.75), 1.0) * (1.0 - 0.15 * toxic_kill)).astype(f32)
-        ragged = np.where(inf & ~syn, 0.05, 0.18).astype(f32)
-        body_soft = np.clip((r_cell[own] * (1.0 + ragged[own] * tex["shape"]) - dist) * f32(1.0 / soft) + 0.5, 0.0, 1.0)
-
-        # Nucleus: rotated ellipse in the owner's frame; condensed (smaller) when infected.
-        shrink = np.where(inf, 0.85, 1.0).astype(f32)
-        b_c = g["nuc_b"] * shrink
-        a = (g["nuc_a"] * shrink)[own]
-        b = b_c[own]
-        ct, st = np.cos(g["theta"])[own], np.sin(g["theta"])[own]
-        u = (dx * ct + dy * st) / a
-        v = (-dx * st + dy * ct) / b
-        rho = np.sqrt(u * u + v * v)
-        nuc = np.clip((1.0 - rho) * b * f32(1.0 / soft) + 0.5, 0.0, 1.0)
-        # Fragmented nuclei: three overlapping lobes, still one blob after smoothing.
-        fr = np.flatnonzero((g["fragmented"][own] & (rho < 1.6)).ravel())
-        if fr.size:
-            o = own.ravel()[fr]
-            lob = g["lobes"][o]  # (m, 3, 2)
-            lob = 0.42 * lob / np.maximum(np.linalg.norm(lob, axis=-1, keepdims=True), 1e-6)
-            rl = 0.6
-            dl = np.sqrt((u.ravel()[fr, None] - lob[..., 0]) ** 2 + (v.ravel()[fr, None] - lob[..., 1]) ** 2) / rl
-            nuc.ravel()[fr] = np.clip((1.0 - dl) * rl * b_c[o][:, None] / soft + 0.5, 0.0, 1.0).max(1)
-        nuc *= body_soft > 0  # a nucleus never leaves its cell (seeds are its centre)
-        cyto = body_soft * (1.0 - nuc)
-        perinuc = np.exp(-np.clip(dist - b, 0.0, None) * (f32(1.0) / (0.45 * r_cell))[own])
-
-        # Membranes: edges of the body label image; fused syncytia share a label.
-        labels = np.where(body_soft > 0.5, (cells["body"][alive] + 1).astype(np.int32)[own], 0)
-        edge = _edges(labels).astype(f32)
-        sig_m = 0.08 * rn
-        if sig_m >= 0.5:
-            edge = np.clip(ndi.gaussian_filter(edge, sig_m) * (sig_m * 2.0), 0.0, 1.0)
-        edge *= body_soft
-
-        cp = cpe[own] * body_soft  # per-pixel CPE strength
-        cp1 = cpe1[own] * body_soft
-        punct = np.clip(tex["punct"] - 1.0, 0.0, None)  # sparse bright puncta (replication sites)
-
-        # w1 Hoechst: chromatin-textured nuclei, brighter and smoother when condensed.
-        k0 = 0.45 * bright[:, 0] * (1.0 + 0.35 * infk) * (1.0 - 0.15 * toxic_kill)
-        kc = 0.3 * (1.0 - 0.5 * infk)
-        raw[0] = k0[own] * nuc * (1.0 + kc[own] * np.clip(tex["chrom"], -2.0, 2.0))
-        # w2 ConA: perinuclear ER reticulum; infected: brighter, spread, with puncta.
-        er = cyto * (perinuc * (1.0 + 0.5 * cp) + 0.25 * cp) * (0.6 + 0.4 * np.clip(tex["ret"], -1.5, 1.5)) + 0.08 * body_soft + 0.3 * cp * punct
-        raw[1] = (0.30 * bright[:, 1] * tox_dim)[own] * er
-        # w3 Phalloidin: cortex + stress fibres; infected cells round: fibres fade, cortex up.
-        fa, fb = np.sin(g["fibre_angle"]), np.cos(g["fibre_angle"])
-        k = f32(2 * np.pi / (0.6 * rn))
-        phase = (-dx * (k * fa)[own] + dy * (k * fb)[own]) + g["fibre_phase"][own] + 2.0 * tex["fib"]
-        fib = (0.5 + 0.5 * np.cos(phase)) ** 6 * np.clip(0.4 + 0.6 * tex["amp"], 0.0, 1.5)  # thin, patchy bundles
-        actin = 0.8 * edge * (1.0 + 0.8 * cp) + 0.6 * fib * cyto * (1.0 - 0.7 * cp1) + 0.1 * body_soft * (1.0 + 1.5 * cp)
-        raw[2] = (0.32 * bright[:, 2] * tox_dim)[own] * actin
-        # w4 Syto14: nucleoli + faint nucleoplasm + cytoplasmic RNA; viral RNA when infected.
-        spots = np.zeros((f, f), dtype=f32)
-        inn = np.flatnonzero(nuc.ravel() > 0)  # nucleoli only matter inside nuclei
-        o = own.ravel()[inn]
-        nl = g["nucleoli"][o]  # (m, 2, 2) unit-nucleus coordinates
-        d2 = (u.ravel()[inn, None] - nl[..., 0]) ** 2 + (v.ravel()[inn, None] - nl[..., 1]) ** 2
-        spots.ravel()[inn] = (g["nucleoli_int"][o] * np.exp(d2 * f32(-1.0 / (2 * 0.2**2)))).sum(-1)
-        rna = cyto * (perinuc * (1.0 + 2.5 * cp) + 0.6 * cp * punct)
-        raw[3] = (0.30 * bright[:, 3] * tox_dim)[own] * (nuc * (0.25 + 0.9 * spots) + 0.2 * rna)
-        # w5 WGA: Golgi beside the nucleus + membrane; infected: Golgi disperses, membrane up.
-        gd = 1.3 * np.sqrt(g["nuc_a"] * g["nuc_b"])
-        gy, gx = gd * np.sin(g["golgi_angle"]), gd * np.cos(g["golgi_angle"])
-        gk = (-1.0 / (2 * (0.45 * rn * (1.0 + 0.8 * cpe1)) ** 2)).astype(f32)
-        golgi = np.exp(((dy - gy[own]) ** 2 + (dx - gx[own]) ** 2) * gk[own]) * (0.7 + 0.3 * np.clip(-tex["ret"], -1, 1))
-        wga = golgi * body_soft * (1.0 - 0.5 * cp1) + 0.55 * edge * (1.0 + 0.7 * cp) + 0.07 * body_soft * (1.0 + 2.0 * cp)
-        raw[4] = (0.34 * bright[:, 4] * tox_dim)[own] * wga
-
-        mask = (body_soft > 0.5) & inf[own]
-
-    # Debris of dead cells: tiny bright spots, much smaller than a nucleus.
-    deb = np.flatnonzero(cells["debris"])
-    if deb.size:
-        # stamped one by one: a handful per well, far cheaper than filtering the field
-        sig = max(0.5, 0.18 * rn)
-        h = int(np.ceil(3 * sig))
-        yy, xx = np.mgrid[-h : h + 1, -h : h + 1]
-        for y, x in cells["yx"][deb]:
-            cy, cx = int(round(y)), int(round(x))
-            patch = np.exp(-((yy + cy - y) ** 2 + (xx + cx - x) ** 2) / (2 * sig**2)).astype(np.float32)
-            y0, y1, x0, x1 = max(cy - h, 0), min(cy + h + 1, f), max(cx - h, 0), min(cx + h + 1, f)
-            p = patch[y0 - cy + h : y1 - cy + h, x0 - cx + h : x1 - cx + h]
-            raw[:, y0:y1, x0:x1] += p * np.array([0.35, 0.0, 0.0, 0.15, 0.25], np.float32)[:, None, None]
+            cells_cfg = {"nucleus_radius": nucleus_radius / site_size, "cell_radius": float(np.median(cells["r_cell"])) / site_size}
+            bank = texture_bank(rng, site_size, cells_cfg)
+        px = _territories(cells["yx"][alive], field_size, well_textures(rng, bank))
+        own = px.owner
+        # Per-cell coefficients first (cheap), then one gather each into the pixel grid.
+        infected = living["infected"].astype(np.float32)
+        cpe = (cpe_strength * living["cpe"] * infected).astype(np.float32)
+        cpe_capped = np.minimum(cpe, 1.0)
+        dim = np.float32(1.0 - 0.5 * toxic_kill)  # toxicity: surviving cells lose signal
+        r_cell = _cell_bodies(living, px, toxic_kill, soft)
+        minor = _nuclei(living, px, soft)
+        px.cytoplasm = px.body * (1.0 - px.nucleus)
+        px.perinuclear = np.exp(-np.clip(px.dist - minor, 0.0, None) * (np.float32(1.0) / (0.45 * r_cell))[own])
+        _membranes(cells["body"][alive], px, nucleus_radius)
+        px.cpe, px.cpe_capped = cpe[own] * px.body, cpe_capped[own] * px.body
+        px.puncta = np.clip(px.textures["punct"] - 1.0, 0.0, None)  # sparse bright puncta (replication sites)
+        raw[0] = _hoechst(living, px, infected, toxic_kill)
+        raw[1] = _cona(living, px, dim)
+        raw[2] = _phalloidin(living, px, nucleus_radius, dim)
+        raw[3] = _syto14(living, px, dim)
+        raw[4] = _wga(living, px, nucleus_radius, cpe_capped, dim)
+        mask = (px.body > 0.5) & living["infected"][own]
+    debris = np.flatnonzero(cells["debris"])
+    if debris.size:
+        _stamp_debris(raw, cells["yx"][debris], nucleus_radius)
     return raw, mask
 
 

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,97 @@ def load_checkpoint(path: Path, device) -> dict | None:
         return None
 
 
+@dataclass
+class TrainingState:
+    """Where a run stands after ``epoch`` epochs: the history rows and the best epoch so
+    far (early stopping). Checkpointed as a plain dict of these fields."""
+
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    best_ap: float = -1.0
+    best_loss: float = float("inf")
+    max_ap: float = -1.0  # the highest validation AP seen, best or not
+    best_epoch: int = 0
+    best_state: dict | None = None  # the best epoch's weights, on the CPU
+    bad_epochs: int = 0  # epochs since the last best one
+    stopped: bool = False
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # no copy of the weights
+
+    def record(self, epoch: int, val_ap: float, val_loss: float, model, setup: TrainSetup) -> bool:
+        """Count ``epoch`` in; whether it is the new best: the highest validation AP, or
+        within ``setup.ap_tolerance`` of it, the lower loss. Stops after ``setup.patience``
+        epochs without a new best."""
+        improved = val_ap > self.max_ap or (val_ap >= self.max_ap - setup.ap_tolerance and val_loss < self.best_loss)
+        self.max_ap = max(self.max_ap, val_ap)
+        if improved:
+            self.best_ap, self.best_loss, self.best_epoch, self.bad_epochs = val_ap, val_loss, epoch, 0
+            self.best_state = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
+        else:
+            self.bad_epochs += 1
+        self.stopped = self.bad_epochs >= setup.patience
+        self.epoch = epoch
+        return improved
+
+
+def resume(checkpoint: Path, digest: str, model, optimizer, scheduler, device, log) -> TrainingState:
+    """Model, optimizer, scheduler and torch RNG restored from ``checkpoint`` when its
+    ``digest`` (config + data) matches, and the state it reached; else a fresh state."""
+    saved = load_checkpoint(checkpoint, device)
+    if saved is None:
+        return TrainingState()
+    if saved.get("digest") != digest:
+        log(f"{checkpoint} belongs to another config or data set; starting afresh")
+        return TrainingState()
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    state = TrainingState(**saved["state"])
+    log(f"resumed from {checkpoint} after epoch {state.epoch}")
+    return state
+
+
+def save_checkpoint(checkpoint: Path, digest: str, model, optimizer, scheduler, state: TrainingState, setup: TrainSetup) -> None:
+    """Everything ``resume`` needs, as tensors and builtins (loads with weights_only=True)."""
+    saved = {
+        "digest": digest,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "state": state.to_dict(),
+        "setup": setup.to_dict(),
+    }
+    _atomic_save(saved, checkpoint)
+
+
+def select_patches(setup: TrainSetup, model, train_data, loader_factory, runtime: Runtime) -> np.ndarray | None:
+    """The patches to train on this epoch, (n_sites, k) int64 indices per dataset row: M
+    infers every patch of every training site and keeps its top k; V keeps all N; W
+    trains on whole sites (None)."""
+    if setup.kind == "M":
+        loader = loader_factory(train_data, inference_sites_per_batch(setup), None)
+        probabilities, _, rows = infer_patches(model, loader, setup.grid, runtime, 4 * setup.batch_size)
+        selected = np.empty((len(train_data), setup.k), dtype=np.int64)
+        selected[rows] = topk_patch_indices(torch.from_numpy(probabilities), setup.k).numpy()
+        return selected
+    if setup.kind == "V":
+        return np.tile(np.arange(setup.grid.n_patches), (len(train_data), 1))
+    return None
+
+
+def evaluate(setup: TrainSetup, model, loader, runtime: Runtime, weights: torch.Tensor) -> dict:
+    """Validation AP, class-weighted loss and accuracy at eta of the site scores."""
+    scores, labels, _, _ = site_scores(setup, model, loader, runtime)
+    return {
+        "val_ap": average_precision(labels, scores),
+        "val_loss": site_loss(labels, scores, weights.cpu().numpy()),
+        "val_accuracy": float(((scores >= setup.eta) == (labels > 0.5)).mean()),
+    }
+
+
 def fit(setup: TrainSetup, train_data, val_data, loader_factory, runtime: Runtime, checkpoint: Path, digest: str, log=print, stop_after=None):
     """Train one model with early stopping on validation average precision.
 
@@ -122,8 +214,8 @@ def fit(setup: TrainSetup, train_data, val_data, loader_factory, runtime: Runtim
     epoch's full state is checkpointed to ``checkpoint`` after every epoch and resumed
     from when its ``digest`` (config + data) matches. ``stop_after`` ends the run after
     that many epochs of this call (tests use it to simulate a kill).
-    Returns the final state: history rows, best_state, best_epoch, best_ap, and finished
-    (False only when ``stop_after`` cut the run short).
+    Returns the final state (TrainingState.to_dict: history rows, best_state,
+    best_epoch, best_ap, ...) and finished (False only when ``stop_after`` cut the run short).
     """
     torch.manual_seed(setup.seed)
     model = runtime.model(build_resnet34(setup.in_channels, setup.pretrained_weights))
@@ -132,87 +224,31 @@ def fit(setup: TrainSetup, train_data, val_data, loader_factory, runtime: Runtim
     total_steps = setup.epochs * steps_per_epoch(setup, len(train_data))
     # One-cycle cosine policy; the Adam betas stay as given (no momentum cycling).
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=setup.lr, total_steps=total_steps, anneal_strategy="cos", cycle_momentum=False)
-    state = {"epoch": 0, "history": [], "best_ap": -1.0, "best_loss": float("inf"), "max_ap": -1.0, "best_epoch": 0,
-             "best_state": None, "bad_epochs": 0, "stopped": False}
-    saved = load_checkpoint(checkpoint, runtime.device)
-    if saved is not None:
-        if saved.get("digest") == digest:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            torch.set_rng_state(saved["torch_rng"])
-            state = saved["state"]
-            log(f"resumed from {checkpoint} after epoch {state['epoch']}")
-        else:
-            log(f"{checkpoint} belongs to another config or data set; starting afresh")
+    state = resume(checkpoint, digest, model, optimizer, scheduler, runtime.device, log)
     run_epochs = 0
-    while state["epoch"] < setup.epochs and not state["stopped"]:
-        if stop_after is not None and run_epochs >= stop_after:
-            break
-        epoch = state["epoch"] + 1
+    while state.epoch < setup.epochs and not state.stopped and (stop_after is None or run_epochs < stop_after):
+        epoch = state.epoch + 1
         started = time.perf_counter()
-        if setup.kind == "M":
-            # (a) every patch of every training site, (b) the top k per site
-            probabilities, _, rows = infer_patches(
-                model, loader_factory(train_data, inference_sites_per_batch(setup), None), setup.grid, runtime, 4 * setup.batch_size
-            )
-            selected = np.empty((len(train_data), setup.k), dtype=np.int64)
-            selected[rows] = topk_patch_indices(torch.from_numpy(probabilities), setup.k).numpy()
-        elif setup.kind == "V":
-            selected = np.tile(np.arange(setup.grid.n_patches), (len(train_data), 1))
-        else:
-            selected = None
+        selected = select_patches(setup, model, train_data, loader_factory, runtime)
         inference_seconds = time.perf_counter() - started
-        # (c) train on the kept patches with the site label
         shuffle_seed = setup.seed * 100_003 + epoch
         train_loss = train_one_epoch(
             setup, model, loader_factory(train_data, sites_per_step(setup), shuffle_seed), selected, runtime, weights, optimizer, scheduler,
             augment_seed=shuffle_seed ^ 0x5EED,  # a stream apart from the shuffle
         )
-        scores, labels, _, _ = site_scores(setup, model, loader_factory(val_data, inference_sites_per_batch(setup), None), runtime)
-        val_ap = average_precision(labels, scores)
-        val_loss = site_loss(labels, scores, weights.cpu().numpy())
-        # Best: the highest validation AP; within ap_tolerance of it, the lower loss.
-        improved = val_ap > state["max_ap"] or (val_ap >= state["max_ap"] - setup.ap_tolerance and val_loss < state["best_loss"])
-        state["max_ap"] = max(state["max_ap"], val_ap)
-        if improved:
-            state.update(best_ap=val_ap, best_loss=val_loss, best_epoch=epoch, best_state=copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()}), bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        state["stopped"] = state["bad_epochs"] >= setup.patience
-        state["epoch"] = epoch
+        metrics = evaluate(setup, model, loader_factory(val_data, inference_sites_per_batch(setup), None), runtime, weights)
+        improved = state.record(epoch, metrics["val_ap"], metrics["val_loss"], model, setup)
         seconds = time.perf_counter() - started
-        state["history"].append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "val_ap": val_ap,
-                "val_loss": val_loss,
-                "val_accuracy": float(((scores >= setup.eta) == (labels > 0.5)).mean()),
-                "lr": float(scheduler.get_last_lr()[0]),
-                "best": improved,
-                "seconds": seconds,
-                "inference_seconds": inference_seconds,
-            }
+        state.history.append(
+            {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": float(scheduler.get_last_lr()[0]), "best": improved,
+             "seconds": seconds, "inference_seconds": inference_seconds}
         )
         log(
-            f"epoch {epoch}/{setup.epochs}: loss {train_loss:.4f}, val AP {val_ap:.4f}, val loss {val_loss:.4f}"
+            f"epoch {epoch}/{setup.epochs}: loss {train_loss:.4f}, val AP {metrics['val_ap']:.4f}, val loss {metrics['val_loss']:.4f}"
             f"{' (best)' if improved else ''}, {seconds:.1f} s"
-            + (" - early stop" if state["stopped"] else "")
+            + (" - early stop" if state.stopped else "")
         )
-        _atomic_save(
-            {
-                "digest": digest,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "state": state,
-                "setup": setup.to_dict(),
-            },
-            checkpoint,
-        )
+        save_checkpoint(checkpoint, digest, model, optimizer, scheduler, state, setup)
         run_epochs += 1
-    finished = state["stopped"] or state["epoch"] >= setup.epochs
-    return dict(state, finished=finished)
-
+    finished = state.stopped or state.epoch >= setup.epochs
+    return dict(state.to_dict(), finished=finished)
