@@ -29,6 +29,8 @@ HIT_COLOUR = "#C44E52"
 TOXIC_COLOUR = "#DD8452"
 # The four combinations of DEEMD's call E and the hit call.
 CATEGORY_COLOURS = dict(zip(CALL_CATEGORIES, ["#C44E52", "#DD8452", "#4C72B0", "#AAAAAA"]))
+# Panel notes stay readable over the points they may cover.
+TEXT_BOX = {"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1.0}
 # The y range of inhibition panels: inhibition may fall below 0 or above 1, within reason.
 INHIBITION_LIMITS = (-0.5, 1.5)
 
@@ -103,10 +105,10 @@ def inhibition_dose_response_figure(doses: pd.DataFrame, wells: pd.DataFrame, tr
         curve = _fitted_inhibition(top, grid)
         if curve is not None:
             ax.plot(grid, curve, color=HIT_COLOUR, linewidth=1.3, label="4PL fit", zorder=4)
-            ax.text(0.03, 0.95, f"EC50 {top.inhibition_ec50_um:.3g} µM", transform=ax.transAxes, va="top", fontsize=7)
+            ax.text(0.03, 0.95, f"EC50 {top.inhibition_ec50_um:.3g} µM", transform=ax.transAxes, va="top", fontsize=7, bbox=TEXT_BOX)
         else:
             status = getattr(top, "inhibition_status", "")
-            ax.text(0.03, 0.95, f"no fit: {status}", transform=ax.transAxes, va="top", fontsize=6, color="grey")
+            ax.text(0.03, 0.95, f"no fit: {status}", transform=ax.transAxes, va="top", fontsize=6, color="grey", bbox=TEXT_BOX)
         best = getattr(top, "inhibition_best_conc_um", np.nan)
         if np.isfinite(best) and np.isfinite(top.inhibition_max):
             ax.plot([best], [top.inhibition_max], "D", color=HIT_COLOUR, markeredgecolor="black", markersize=5,
