@@ -7,10 +7,13 @@ from deemd.nuclei import (
     NucleusParams,
     ToxicityReferenceError,
     count_nuclei,
+    downsample,
+    estimate_diameter,
+    estimate_wells,
     flag_wells,
     foreground_mask,
     infected_vs_noninfected,
-    scale_params,
+    params_from_diameter,
     segment_nuclei,
 )
 
@@ -26,11 +29,96 @@ def disks(centres, radius=4, size=64, value=160, background=20, noise=3, seed=0)
     return image.clip(0, 255).astype(np.uint8)
 
 
-def test_scale_params_scales_lengths_and_areas():
-    config = {"reference_site_size": 1024, "smoothing_sigma": 8, "min_nucleus_area": 640, "peak_min_distance": 16, "min_contrast": 10}
-    params = scale_params(config, 128)
-    assert params.smoothing_sigma == 1 and params.min_nucleus_area == 10 and params.peak_min_distance == 2
-    assert params.min_contrast == 10
+def disk_field(radius, n, size=256, pairs=0, seed=0):
+    """Image with ``n`` separate disks of ``radius`` px placed at random (no two closer
+    than a radius apart at their rims) and ``pairs`` pairs of touching disks; returns the
+    image and the number of disks."""
+    rng = np.random.default_rng(seed)
+    centres = []
+    for _ in range(20000):
+        if len(centres) == n + 2 * pairs:
+            break
+        c = rng.uniform(radius + 2, size - 3 * radius - 2, 2)
+        new = [c, c + [2 * radius, 0]] if len(centres) < 2 * pairs else [c]
+        if all(np.hypot(*(q - o)) >= 3 * radius for q in new for o in centres):
+            centres.extend(new)
+    return disks(centres, radius=radius, size=size, seed=seed), len(centres)
+
+
+def test_params_from_diameter_scales_lengths_and_areas():
+    small, large = params_from_diameter(10, 12), params_from_diameter(20, 12)
+    assert large.smoothing_sigma == pytest.approx(2 * small.smoothing_sigma)
+    assert large.min_nucleus_area == pytest.approx(4 * small.min_nucleus_area)
+    assert large.peak_min_distance == pytest.approx(2 * small.peak_min_distance)
+    assert small.min_contrast == 12 and small.downsample == 1
+    # Large nuclei are counted at reduced resolution, lengths in its pixels.
+    reduced = params_from_diameter(60, 12)
+    assert reduced.downsample == 2 and reduced.smoothing_sigma == pytest.approx(params_from_diameter(30, 12, None).smoothing_sigma)
+    assert params_from_diameter(60, 12, None).downsample == 1
+    with pytest.raises(ValueError, match="diameter"):
+        params_from_diameter(float("nan"), 12)
+
+
+def test_downsample_block_means_and_valid_majority():
+    image = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    valid = np.zeros((4, 4), dtype=bool)
+    valid[:, :3] = True
+    small, small_valid = downsample(image, 2, valid)
+    assert small.tolist() == [[2.5, 4.5], [10.5, 12.5]]
+    assert small_valid.tolist() == [[True, False], [True, False]]
+    odd, _ = downsample(np.ones((5, 5)), 2)
+    assert odd.shape == (3, 3) and np.all(odd == 1)
+
+
+@pytest.mark.parametrize("radius", [3, 6, 12])
+@pytest.mark.parametrize("n,pairs", [(8, 0), (30, 0), (12, 10)], ids=["sparse", "dense", "touching"])
+def test_estimate_diameter_recovers_disks(radius, n, pairs):
+    size = 96 * radius  # same density in nuclei per image at every radius
+    images = [disk_field(radius, n, size, pairs, seed)[0] for seed in (1, 2)]
+    assert estimate_diameter(images, 12) == pytest.approx(2 * radius, rel=0.1)
+
+
+def test_estimate_diameter_ignores_cut_nuclei_and_debris():
+    image, _ = disk_field(6, 20, 400, seed=3)
+    alone = estimate_diameter([image], 12)
+    image[:6, :] = image[10, 10]  # no change, for shape
+    debris = image.copy()
+    for y, x in np.random.default_rng(4).uniform(10, 390, (25, 2)).astype(int):
+        debris[y : y + 2, x : x + 2] = 200
+    valid = np.ones(image.shape, dtype=bool)
+    valid[:, 200:] = False  # a dropped site cuts the nuclei on its edge
+    assert estimate_diameter([debris], 12) == pytest.approx(alone, rel=0.05)
+    assert estimate_diameter([image], 12, [valid]) == pytest.approx(12, rel=0.1)
+
+
+def test_estimate_diameter_of_empty_images_is_nan():
+    assert np.isnan(estimate_diameter([disks([], noise=4)], 12))
+    assert np.isnan(estimate_diameter([], 12))
+
+
+def test_estimate_wells_spreads_over_the_untreated_wells():
+    untreated = np.zeros(40, dtype=bool)
+    untreated[[1, 5, 9, 13, 17, 21, 25, 29, 33, 37, 39]] = True
+    chosen = estimate_wells(untreated, 4)
+    assert len(chosen) == 4 and untreated[chosen].all() and chosen[0] == 1 and chosen[-1] == 39
+    assert estimate_wells(untreated[:6], 4).tolist() == [1, 5]
+
+
+@pytest.mark.parametrize("radius", [4, 8, 16])
+def test_auto_counts_touching_disks_as_with_the_true_diameter(radius):
+    image, n = disk_field(radius, 12, 96 * radius, pairs=8, seed=5)
+    diameter = estimate_diameter([image], 12)
+    auto, fixed = params_from_diameter(diameter, 12), params_from_diameter(2.0 * radius, 12)
+    assert count_nuclei(image, auto) == count_nuclei(image, fixed) == n
+    # ... although the touching pairs are single foreground components.
+    assert ndi.label(foreground_mask(image, fixed))[1] < n - 4
+
+
+def test_reduced_resolution_counts_as_full_resolution():
+    image, n = disk_field(20, 10, 1200, pairs=6, seed=6)
+    reduced, full = params_from_diameter(40, 12), params_from_diameter(40, 12, None)
+    assert reduced.downsample == 1 + 0 * full.downsample or reduced.downsample > 1
+    assert count_nuclei(image, reduced) == count_nuclei(image, full) == n
 
 
 def test_counts_separate_nuclei():

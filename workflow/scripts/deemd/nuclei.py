@@ -16,26 +16,162 @@ from skimage.segmentation import watershed
 from deemd.metadata import INFECTED, MOCK, UV
 
 
+# Segmentation lengths as multiples of the typical nucleus diameter d (px), so one set of
+# factors serves any magnification (docs/method.md, nucleus counting). They are the demo's
+# former values at 1024 px (sigma 8, area 700, peak distance 40) over its nucleus diameter
+# there (61 px), kept because they count within 2 % at nucleus radii 2-5 % of the site:
+# - smoothing 0.13 d: removes chromatin texture and noise but cannot bridge the gap between
+#   neighbours (it stays far below the spacing of nuclei, about d);
+# - minimum area 0.19 d^2 (a disk of diameter 0.5 d): debris and fragments are smaller,
+#   a nucleus cut by a dropped site or the well edge mostly is not;
+# - peak distance 0.5 d: two touching nuclei have their distance-transform peaks d apart,
+#   while one elongated nucleus has one ridge shorter than that.
+SIGMA_PER_DIAMETER = 0.13
+MIN_AREA_PER_DIAMETER_SQ = 0.19
+PEAK_DISTANCE_PER_DIAMETER = 0.5
+# Counting is done at reduced resolution where nuclei are larger than this (px of the
+# working image): a nucleus this wide still has a distance transform with one clear peak,
+# and the cost of every step falls with the square of the factor.
+WORKING_DIAMETER = 24.0
+# The estimate: components whose area is at most this many times that of their inscribed
+# disk (radius: the maximum of the distance transform) are taken as single nuclei. Measured
+# on blurred, noisy digital disks of radius 2.5-12 px: singles 0.9-1.3 (an ellipse adds its
+# aspect ratio), two touching disks 1.7-2.6.
+SINGLE_AREA_RATIO = 1.6
+# Untreated wells of a plate the estimate reads (evenly spread): ~1000 nuclei at the demo's
+# density, a stable median, at a few seconds per plate at 1024 px sites.
+ESTIMATE_WELLS = 8
+
+
 @dataclass(frozen=True)
 class NucleusParams:
-    """Segmentation parameters in pixels of the image being segmented."""
+    """Segmentation parameters in pixels of the image being segmented; ``downsample`` is
+    the integer factor by which the image is reduced (block mean) before segmenting, the
+    lengths being in pixels of the reduced image."""
 
     smoothing_sigma: float
     min_nucleus_area: float
     peak_min_distance: float
     min_contrast: float
+    downsample: int = 1
 
 
-def scale_params(config: dict, site_size: int) -> NucleusParams:
-    """Scale the config's lengths (given at ``reference_site_size``) to ``site_size``;
-    areas scale with the square of the ratio, grey levels not at all."""
-    ratio = site_size / config["reference_site_size"]
+def params_from_diameter(diameter: float, min_contrast: float, working_diameter: float | None = WORKING_DIAMETER) -> NucleusParams:
+    """Segmentation parameters for nuclei of typical ``diameter`` px (of the site): lengths
+    as the factors above times the diameter at the working resolution, which is reduced by
+    the integer ``diameter // working_diameter`` (None: full resolution). Grey levels are
+    not scaled."""
+    if not np.isfinite(diameter) or diameter <= 0:
+        raise ValueError(f"nucleus diameter must be a positive number of pixels, got {diameter}")
+    factor = max(1, int(diameter // working_diameter)) if working_diameter else 1
+    d = diameter / factor
     return NucleusParams(
-        smoothing_sigma=config["smoothing_sigma"] * ratio,
-        min_nucleus_area=config["min_nucleus_area"] * ratio**2,
-        peak_min_distance=max(1.0, config["peak_min_distance"] * ratio),
-        min_contrast=config["min_contrast"],
+        smoothing_sigma=SIGMA_PER_DIAMETER * d,
+        min_nucleus_area=MIN_AREA_PER_DIAMETER_SQ * d * d,
+        peak_min_distance=max(1.0, PEAK_DISTANCE_PER_DIAMETER * d),
+        min_contrast=min_contrast,
+        downsample=factor,
     )
+
+
+def downsample(image: np.ndarray, factor: int, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Block mean of ``image`` (H, W) by an integer ``factor`` as float32 (edges padded by
+    replication to a multiple of the factor), and of ``valid`` (a pixel is valid where most
+    of its block is)."""
+    if factor == 1:
+        return image, valid
+    h, w = image.shape
+    pad = ((0, -h % factor), (0, -w % factor))
+
+    def reduce(a):
+        a = np.pad(a, pad, mode="edge")
+        return a.reshape(a.shape[0] // factor, factor, a.shape[1] // factor, factor).mean(axis=(1, 3), dtype=np.float32)
+
+    return reduce(image), None if valid is None else reduce(valid) > 0.5
+
+
+def _component_sizes(mask: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Area (px) and inscribed radius (maximum of the distance transform, px) of each
+    connected component of ``mask`` (holes filled) that touches neither the image border
+    nor an invalid pixel: those nuclei are cut."""
+    labels, n = ndi.label(ndi.binary_fill_holes(mask))
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    index = np.arange(1, n + 1)
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(float)
+    radius = np.asarray(ndi.maximum(ndi.distance_transform_edt(labels > 0), labels, index))
+    edge = np.zeros(mask.shape, dtype=bool)
+    edge[[0, -1], :] = edge[:, [0, -1]] = True
+    if valid is not None:
+        edge |= ndi.binary_dilation(~valid)
+    inner = ~np.isin(index, labels[edge])
+    return area[inner], radius[inner]
+
+
+def single_nucleus_diameters(nuclear: np.ndarray, sigma: float, min_contrast: float, valid: np.ndarray | None = None) -> np.ndarray:
+    """Equivalent diameters (px, float) of the foreground components of one image
+    (smoothed by ``sigma`` px, Otsu) that look like single nuclei: area at most
+    SINGLE_AREA_RATIO times that of their inscribed disk. Touching nuclei form components
+    of about twice that area with the same inscribed disk, so they drop out instead of
+    inflating the estimate."""
+    mask = foreground_mask(nuclear, NucleusParams(sigma, 0.0, 1.0, min_contrast), valid)
+    area, radius = _component_sizes(mask, valid)
+    single = (area >= 4) & (area <= SINGLE_AREA_RATIO * np.pi * radius**2)
+    return np.sqrt(4.0 * area[single] / np.pi)
+
+
+def area_weighted_median(diameters: np.ndarray) -> float:
+    """Median of ``diameters`` (px) weighted by area (diameter squared): the diameter of the
+    nucleus that the median foreground pixel belongs to, so that many small debris spots
+    cannot outvote the nuclei. NaN when empty."""
+    if diameters.size == 0:
+        return np.nan
+    d = np.sort(diameters)
+    cumulative = np.cumsum(d**2)
+    return float(d[np.searchsorted(cumulative, 0.5 * cumulative[-1])])
+
+
+def estimate_diameter(images, min_contrast: float, valids=None) -> float:
+    """Typical nucleus diameter (px, float) in a set of nuclear images (each (H, W), e.g.
+    the untreated wells of a plate); NaN when none holds a nucleus.
+
+    Two passes, each the area-weighted median equivalent diameter of the components that
+    look like single nuclei (``single_nucleus_diameters``) pooled over the images: the first smoothed
+    by 1 px, which any nucleus survives, the second with the smoothing and at the working
+    resolution that the first estimate implies (``params_from_diameter``), so that
+    chromatin texture in large nuclei does not fray their outlines. Components under half
+    the first estimate (debris, noise) are left out of the second.
+    """
+    images = list(images)
+    valids = [None] * len(images) if valids is None else list(valids)
+
+    def median_diameter(params: NucleusParams, floor: float) -> float:
+        diameters = []
+        for image, valid in zip(images, valids):
+            small, small_valid = downsample(image, params.downsample, valid)
+            d = single_nucleus_diameters(small, params.smoothing_sigma, min_contrast, small_valid) * params.downsample
+            diameters.append(d[d >= floor])
+        return area_weighted_median(np.concatenate(diameters or [np.zeros(0)]))
+
+    first = median_diameter(NucleusParams(1.0, 0.0, 1.0, min_contrast), 0.0)
+    if not np.isfinite(first):
+        return np.nan
+    return median_diameter(params_from_diameter(first, min_contrast), 0.5 * first)
+
+
+def estimate_wells(untreated: np.ndarray, n: int = ESTIMATE_WELLS) -> np.ndarray:
+    """Indices (int) of up to ``n`` wells where ``untreated`` (bool, per well) is True,
+    evenly spread over the plate order (edge effects and drift average out)."""
+    candidates = np.flatnonzero(untreated)
+    if candidates.size <= n:
+        return candidates
+    return candidates[np.unique(np.linspace(0, candidates.size - 1, n).round().astype(int))]
+
+
+def nucleus_params(config: dict, diameter: float) -> NucleusParams:
+    """Parameters from the config's ``nuclei`` section for a plate whose typical nucleus
+    diameter is ``diameter`` px (the config's number, or the plate's estimate)."""
+    return params_from_diameter(diameter, config["min_contrast"])
 
 
 def foreground_mask(nuclear: np.ndarray, params: NucleusParams, valid: np.ndarray | None = None) -> np.ndarray:
@@ -65,8 +201,11 @@ def segment_nuclei(nuclear: np.ndarray, params: NucleusParams, valid: np.ndarray
         return np.zeros(nuclear.shape, dtype=np.int32)
     distance = ndi.distance_transform_edt(mask)
     components, _ = ndi.label(mask)
+    # Peaks strictly farther apart than peak_min_distance: skimage keeps two peaks exactly
+    # min_distance apart, so a flat ridge of the distance transform d long (two touching
+    # nuclei) would give three peaks at a distance of d / 2.
     peaks = peak_local_max(
-        distance, min_distance=int(round(params.peak_min_distance)), labels=components, exclude_border=False
+        distance, min_distance=int(params.peak_min_distance) + 1, labels=components, exclude_border=False
     )
     markers = np.zeros(mask.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
@@ -79,7 +218,9 @@ def segment_nuclei(nuclear: np.ndarray, params: NucleusParams, valid: np.ndarray
 
 
 def count_nuclei(nuclear: np.ndarray, params: NucleusParams, valid: np.ndarray | None = None) -> int:
-    """Number of nuclei in one stitched well image."""
+    """Number of nuclei in one stitched well image (H, W), segmented at the resolution
+    reduced by ``params.downsample``."""
+    nuclear, valid = downsample(nuclear, params.downsample, valid)
     return int(segment_nuclei(nuclear, params, valid).max())
 
 

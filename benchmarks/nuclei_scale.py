@@ -1,0 +1,162 @@
+"""Nucleus counting against the synthetic truth at several nucleus sizes and densities,
+with the plate's nucleus diameter estimated (nuclei.diameter: auto), and the time to count
+one stitched 2048 x 2048 well.
+
+Usage: python benchmarks/nuclei_scale.py   (no arguments; a few minutes on 2 cores)
+
+Per case (world, nucleus radius as a fraction of the site, cells per site) and seed, one
+small plate (4 x 6 wells, 128 px sites) is synthesised with the world's own library, the
+diameter is estimated from its untreated wells as the nuclei rule does, and every well is
+counted. Printed per case: the true diameter (2 x radius x site size; infected nuclei are
+15 % smaller), the estimate per seed, and the median absolute relative count error per
+well (wells with nuclei, pooled over seeds; worst seed in brackets), for auto and for the
+former fixed parameters (lengths 8 / 700 / 40 px at 1024 px, scaled). The "diffuse" world
+is measured when deemd.synth_diffuse exists.
+
+Timing: one well at 1024 px sites of the default demo, counted with the former
+parameters and with auto's (which counts at half resolution there); medians of
+interleaved repeats, and the counts at full and reduced resolution of a few such wells.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+from deemd import synth  # noqa: E402
+from deemd.worlds import WORLDS  # noqa: E402
+from deemd.nuclei import (  # noqa: E402
+    NucleusParams,
+    count_nuclei,
+    estimate_diameter,
+    estimate_wells,
+    params_from_diameter,
+)
+
+SEEDS = (1, 2, 3)
+MIN_CONTRAST = 12
+SITE = 128
+CASES = [(None, None)] + [(r, n) for r in (0.02, 0.035, 0.05) for n in (25, 110)]
+
+
+def legacy_params(site_size: int) -> NucleusParams:
+    """The former fixed config (sigma 8, min area 700, peak distance 40 px at 1024 px)."""
+    r = site_size / 1024
+    return NucleusParams(8.0 * r, 700 * r * r, max(1.0, 40 * r), MIN_CONTRAST)
+
+
+def small_demo(world: str, seed: int, radius: float | None, per_site: int | None, site_size: int = SITE) -> dict:
+    """The default demo of ``world`` on a 4 x 6 plate (8 untreated wells); its cells
+    (demo.cells, or demo.diffuse.cells) changed when given, the cell radius in proportion."""
+    demo = copy.deepcopy(synth.DEFAULT_DEMO)
+    demo.update(
+        world=world,
+        seed=seed,
+        site_size=site_size,
+        plate_rows=4,
+        plate_columns=6,
+        compounds=4,
+        concentrations_um=[0.1, 10.0],
+        controls_per_plate={synth.MOCK: 2, synth.UV: 2, synth.INFECTED: 4},
+        compound_classes={"effective": 0.5, "toxic": 0.25, "inactive": 0.25},
+    )
+    cells = true_cells(demo)
+    if radius is not None:
+        cells = dict(cells, per_site=per_site, nucleus_radius=radius, cell_radius=radius * cells["cell_radius"] / cells["nucleus_radius"])
+        if world == "foci":
+            demo["cells"] = cells
+        else:
+            demo[world] = {"cells": cells}
+    return demo
+
+
+def true_cells(demo: dict) -> dict:
+    """The cells section the world reads, defaults filled in."""
+    if demo["world"] == "foci":
+        return synth.config_section(demo, "cells", synth.CELL_DEFAULTS)
+    return WORLDS[demo["world"]].cells_config(demo)
+
+
+def plate_wells(demo: dict):
+    """Stitched nuclear images (2S, 2S) uint8, true nucleus counts and untreated flags."""
+    module = WORLDS[demo["world"]]
+    library = module.make_library(demo)
+    images, truth, untreated = [], [], []
+    for row, sites, _, rows in module.iter_plate(demo, demo["experiment"], 1, library):
+        images.append(np.block([[sites[0, 0], sites[1, 0]], [sites[2, 0], sites[3, 0]]]))
+        truth.append(sum(r["n_nuclei"] for r in rows))
+        untreated.append(not isinstance(row["treatment"], str))
+    return images, np.array(truth), np.array(untreated)
+
+
+def relative_errors(images, truth, params) -> np.ndarray:
+    counts = np.array([count_nuclei(image, params) for image in images])
+    has = truth > 0
+    return np.abs(counts[has] - truth[has]) / truth[has]
+
+
+def accuracy_table(world_names=tuple(WORLDS)) -> None:
+    print(f"{'world':8} {'radius':>7} {'cells':>5} {'true d':>6}  {'estimated d per seed':22} {'auto err (worst)':>17} {'former err (worst)':>19} {'wells':>5}")
+    for world in world_names:
+        for radius, per_site in CASES:
+            estimates, auto, former = [], [], []
+            for seed in SEEDS:
+                demo = small_demo(world, seed, radius, per_site)
+                images, truth, untreated = plate_wells(demo)
+                chosen = estimate_wells(untreated)
+                diameter = estimate_diameter([images[i] for i in chosen], MIN_CONTRAST)
+                estimates.append(diameter)
+                auto.append(relative_errors(images, truth, params_from_diameter(diameter, MIN_CONTRAST)))
+                former.append(relative_errors(images, truth, legacy_params(SITE)))
+            cells = true_cells(demo)
+            true_d = 2 * cells["nucleus_radius"] * SITE
+            worst_auto = max(np.median(e) for e in auto)
+            worst_former = max(np.median(e) for e in former)
+            label = "default" if radius is None else f"{radius:g}"
+            print(
+                f"{world:8} {label:>7} {cells['per_site']:>5} {true_d:6.1f}  {' '.join(f'{e:5.1f}' for e in estimates):22}"
+                f" {np.median(np.concatenate(auto)):8.1%} ({worst_auto:5.1%}) {np.median(np.concatenate(former)):9.1%} ({worst_former:5.1%})"
+                f" {sum(len(e) for e in auto):5}",
+                flush=True,
+            )
+
+
+def timing(repeats: int = 7, wells: int = 3) -> None:
+    demo = small_demo("foci", 1, None, None, site_size=1024)
+    library = synth.make_library(demo)
+    plate = synth.iter_plate(demo, demo["experiment"], 1, library)
+    images = []
+    for row, sites, _, rows in plate:
+        if sum(r["n_nuclei"] for r in rows):
+            images.append(np.block([[sites[0, 0], sites[1, 0]], [sites[2, 0], sites[3, 0]]]))
+        if len(images) == wells:
+            break
+    started = time.perf_counter()
+    diameter = estimate_diameter(images, MIN_CONTRAST)
+    estimate_s = (time.perf_counter() - started) / len(images)
+    former, auto, full = legacy_params(1024), params_from_diameter(diameter, MIN_CONTRAST), params_from_diameter(diameter, MIN_CONTRAST, None)
+    times = {"former": [], "auto": []}
+    for _ in range(repeats):
+        for key, params in (("former", former), ("auto", auto)):
+            started = time.perf_counter()
+            count_nuclei(images[0], params)
+            times[key].append(time.perf_counter() - started)
+    t_former, t_auto = statistics.median(times["former"]), statistics.median(times["auto"])
+    print(f"\n2048 x 2048 well (1024 px sites, true d {2 * 0.03 * 1024:.1f} px, estimated {diameter:.1f} px)")
+    print(f"  count, former parameters: {t_former:.3f} s; auto ({auto.downsample}x reduced): {t_auto:.3f} s; ratio auto/former {t_auto / t_former:.2f}")
+    print(f"  estimate: {estimate_s:.2f} s per untreated well read")
+    for image in images:
+        reduced, exact = count_nuclei(image, auto), count_nuclei(image, full)
+        print(f"  counts full resolution {exact}, reduced {reduced} ({(reduced - exact) / exact:+.1%})")
+
+
+if __name__ == "__main__":
+    accuracy_table()
+    timing()
