@@ -6,20 +6,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from deemd.channel_stats import channel_histograms, stats_from_histograms, training_channel_stats
 from deemd.metadata import INFECTED, MOCK, UV, well_table
 from deemd.split import (
     assign_sets,
     balance_classes,
-    channel_histograms,
     dropped_sites,
     largest_remainder,
     make_split,
     screen_wells,
     set_shares,
     split_sites,
-    stats_from_histograms,
     summarise,
-    training_channel_stats,
     usable_site_counts,
     well_indices,
     well_labels,

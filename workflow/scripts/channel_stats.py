@@ -1,25 +1,16 @@
 """Snakemake glue: per-channel mean and std of the training sites, streamed from the
 per-plate stores."""
 
-import json
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 
+from deemd.channel_stats import training_channel_stats
+from deemd.io import write_json_atomic
 from deemd.logs import start_rule_log
-from deemd.split import training_channel_stats
 from deemd.store import open_plate_store
-
-
-def write_json_atomic(data, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def main(split_path, store_paths, output, params, threads, log):

@@ -1,13 +1,11 @@
 """Snakemake glue: stitch one plate's site PNGs into its per-plate store."""
 
 import logging
-import shutil
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pandas as pd
 
-from deemd.io import write_parquet_atomic
+from deemd.io import atomic_directory, write_parquet_atomic
 from deemd.logs import start_rule_log
 from deemd.metadata import well_table
 from deemd.stitch import stitch_plate
@@ -25,36 +23,33 @@ def main(sites_path, plate_id, output_store, output_qc, params, threads, log):
     logging.info("plate %s: %d wells, %d sites", plate_id, len(wells), len(plate_sites))
     # Written under a temporary name and renamed at the end: a killed job never leaves a
     # store that looks finished (open_plate_store also checks the 'complete' attribute).
-    tmp = Path(str(output_store) + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    store = create_plate_store(
-        tmp,
-        wells,
-        dataset["channel_names"],
-        dataset["site_size"],
-        dataset["site_layout"],
-        codec=store_cfg["codec"],
-        clevel=store_cfg["clevel"],
-        attrs={"plate_id": plate_id},
-    )
-    step = max(1, len(wells) // 10)
-
-    def progress(done, total):
-        if done % step < store_cfg["batch_wells"] or done == total:
-            logging.info("stitched %d/%d wells", done, total)
-
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        dropped = stitch_plate(
-            plate_sites, store, dataset["images"], dataset["channels"], dataset["on_bad_image"],
-            store_cfg["batch_wells"], pool, progress,
+    with atomic_directory(output_store, create=False) as tmp:
+        store = create_plate_store(
+            tmp,
+            wells,
+            dataset["channel_names"],
+            dataset["site_size"],
+            dataset["site_layout"],
+            codec=store_cfg["codec"],
+            clevel=store_cfg["clevel"],
+            attrs={"plate_id": plate_id},
         )
-    for record in dropped:
-        logging.warning("dropped site %s: %s", record["site_id"], record["reason"])
-    qc = pd.DataFrame(dropped, columns=["site_id", "well", "site", "reason"]).assign(plate_id=plate_id)
-    store.group.attrs["complete"] = True
-    write_parquet_atomic(qc, output_qc)
-    shutil.rmtree(output_store, ignore_errors=True)
-    tmp.rename(output_store)
+        step = max(1, len(wells) // 10)
+
+        def progress(done, total):
+            if done % step < store_cfg["batch_wells"] or done == total:
+                logging.info("stitched %d/%d wells", done, total)
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            dropped = stitch_plate(
+                plate_sites, store, dataset["images"], dataset["channels"], dataset["on_bad_image"],
+                store_cfg["batch_wells"], pool, progress,
+            )
+        for record in dropped:
+            logging.warning("dropped site %s: %s", record["site_id"], record["reason"])
+        qc = pd.DataFrame(dropped, columns=["site_id", "well", "site", "reason"]).assign(plate_id=plate_id)
+        store.group.attrs["complete"] = True
+        write_parquet_atomic(qc, output_qc)
     logging.info("done: %d wells, %d dropped sites", len(wells), len(dropped))
 
 

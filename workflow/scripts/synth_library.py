@@ -1,9 +1,9 @@
 """Snakemake glue: the demo screen's compound library with its hidden truth (CSV)."""
 
 import logging
-import os
 from pathlib import Path
 
+from deemd.io import write_csv_atomic
 from deemd.logs import start_rule_log
 from deemd.worlds import world_module, world_name
 
@@ -13,10 +13,7 @@ def main(params: dict, wildcards: dict, output: dict, log: str) -> None:
     world = world_name(params["demo"])
     library = world_module(params["demo"]).make_library(params["demo"])
     path = Path(output["library"] if "library" in output else list(output.values())[0])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    library.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, path)  # a kill never leaves a complete-looking library
+    write_csv_atomic(library, path, float_format="%.6g")  # a kill never leaves a complete-looking library
     logging.info("world %s, %d compounds: %s", world, len(library), library["kind"].value_counts().to_dict())
 
 

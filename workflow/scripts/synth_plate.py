@@ -2,8 +2,6 @@
 plate's metadata.csv part, and the hidden truth (per-site table, infected-cell masks)."""
 
 import logging
-import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import pandas as pd
 from PIL import Image
 
 from deemd import synth
+from deemd.io import atomic_directory, write_atomic, write_csv_atomic, write_parquet_atomic
 from deemd.logs import start_rule_log
 from deemd.worlds import world_module, world_name
 
@@ -20,15 +19,6 @@ PNG_LEVEL = 1  # zlib level: fast to write; the PNGs are read many times but wri
 
 def _write_png(path: str, array: np.ndarray) -> None:
     Image.fromarray(array).save(path, format="PNG", compress_level=PNG_LEVEL)
-
-
-def _atomic(path: str | Path, write) -> None:
-    """Write via ``write(tmp_path)`` then rename, so a kill leaves no complete-looking file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _save_npz(tmp: Path, **arrays) -> None:
@@ -48,16 +38,12 @@ def main(params: dict, wildcards: dict, output: dict, log: str, input: dict | No
     n_wells = len(layout)
     logging.info("%s plate %d (world %s): %d wells x %d sites, %d px", experiment, plate, world_name(demo), n_wells, synth.SITES, demo["site_size"])
 
-    images_dir = Path(output["images"])
-    tmp_dir = images_dir.with_name(images_dir.name + ".tmp")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
     size = int(demo["site_size"])
     truth = []
     infected = np.zeros((n_wells * synth.SITES, size, size), dtype=bool)  # filled in place: no copy
     every = max(1, n_wells // 10)
     # PNG encoding releases the GIL: two threads overlap it with rendering.
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with atomic_directory(output["images"]) as tmp_dir, ThreadPoolExecutor(max_workers=2) as pool:
         pending = []
         for i, (row, images, site_masks, rows) in enumerate(world.iter_plate(demo, experiment, plate, library)):
             for s in range(synth.SITES):
@@ -74,16 +60,13 @@ def main(params: dict, wildcards: dict, output: dict, log: str, input: dict | No
                 pending = []
         for job in pending:
             job.result()
-    if images_dir.exists():
-        shutil.rmtree(images_dir)
-    os.replace(tmp_dir, images_dir)
 
     meta = synth.metadata_table(layout, experiment, plate)
-    _atomic(output["metadata"], lambda tmp: meta.to_csv(tmp, index=False))
+    write_csv_atomic(meta, output["metadata"])
     table = pd.DataFrame(truth, columns=synth.TRUTH_COLUMNS)
-    _atomic(output["truth"], lambda tmp: table.to_parquet(tmp, index=False))
+    write_parquet_atomic(table, output["truth"])
     site_ids = table["site_id"].to_numpy().astype(str)
-    _atomic(output["masks"], lambda tmp: _save_npz(tmp, site_id=site_ids, infected=infected))
+    write_atomic(output["masks"], lambda tmp: _save_npz(tmp, site_id=site_ids, infected=infected))
     logging.info(
         "done: %d sites, %d nuclei, infected fraction %.3f in untreated infected wells",
         len(table),

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from deemd.data import SiteDataset, site_loader
-from deemd.io import write_parquet_atomic
+from deemd.io import write_atomic, write_parquet_atomic
 from deemd.logs import start_rule_log
 from deemd.mil import TrainSetup, patch_grid
 from deemd.plots import save_figure_atomic, training_curves_figure
@@ -77,9 +77,7 @@ def main(kind, split_path, stats_path, store_paths, output, params, threads, log
     write_parquet_atomic(history, output["history"])
     figure = training_curves_figure(history, f"model {kind}")
     save_figure_atomic(figure, output["curves"], dpi=120)
-    tmp = Path(output["model"] + ".tmp")
-    torch.save(
-        {
+    saved = {
             "kind": kind,
             "state_dict": result["best_state"],
             "setup": setup.to_dict(),  # plain data: the file loads with weights_only=True
@@ -88,10 +86,8 @@ def main(kind, split_path, stats_path, store_paths, output, params, threads, log
             "channel_names": stats["channels"],
             "mean": stats["mean"],
             "std": stats["std"],
-        },
-        tmp,
-    )
-    tmp.replace(output["model"])
+    }
+    write_atomic(output["model"], lambda tmp: torch.save(saved, tmp))
     logging.info("best epoch %d, validation AP %.4f", result["best_epoch"], result["best_ap"])
     return result
 

@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from deemd.store import open_plate_store, site_slices
+from deemd.store import open_plate_store
 
 
 class SiteDataset(Dataset):
@@ -41,8 +41,7 @@ class SiteDataset(Dataset):
 
     def __getitem__(self, index: int):
         store = self._store(self.plate[index])
-        ys, xs = site_slices(store.site_layout, store.site_size)[int(self.site[index])]
-        pixels = store.images[int(self.well_index[index]), :, ys, xs]
+        pixels = store.read_site(self.well_index[index], self.site[index])
         return torch.from_numpy(np.ascontiguousarray(pixels)), torch.tensor(self.label[index]), index
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from deemd.metadata import INFECTED, MOCK
-from deemd.store import open_plate_store, site_slices
+from deemd.store import open_plate_store
 
 MOCK_GROUP = "Mock"
 ACTIVE_GROUP = "Active untreated"
@@ -87,8 +87,7 @@ def read_site_images(sites: pd.DataFrame, store_paths: dict[str, str]) -> np.nda
         if row.plate_id not in stores:
             stores[row.plate_id] = open_plate_store(store_paths[row.plate_id])
         store = stores[row.plate_id]
-        ys, xs = site_slices(store.site_layout, store.site_size)[int(row.site)]
-        images.append(np.asarray(store.images[int(row.well_index), :, ys, xs]))
+        images.append(np.asarray(store.read_site(row.well_index, row.site)))
     if not images:
         return np.zeros((0, 0, 0, 0), dtype=np.uint8)
     return np.stack(images)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -12,17 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from deemd.io import write_atomic  # noqa: E402
 from deemd.metadata import INFECTED, MOCK, UV  # noqa: E402
 
 
 def save_figure_atomic(figure, path: str | Path, **kwargs) -> None:
     """Save a matplotlib figure under a temporary name, rename it into place, and close
     it (pyplot keeps every open figure alive)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    figure.savefig(tmp, **kwargs)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: figure.savefig(tmp, **kwargs), keep_suffix=True)  # the suffix picks the format
     plt.close(figure)
 
 

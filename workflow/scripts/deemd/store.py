@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from deemd.io import write_text_atomic
+
 
 class StoreIntegrityError(OSError):
     """A chunk of a finished plate store is missing or fails its checksum."""
@@ -41,10 +43,8 @@ def mark_damaged(path: str | Path, reason: str) -> Path | None:
     """Write ``{path}.damaged`` (the reason and the time), atomically; None where the
     directory is not writable (the error message then says what to delete instead)."""
     marker = damage_marker(path)
-    tmp = marker.with_name(marker.name + f".tmp{os.getpid()}")
-    try:
-        tmp.write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {reason}\n")
-        os.replace(tmp, marker)
+    try:  # a temporary per process: two readers may find the damage at once
+        write_text_atomic(marker, f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {reason}\n", tmp=marker.with_name(marker.name + f".tmp{os.getpid()}"))
     except OSError:
         return None
     return marker
@@ -158,6 +158,17 @@ class PlateStore:
     @property
     def site_layout(self) -> list[list[int]]:
         return [list(row) for row in self.group.attrs["site_layout"]]
+
+    @functools.cached_property
+    def site_placement(self) -> dict[int, tuple[slice, slice]]:
+        """site -> (y slice, x slice) in a stitched well image (site_slices)."""
+        return site_slices(self.site_layout, self.site_size)
+
+    def read_site(self, well_index: int, site: int) -> np.ndarray:
+        """One site (channel, S, S) uint8 of the well in row ``well_index``, verified; only
+        that well's chunk is read."""
+        ys, xs = self.site_placement[int(site)]
+        return self.images[int(well_index), :, ys, xs]
 
     def read_wells(self, start: int = 0, stop: int | None = None, channel: int | None = None) -> np.ndarray:
         """Wells [start, stop) as (well, channel, y, x), or (well, y, x) for one channel index."""

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deemd.io import write_atomic
 from deemd.inference import average_precision, infer_patches, inference_sites_per_batch, site_scores
 from deemd.mil import (
     TrainSetup,
@@ -87,12 +88,6 @@ def site_loss(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> fl
     positive = np.asarray(labels) > 0.5
     losses = np.where(positive, -np.log(scores) * weights[1], -np.log(1 - scores) * weights[0])
     return float(losses.mean())
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path, device) -> dict | None:
@@ -179,7 +174,7 @@ def save_checkpoint(checkpoint: Path, digest: str, model, optimizer, scheduler, 
         "state": state.to_dict(),
         "setup": setup.to_dict(),
     }
-    _atomic_save(saved, checkpoint)
+    write_atomic(checkpoint, lambda tmp: torch.save(saved, tmp))
 
 
 def select_patches(setup: TrainSetup, model, train_data, loader_factory, runtime: Runtime) -> np.ndarray | None:

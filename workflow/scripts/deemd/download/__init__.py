@@ -17,7 +17,6 @@ from deemd.download.transfer import RETRYABLE_HTTP_STATUS, USER_AGENT, download,
 from deemd.download.unpack import (
     UnpackError,
     UnpackResult,
-    atomic_write_text,
     common_top_level,
     extract_member_atomic,
     extract_single_member,
@@ -43,7 +42,7 @@ from deemd.download.verify import (
 __all__ = [
     "MiB", "SUPPORTED_CHECKSUMS", "USER_AGENT", "RETRYABLE_HTTP_STATUS",
     "ChecksumMismatchError", "DownloadError", "SizeMismatchError", "UnpackError", "UnpackResult", "Progress",
-    "atomic_write_text", "common_top_level", "download", "extract_member_atomic", "extract_single_member", "find_member",
+    "common_top_level", "download", "extract_member_atomic", "extract_single_member", "find_member",
     "format_bytes", "format_duration", "hash_file", "image_member_path", "normalise_checksums", "parse_content_range",
     "safe_relpath", "server_md5", "unpack_archive", "unpack_experiment", "unpack_members", "verify_file", "write_flag",
 ]

@@ -14,6 +14,7 @@ from typing import Callable
 
 from deemd.download.progress import format_bytes
 from deemd.download.verify import MiB
+from deemd.io import atomic_path, write_text_atomic
 
 
 class UnpackError(RuntimeError):
@@ -80,15 +81,9 @@ def extract_member_atomic(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Pa
     one stray file that the next run overwrites. zipfile checks the CRC while reading.
     Returns the number of bytes written.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.part")
-    try:
+    with atomic_path(target, tmp=target.with_name(f".{target.name}.part")) as tmp:
         with zf.open(info) as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst, MiB)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return info.file_size
 
 
@@ -200,23 +195,8 @@ def extract_single_member(
     return dest
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary sibling and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_flag(path: str | os.PathLike, fields: dict) -> Path:
     """Write a flag file of ``key: value`` lines (YAML-readable), atomically."""
-    return atomic_write_text(path, "".join(f"{k}: {v}\n" for k, v in fields.items()))
+    path = Path(path)
+    text = "".join(f"{k}: {v}\n" for k, v in fields.items())
+    return write_text_atomic(path, text, fsync=True, tmp=path.with_name(f".{path.name}.part"))
