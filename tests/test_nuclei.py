@@ -251,3 +251,24 @@ def test_infected_vs_noninfected_mann_whitney():
     assert result["p_value"] < 1e-6 and result["median_infected"] < result["median_non_infected"]
     none = infected_vs_noninfected(table[table["disease_condition"] == "Mock"])
     assert np.isnan(none["p_value"])
+
+
+def test_plate_diameter_from_untreated_wells_fallback_and_config():
+    from nuclei_plate import plate_diameter
+
+    small, _ = disk_field(6, 20, 400, seed=1)
+    large, _ = disk_field(10, 12, 400, seed=2)
+    blank = disks([], size=400, noise=4)
+    auto = {"diameter": "auto", "min_contrast": 12}
+
+    def estimate(images, untreated, config=auto):
+        return plate_diameter(images.__getitem__, lambda i: None, np.array(untreated), config, "HRCE-1_1")
+
+    # The treated well's nuclei (here larger) do not enter the estimate.
+    diameter, source = estimate([large, small, small], [False, True, True])
+    assert diameter == pytest.approx(12, rel=0.1) and source == "estimated from 2 untreated wells"
+    assert estimate([large, small], [False, True], {"diameter": 9.5, "min_contrast": 12}) == (9.5, "nuclei.diameter")
+    diameter, source = estimate([large, blank], [False, True])
+    assert diameter == pytest.approx(20, rel=0.1) and "all wells" in source
+    with pytest.raises(ValueError, match=r"plate HRCE-1_1: nuclei.diameter is auto"):
+        estimate([blank, blank], [True, False])

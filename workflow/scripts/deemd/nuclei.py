@@ -17,15 +17,18 @@ from deemd.metadata import INFECTED, MOCK, UV
 
 
 # Segmentation lengths as multiples of the typical nucleus diameter d (px), so one set of
-# factors serves any magnification (docs/method.md, nucleus counting). They are the demo's
-# former values at 1024 px (sigma 8, area 700, peak distance 40) over its nucleus diameter
-# there (61 px), kept because they count within 2 % at nucleus radii 2-5 % of the site:
-# - smoothing 0.13 d: removes chromatin texture and noise but cannot bridge the gap between
-#   neighbours (it stays far below the spacing of nuclei, about d);
-# - minimum area 0.19 d^2 (a disk of diameter 0.5 d): debris and fragments are smaller,
-#   a nucleus cut by a dropped site or the well edge mostly is not;
-# - peak distance 0.5 d: two touching nuclei have their distance-transform peaks d apart,
-#   while one elongated nucleus has one ridge shorter than that.
+# factors serves any magnification (docs/method.md, nucleus counting). Smoothing and minimum
+# area are the former fixed values at 1024 px (sigma 8, area 700) over the demo's nucleus
+# diameter there (61 px); checked with benchmarks/nuclei_scale.py on both synthetic worlds at
+# nucleus radii 2-5 % of the site, 25-150 cells per site and several seeds.
+# - smoothing 0.13 d: removes chromatin texture and noise, and stays far below the gap that
+#   it would have to bridge to merge neighbours;
+# - minimum area 0.19 d^2 (a disk of diameter 0.5 d): debris is smaller, most of a nucleus
+#   cut by a dropped site or the well edge is not;
+# - peak distance 0.5 d: two touching nuclei have distance-transform peaks d apart, one
+#   elongated nucleus a single ridge. 0.65 d (the former value) merged nuclei of crowded
+#   sites (3-4 % of a well's count lost where centres may come within 1 d), 0.4 d split
+#   touching pairs into three (see segment_nuclei).
 SIGMA_PER_DIAMETER = 0.13
 MIN_AREA_PER_DIAMETER_SQ = 0.19
 PEAK_DISTANCE_PER_DIAMETER = 0.5
