@@ -62,3 +62,14 @@ def test_plate_store_read_site_cuts_the_site_out_of_its_well(tmp_path):
     for site, (ys, xs) in site_slices(layout, 4).items():
         assert np.array_equal(store.read_site(1, site), wells[1, :, ys, xs])
     assert store.read_site(np.int64(0), np.int64(4)).shape == (2, 4, 4)
+
+
+def test_store_paths_by_plate_reads_the_plate_from_the_name():
+    from deemd.store import store_paths_by_plate
+
+    paths = ["results/demo/store/HRCE-1_1.zarr", "results/demo/store/HRCE-1_2.zarr/"]
+    assert store_paths_by_plate(paths) == {"HRCE-1_1": paths[0], "HRCE-1_2": paths[1]}
+    with pytest.raises(ValueError, match="named"):
+        store_paths_by_plate(["results/demo/store/HRCE-1_1"])
+    with pytest.raises(ValueError, match="two stores"):
+        store_paths_by_plate(["a/P.zarr", "b/P.zarr"])

@@ -15,6 +15,7 @@ from scipy import stats
 from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
+import yaml
 
 from deemd import synth
 
@@ -131,6 +132,13 @@ def test_random_smiles_is_well_formed():
         assert s.count("(") == s.count(")") and s.count("[") == s.count("]")
         assert all(s.count(d) % 2 == 0 for d in "123456789")  # every ring closed
         assert re.fullmatch(r"[A-Za-z0-9()\[\]=#@+\-]+", s)
+
+
+def test_default_demo_is_the_configs_demo():
+    """synth.DEFAULT_DEMO must not drift from the demo block of config/config.yaml."""
+    demo = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())["demo"]
+    demo.pop("world", None)
+    assert synth.DEFAULT_DEMO == demo
 
 
 def test_make_library():

@@ -97,8 +97,10 @@ TORCH_RUNTIME = {
 
 # Figures and report (workflow/rules/figures.smk).
 FIGURES = config["figures"]
-# Models that keep patch probabilities, and so have infection maps (W has none).
-MAP_MODELS = [model for model in MODELS if model in ("M", "V")]
+# Models that keep patch probabilities, and so have infection maps (W has none); the one
+# place that says which they are.
+PATCH_MODELS = ("M", "V")
+MAP_MODELS = [model for model in MODELS if model in PATCH_MODELS]
 # A reference score table to compare e(t) with, or None; {dataset} in its path stands
 # for dataset.name (the demo compares with its own hidden truth).
 REFERENCE = config.get("reference") or None
@@ -108,7 +110,8 @@ if REFERENCE:
 
 def efficacy_readout(wildcards):
     """The shard column inhibition is computed from: efficacy.map_readout for the models
-    with maps, the site probability z_i for the whole-site model (docs/method.md §10)."""
+    with maps, the site probability z_i for the whole-site model (docs/method.md §10).
+    """
     return config["efficacy"]["map_readout"] if wildcards.model in MAP_MODELS else "z"
 
 

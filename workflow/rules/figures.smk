@@ -154,7 +154,7 @@ rule infection_maps:
     benchmark:
         f"{BENCH}/figures/infection_maps_{{model}}.tsv"
     wildcard_constraints:
-        model="M|V",
+        model="|".join(PATCH_MODELS),
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -166,7 +166,6 @@ rule infection_maps:
         controls=FIGURES["map_control_sites"],
         treated=FIGURES["map_treated_sites"],
         overlay_alpha=FIGURES["map_overlay_alpha"],
-        plates=lambda wildcards: plate_ids(),
     script:
         "../scripts/figures_infection_maps.py"
 

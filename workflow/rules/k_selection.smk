@@ -4,11 +4,8 @@
 # GPU rules; the GPU is requested in the profile (set-resources gpu).
 
 
-rule train_k:
-    input:
-        split=f"{RESULTS}/split/sites.parquet",
-        stats=f"{RESULTS}/split/channel_stats.json",
-        stores=plate_stores,
+# train_k: the train rule for M at one k of the sweep, into k_selection/k{k}/.
+use rule train as train_k with:
     output:
         model=f"{RESULTS}/k_selection/k{{k}}/model.pt",
         history=f"{RESULTS}/k_selection/k{{k}}/history.parquet",
@@ -17,18 +14,9 @@ rule train_k:
         f"{LOGS}/k_selection/train_k{{k}}.log",
     benchmark:
         f"{BENCH}/k_selection/train_k{{k}}.tsv"
-    conda:
-        "../../envs/torch.yaml"
-    threads: 4
-    resources:
-        mem_mb=16000,
-        runtime=2880,
-    params:
+    params:  # merged with train's
         kind="M",
         train=k_train_params,
-        plates=lambda wildcards: plate_ids(),
-    script:
-        "../scripts/train_model.py"
 
 
 rule k_selection:
@@ -59,7 +47,6 @@ rule k_selection:
         ks=config["k_selection"]["ks"],
         moi=config["k_selection"]["moi"],
         maps=config["maps"],
-        plates=lambda wildcards: plate_ids(),
         runtime=TORCH_RUNTIME,
     script:
         "../scripts/k_selection.py"

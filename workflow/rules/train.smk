@@ -29,7 +29,6 @@ rule train:
         runtime=2880,
     params:
         train=train_params,
-        plates=lambda wildcards: plate_ids(),
     script:
         "../scripts/train_model.py"
 
@@ -63,7 +62,6 @@ rule evaluate:
         runtime=600,
     params:
         models=MODELS,
-        plates=lambda wildcards: plate_ids(),
         runtime=TORCH_RUNTIME,
     script:
         "../scripts/evaluate_models.py"

@@ -12,6 +12,7 @@ from deemd.io import write_parquet_atomic, write_table_atomic
 from deemd.logs import start_rule_log
 from deemd.plots import pr_curves_figure, save_figure_atomic
 from deemd.runtime import select_device
+from deemd.store import store_paths_by_plate
 
 
 def main(model_paths, models, split_path, store_paths, output, runtime, threads, log):
@@ -47,7 +48,7 @@ if "snakemake" in globals():
         list(snakemake.input.models),
         snakemake.params.models,
         snakemake.input.split,
-        dict(zip(snakemake.params.plates, snakemake.input.stores)),
+        store_paths_by_plate(snakemake.input.stores),
         snakemake.output,
         snakemake.params.runtime,
         snakemake.threads,

@@ -11,6 +11,7 @@ from deemd.inference import load_model_file
 from deemd.logs import start_rule_log
 from deemd.maps import site_maps
 from deemd.plots import infection_map_figure, save_figure_atomic
+from deemd.store import store_paths_by_plate
 from deemd.truth import load_masks
 
 
@@ -55,7 +56,7 @@ if "snakemake" in globals():
         snakemake.params.controls,
         snakemake.params.treated,
         snakemake.params.overlay_alpha,
-        dict(zip(snakemake.params.plates, snakemake.input.stores)),
+        store_paths_by_plate(snakemake.input.stores),
         list(snakemake.input.masks),
         snakemake.log[0],
     )

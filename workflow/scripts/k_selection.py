@@ -13,6 +13,7 @@ from deemd.logs import start_rule_log
 from deemd.maps import infected_share
 from deemd.plots import k_selection_figure, save_figure_atomic
 from deemd.runtime import select_device
+from deemd.store import store_paths_by_plate
 
 
 def main(model_paths, ks, moi, maps_cfg, split_path, store_paths, output, runtime, threads, log):
@@ -56,7 +57,7 @@ if "snakemake" in globals():
         snakemake.params.moi,
         snakemake.params.maps,
         snakemake.input.split,
-        dict(zip(snakemake.params.plates, snakemake.input.stores)),
+        store_paths_by_plate(snakemake.input.stores),
         snakemake.output,
         snakemake.params.runtime,
         snakemake.threads,

@@ -15,6 +15,7 @@ from deemd.logs import start_rule_log
 from deemd.mil import TrainSetup, patch_grid
 from deemd.plots import save_figure_atomic, training_curves_figure
 from deemd.runtime import Runtime, select_device
+from deemd.store import store_paths_by_plate
 from deemd.train import fit
 
 
@@ -97,7 +98,7 @@ if "snakemake" in globals():
         snakemake.params.get("kind") or snakemake.wildcards.model,
         snakemake.input.split,
         snakemake.input.stats,
-        dict(zip(snakemake.params.plates, snakemake.input.stores)),
+        store_paths_by_plate(snakemake.input.stores),
         snakemake.output,
         snakemake.params,
         snakemake.threads,

@@ -253,6 +253,20 @@ def open_plate_store(path: str | Path) -> PlateStore:
     return PlateStore(group, path)
 
 
+def store_paths_by_plate(paths) -> dict[str, str]:
+    """{plate_id: path} of per-plate stores, each named ``{plate_id}.zarr`` (the stitch
+    rule's output), so rules pass the stores alone rather than beside a list of plates."""
+    by_plate = {}
+    for path in map(str, paths):
+        name = Path(path.rstrip("/")).name
+        if not name.endswith(".zarr"):
+            raise ValueError(f"{path}: a plate store is named {{plate_id}}.zarr")
+        by_plate[name.removesuffix(".zarr")] = path
+    if len(by_plate) != len(list(paths)):
+        raise ValueError(f"two stores of the same plate among {list(paths)}")
+    return by_plate
+
+
 def site_slices(site_layout: list[list[int]], site_size: int) -> dict[int, tuple[slice, slice]]:
     """Where each site lies in the stitched well image: site -> (y slice, x slice)."""
     placement = {}

@@ -107,6 +107,8 @@ PLATE_DEFAULTS = {
     "background": 0.04,  # mean background level, fraction of full scale
 }
 
+# The demo block of config/config.yaml (less demo.world), for tests and benchmarks that
+# build a screen without the workflow; tests/test_synth.py keeps the two equal.
 DEFAULT_DEMO = {
     "seed": 20211,
     "experiment": "HRCE-1",
@@ -117,7 +119,7 @@ DEFAULT_DEMO = {
     "compounds": 24,
     "concentrations_um": [0.03, 0.1, 0.3, 1.0, 3.0, 10.0],
     "replicates_per_plate": 1,
-    "controls_per_plate": {MOCK: 16, UV: 16, INFECTED: 32},
+    "controls_per_plate": {MOCK: 8, UV: 8, INFECTED: 16},
     "failed_wells_per_plate": 1,
     "compound_classes": {"effective": 0.25, "partial": 0.15, "toxic": 0.15, "effective_toxic": 0.1, "inactive": 0.35},
     "moi": 0.4,
