@@ -26,22 +26,22 @@ sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 from deemd.data import SiteDataset, site_loader  # noqa: E402
 from deemd.mil import PatchGrid, build_resnet34, patch_grid  # noqa: E402
 from deemd.inference import infer_patches  # noqa: E402
-from deemd.runtime import Runtime, select_device  # noqa: E402
+from deemd.device import DevicePrecision, select_device  # noqa: E402
 
 
-def forward_only(model, runtime: Runtime, n_patches: int, grid: PatchGrid, chunk: int, channels: int) -> float:
-    batch = torch.randn(chunk, channels, grid.patch_size, grid.patch_size, device=runtime.device)
-    batch = runtime.layout(batch)
+def forward_only(network, device_precision: DevicePrecision, n_patches: int, grid: PatchGrid, chunk: int, channels: int) -> float:
+    batch = torch.randn(chunk, channels, grid.patch_size, grid.patch_size, device=device_precision.device)
+    batch = device_precision.layout(batch)
     done = 0
-    if runtime.cuda:
+    if device_precision.cuda:
         torch.cuda.synchronize()
     started = time.perf_counter()
     with torch.inference_mode():
         while done < n_patches:
-            with runtime.autocast():
-                model(batch).float()
+            with device_precision.autocast():
+                network(batch).float()
             done += chunk
-    if runtime.cuda:
+    if device_precision.cuda:
         torch.cuda.synchronize()
     return done / (time.perf_counter() - started)
 
@@ -63,33 +63,33 @@ def main() -> None:
     sites = sites[sites["set"] == "train"].head(args.sites).reset_index(drop=True)
     stores = {p: str(results / "store" / f"{p}.zarr") for p in sites["plate_id"].unique()}
     device = select_device(args.device)
-    runtime = Runtime(device, stats["mean"], stats["std"], args.precision)
+    device_precision = DevicePrecision(device, stats["mean"], stats["std"], args.precision)
     grid = patch_grid(stats["site_size"], 1024, 256, 128)
-    model = runtime.model(build_resnet34(len(stats["mean"]))).eval()
+    network = device_precision.place(build_resnet34(len(stats["mean"]))).eval()
     chunk = 4 * args.batch_size
-    loader = site_loader(SiteDataset(sites, stores), max(1, chunk // grid.n_patches), args.workers, None, pin_memory=runtime.cuda)
+    loader = site_loader(SiteDataset(sites, stores), max(1, chunk // grid.n_patches), args.workers, None, pin_memory=device_precision.cuda)
     n_patches = len(sites) * grid.n_patches
-    infer_patches(model, loader, grid, runtime, chunk)  # warm-up (cudnn autotune, page cache)
-    forward_only(model, runtime, chunk * 2, grid, chunk, len(stats["mean"]))
+    infer_patches(network, loader, grid, device_precision, chunk)  # warm-up (cudnn autotune, page cache)
+    forward_only(network, device_precision, chunk * 2, grid, chunk, len(stats["mean"]))
     passes, forwards = [], []
     for _ in range(3):  # interleaved
-        if runtime.cuda:
+        if device_precision.cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        infer_patches(model, loader, grid, runtime, chunk)
-        if runtime.cuda:
+        infer_patches(network, loader, grid, device_precision, chunk)
+        if device_precision.cuda:
             torch.cuda.synchronize()
         passes.append(n_patches / (time.perf_counter() - started))
-        forwards.append(forward_only(model, runtime, n_patches, grid, chunk, len(stats["mean"])))
+        forwards.append(forward_only(network, device_precision, n_patches, grid, chunk, len(stats["mean"])))
     real, bare = sorted(passes)[1], sorted(forwards)[1]
-    print(f"device {device}{' (' + torch.cuda.get_device_name() + ')' if runtime.cuda else ''}, {args.threads} threads, {args.workers} workers, {runtime.precision}")
+    print(f"device {device}{' (' + torch.cuda.get_device_name() + ')' if device_precision.cuda else ''}, {args.threads} threads, {args.workers} workers, {device_precision.precision}")
     print(f"{len(sites)} sites of {stats['site_size']} px, {grid.n_patches} patches of {grid.patch_size} px each ({n_patches} patches)")
     print(f"exhaustive inference pass {real:10.1f} patches/s")
     print(f"bare model forward        {bare:10.1f} patches/s")
     print(f"ratio {real / bare:.2f} (target >= 0.8)")
-    if runtime.cuda:
+    if device_precision.cuda:
         big = PatchGrid(1024, 256, 128)
-        rate = forward_only(model, runtime, chunk * 20, big, chunk, len(stats["mean"]))
+        rate = forward_only(network, device_precision, chunk * 20, big, chunk, len(stats["mean"]))
         print(f"ResNet34 at 256x256, bf16, channels-last: {rate:.0f} patches/s; one MIL epoch's inference "
               f"over 20,000 RxRx19a sites (980,000 patches): {980_000 / rate / 60:.1f} min at the bare-forward rate")
 

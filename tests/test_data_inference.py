@@ -73,8 +73,8 @@ def test_load_trained_round_trip(tmp_path):
     path = tmp_path / "model.pt"
     saved = {"kind": "M", "state_dict": model.state_dict(), "setup": setup("M").to_dict(), "mean": [1.0, 2.0], "std": [3.0, 4.0]}
     torch.save(saved, path)
-    loaded, loaded_setup, runtime = load_trained(str(path), torch.device("cpu"))
-    assert loaded_setup == setup("M") and runtime.mean.tolist() == [1.0, 2.0]
+    loaded, loaded_setup, device_precision = load_trained(str(path), torch.device("cpu"))
+    assert loaded_setup == setup("M") and device_precision.mean.tolist() == [1.0, 2.0]
     x = torch.randn(1, 2, 8, 8)
     model.eval()
     assert torch.allclose(loaded(x), model(x))

@@ -249,17 +249,17 @@ def test_place_cells_spacing():
     assert len(crowded) < 500  # impossible packing: fewer cells, never overlapping ones
 
 
-def test_site_of_and_split_sites_agree():
+def test_site_of_and_field_sites_agree():
     s = 4
     field = np.arange(64).reshape(8, 8)
-    sites = synth.split_sites(field)
+    sites = synth.field_sites(field)
     assert sites.shape == (4, 4, 4)
     assert sites[0][0, 0] == field[0, 0] and sites[1][0, 0] == field[0, 4]
     assert sites[2][0, 0] == field[4, 0] and sites[3][0, 0] == field[4, 4]
     pts = np.array([[1.0, 1.0], [1.0, 5.0], [5.0, 1.0], [5.0, 5.0]])
     assert list(synth.site_of(pts, s)) == [0, 1, 2, 3]
     stack = np.stack([field, -field])  # leading axes are kept
-    assert synth.split_sites(stack).shape == (4, 2, 4, 4)
+    assert synth.field_sites(stack).shape == (4, 2, 4, 4)
 
 
 def test_make_cells_scales_with_site_size():

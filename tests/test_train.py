@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from deemd.inference import average_precision, infer_patches, inference_sites_per_batch, site_scores
 from deemd.mil import PatchGrid, TrainSetup
-from deemd.runtime import Runtime, autocast_dtype, cpu_has_native_bf16, select_device
+from deemd.device import DevicePrecision, autocast_dtype, cpu_has_native_bf16, select_device
 from deemd.train import fit, load_checkpoint, sites_per_step, steps_per_epoch
 
 
@@ -41,7 +41,7 @@ def loaders(dataset, batch_size, shuffle_seed):
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle_seed is not None, generator=generator)
 
 
-RUNTIME = Runtime(torch.device("cpu"), np.array([30.0, 30.0]), np.array([40.0, 40.0]))
+CPU = DevicePrecision(torch.device("cpu"), np.array([30.0, 30.0]), np.array([40.0, 40.0]))
 
 
 def test_batch_arithmetic():
@@ -73,8 +73,8 @@ def test_bf16_runtime_autocasts_and_scores_close_to_fp32():
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(1))
     images = torch.randn(3, 2, 8, 8)
     model(images)
-    bf16 = Runtime(torch.device("cpu"), np.zeros(2), np.ones(2), "bf16")
-    fp32 = Runtime(torch.device("cpu"), np.zeros(2), np.ones(2), "fp32")
+    bf16 = DevicePrecision(torch.device("cpu"), np.zeros(2), np.ones(2), "bf16")
+    fp32 = DevicePrecision(torch.device("cpu"), np.zeros(2), np.ones(2), "fp32")
     assert (bf16.precision, fp32.precision) == ("bf16", "fp32")
     with torch.inference_mode():
         with bf16.autocast():
@@ -93,10 +93,10 @@ def test_average_precision():
 @pytest.mark.parametrize("kind", ["M", "V", "W"])
 def test_fit_runs_checkpoints_and_scores(kind, tmp_path):
     torch.set_num_threads(1)
-    result = fit(setup(kind, epochs=2), Sites(12, 0), Sites(8, 1), loaders, RUNTIME, tmp_path / "last.pt", "d", log=lambda *_: None)
+    result = fit(setup(kind, epochs=2), Sites(12, 0), Sites(8, 1), loaders, CPU, tmp_path / "last.pt", "d", log=lambda *_: None)
     assert result["finished"] and [row["epoch"] for row in result["history"]] == [1, 2]
     assert (tmp_path / "last.pt").exists() and result["best_state"] is not None
-    scores, labels, rows, patches = site_scores(setup(kind), _model(kind, result["best_state"]), loaders(Sites(6, 2), 3, None), RUNTIME)
+    scores, labels, rows, patches = site_scores(setup(kind), _model(kind, result["best_state"]), loaders(Sites(6, 2), 3, None), CPU)
     assert scores.shape == (6,) and ((scores >= 0) & (scores <= 1)).all()
     assert (patches is None) == (kind == "W")
 
@@ -113,11 +113,11 @@ def _model(kind, state):
 def test_resume_after_interruption_equals_uninterrupted_run(augment, tmp_path):
     torch.set_num_threads(1)
     train, val = Sites(12, 0), Sites(8, 1)
-    whole = fit(setup("M", augment=augment), train, val, loaders, RUNTIME, tmp_path / "a.pt", "d", log=lambda *_: None)
-    cut = fit(setup("M", augment=augment), train, val, loaders, RUNTIME, tmp_path / "b.pt", "d", log=lambda *_: None, stop_after=1)
+    whole = fit(setup("M", augment=augment), train, val, loaders, CPU, tmp_path / "a.pt", "d", log=lambda *_: None)
+    cut = fit(setup("M", augment=augment), train, val, loaders, CPU, tmp_path / "b.pt", "d", log=lambda *_: None, stop_after=1)
     assert not cut["finished"] and cut["epoch"] == 1
     messages = []
-    resumed = fit(setup("M", augment=augment), train, val, loaders, RUNTIME, tmp_path / "b.pt", "d", log=messages.append)
+    resumed = fit(setup("M", augment=augment), train, val, loaders, CPU, tmp_path / "b.pt", "d", log=messages.append)
     assert any("resumed" in m for m in messages)
     assert resumed["finished"] and resumed["epoch"] == whole["epoch"]
     for a, b in zip(whole["history"], resumed["history"]):
@@ -126,21 +126,21 @@ def test_resume_after_interruption_equals_uninterrupted_run(augment, tmp_path):
         assert torch.equal(tensor, resumed["best_state"][name]), name
     # A checkpoint of another config or data set is not resumed.
     messages = []
-    fit(setup("M", epochs=1), train, val, loaders, RUNTIME, tmp_path / "b.pt", "other", log=messages.append)
+    fit(setup("M", epochs=1), train, val, loaders, CPU, tmp_path / "b.pt", "other", log=messages.append)
     assert any("starting afresh" in m for m in messages)
 
 
 def test_augmentation_changes_what_the_model_is_trained_on(tmp_path):
     torch.set_num_threads(1)
     train, val = Sites(12, 0), Sites(8, 1)
-    plain = fit(setup("M", epochs=1), train, val, loaders, RUNTIME, tmp_path / "a.pt", "d", log=lambda *_: None)
-    turned = fit(setup("M", epochs=1, augment=True), train, val, loaders, RUNTIME, tmp_path / "b.pt", "d", log=lambda *_: None)
+    plain = fit(setup("M", epochs=1), train, val, loaders, CPU, tmp_path / "a.pt", "d", log=lambda *_: None)
+    turned = fit(setup("M", epochs=1, augment=True), train, val, loaders, CPU, tmp_path / "b.pt", "d", log=lambda *_: None)
     assert plain["history"][0]["train_loss"] != turned["history"][0]["train_loss"]
 
 
 def test_early_stopping_on_validation_ap(tmp_path):
     torch.set_num_threads(1)
-    result = fit(setup("W", epochs=6, patience=1), Sites(8, 0), Sites(8, 1), loaders, RUNTIME, tmp_path / "c.pt", "d", log=lambda *_: None)
+    result = fit(setup("W", epochs=6, patience=1), Sites(8, 0), Sites(8, 1), loaders, CPU, tmp_path / "c.pt", "d", log=lambda *_: None)
     history = pd.DataFrame(result["history"])
     assert result["finished"]
     if len(history) < 6:
@@ -161,7 +161,7 @@ def test_infer_patches_probabilities_cover_every_patch():
     from deemd.mil import build_resnet34
 
     torch.manual_seed(0)
-    probabilities, labels, rows = infer_patches(build_resnet34(2), loaders(Sites(5, 3), 2, None), PatchGrid(32, 16, 8), RUNTIME, 7)
+    probabilities, labels, rows = infer_patches(build_resnet34(2), loaders(Sites(5, 3), 2, None), PatchGrid(32, 16, 8), CPU, 7)
     assert probabilities.shape == (5, 9) and rows.tolist() == [0, 1, 2, 3, 4]
     assert labels.tolist() == [0, 1, 0, 1, 0]
 
@@ -172,7 +172,7 @@ def test_unreadable_checkpoint_is_set_aside_and_training_restarts(damage, tmp_pa
     train, val = Sites(12, 0), Sites(8, 1)
     checkpoint = tmp_path / "checkpoint" / "last.pt"
     checkpoint.parent.mkdir()
-    cut = fit(setup("M", epochs=1), train, val, loaders, RUNTIME, checkpoint, "d", log=lambda *_: None)
+    cut = fit(setup("M", epochs=1), train, val, loaders, CPU, checkpoint, "d", log=lambda *_: None)
     assert cut["finished"]
     data = checkpoint.read_bytes()
     if damage == "truncated":
@@ -183,7 +183,7 @@ def test_unreadable_checkpoint_is_set_aside_and_training_restarts(damage, tmp_pa
         torch.save([1, 2, 3], checkpoint)
     messages = []
     with caplog.at_level(logging.WARNING, logger="deemd.train"):
-        result = fit(setup("M", epochs=1), train, val, loaders, RUNTIME, checkpoint, "d", log=messages.append)
+        result = fit(setup("M", epochs=1), train, val, loaders, CPU, checkpoint, "d", log=messages.append)
     assert result["finished"] and [row["epoch"] for row in result["history"]] == [1]
     assert not any("resumed" in m for m in messages)
     aside = list(checkpoint.parent.glob("last.pt.corrupt-*"))

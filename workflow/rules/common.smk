@@ -90,7 +90,7 @@ DEMO_LIBRARY_PARAMS = {
 
 MODELS = config["train"]["models"]
 # Where and how the rules that score sites with a trained model run (train.* keys).
-TORCH_RUNTIME = {
+TORCH_DEVICE = {
     key: config["train"][key] for key in ("device", "workers", "precision")
 }
 

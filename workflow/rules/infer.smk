@@ -23,7 +23,7 @@ rule infer:
         runtime=240,
     params:
         parts=config["inference"]["shards_per_plate"],
-        runtime=TORCH_RUNTIME,
+        device=TORCH_DEVICE,
         maps=config["maps"],
     script:
         "../scripts/infer_shard.py"

@@ -47,6 +47,6 @@ rule k_selection:
         ks=config["k_selection"]["ks"],
         moi=config["k_selection"]["moi"],
         maps=config["maps"],
-        runtime=TORCH_RUNTIME,
+        device=TORCH_DEVICE,
     script:
         "../scripts/k_selection.py"

@@ -62,6 +62,6 @@ rule evaluate:
         runtime=600,
     params:
         models=MODELS,
-        runtime=TORCH_RUNTIME,
+        device=TORCH_DEVICE,
     script:
         "../scripts/evaluate_models.py"

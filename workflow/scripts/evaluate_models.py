@@ -11,21 +11,21 @@ from deemd.inference import average_precision, score_dataset
 from deemd.io import write_parquet_atomic, write_table_atomic
 from deemd.logs import start_rule_log
 from deemd.plots import pr_curves_figure, save_figure_atomic
-from deemd.runtime import select_device
+from deemd.device import select_device
 from deemd.store import store_paths_by_plate
 
 
-def main(model_paths, models, split_path, store_paths, output, runtime, threads, log):
+def main(model_paths, models, split_path, store_paths, output, device_settings, threads, log):
     start_rule_log(log)
     torch.set_num_threads(max(1, threads))
-    device = select_device(runtime["device"])
+    device = select_device(device_settings["device"])
     sites = pd.read_parquet(split_path)
     test = sites[sites["set"] == "test"].reset_index(drop=True)
     dataset = SiteDataset(test, store_paths)
     rows, table = [], []
     for model, path in zip(models, model_paths):
         (scores, labels, order, probabilities), setup = score_dataset(
-            path, dataset, device, runtime["workers"], precision=runtime["precision"]
+            path, dataset, device, device_settings["workers"], precision=device_settings["precision"]
         )
         ap = average_precision(labels, scores)
         logging.info("model %s: AP %.4f on %d test sites", model, ap, len(scores))
@@ -50,7 +50,7 @@ if "snakemake" in globals():
         snakemake.input.split,
         store_paths_by_plate(snakemake.input.stores),
         snakemake.output,
-        snakemake.params.runtime,
+        snakemake.params.device,
         snakemake.threads,
         snakemake.log[0],
     )

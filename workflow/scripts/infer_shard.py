@@ -14,12 +14,12 @@ from deemd.inhibition import scored_sites
 from deemd.io import write_parquet_atomic
 from deemd.logs import start_rule_log
 from deemd.maps import map_readouts
-from deemd.runtime import select_device
+from deemd.device import select_device
 
 COLUMNS = ["site_id", "well_id", "plate_id", "well", "site", "role", "treatment", "treatment_conc"]
 
 
-def main(model_path, model, split_path, store_path, plate_id, part, parts, output, runtime, maps, threads, log):
+def main(model_path, model, split_path, store_path, plate_id, part, parts, output, device_settings, maps, threads, log):
     start_rule_log(log)
     torch.set_num_threads(max(1, threads))
     sites = pd.read_parquet(split_path)
@@ -37,8 +37,8 @@ def main(model_path, model, split_path, store_path, plate_id, part, parts, outpu
                 logging.info("batch %d/%d", done, total)
 
         (scores, _, order, probabilities), setup = score_dataset(
-            model_path, SiteDataset(treated, {plate_id: store_path}), select_device(runtime["device"]),
-            runtime["workers"], progress, runtime["precision"],
+            model_path, SiteDataset(treated, {plate_id: store_path}), select_device(device_settings["device"]),
+            device_settings["workers"], progress, device_settings["precision"],
         )
         table = table.iloc[order].reset_index(drop=True)
         table["score"] = scores
@@ -64,7 +64,7 @@ if "snakemake" in globals():
         int(snakemake.wildcards.part),
         snakemake.params.parts,
         snakemake.output[0],
-        snakemake.params.runtime,
+        snakemake.params.device,
         snakemake.params.maps,
         snakemake.threads,
         snakemake.log[0],

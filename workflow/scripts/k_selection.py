@@ -12,21 +12,21 @@ from deemd.io import write_table_atomic
 from deemd.logs import start_rule_log
 from deemd.maps import infected_share
 from deemd.plots import k_selection_figure, save_figure_atomic
-from deemd.runtime import select_device
+from deemd.device import select_device
 from deemd.store import store_paths_by_plate
 
 
-def main(model_paths, ks, moi, maps_cfg, split_path, store_paths, output, runtime, threads, log):
+def main(model_paths, ks, moi, maps_cfg, split_path, store_paths, output, device_settings, threads, log):
     start_rule_log(log)
     torch.set_num_threads(max(1, threads))
-    device = select_device(runtime["device"])
+    device = select_device(device_settings["device"])
     sites = pd.read_parquet(split_path)
     val = sites[sites["set"] == "val"].reset_index(drop=True)
     dataset = SiteDataset(val, store_paths)
     rows = []
     for k, path in zip(ks, model_paths):
         (scores, labels, _, probabilities), setup = score_dataset(
-            path, dataset, device, runtime["workers"], precision=runtime["precision"]
+            path, dataset, device, device_settings["workers"], precision=device_settings["precision"]
         )
         if k > setup.grid.n_patches:
             raise ValueError(f"k_selection.ks: k = {k} is more than the {setup.grid.n_patches} patches of a site")
@@ -59,7 +59,7 @@ if "snakemake" in globals():
         snakemake.input.split,
         store_paths_by_plate(snakemake.input.stores),
         snakemake.output,
-        snakemake.params.runtime,
+        snakemake.params.device,
         snakemake.threads,
         snakemake.log[0],
     )

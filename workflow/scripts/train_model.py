@@ -14,7 +14,7 @@ from deemd.io import write_atomic, write_parquet_atomic
 from deemd.logs import start_rule_log
 from deemd.mil import TrainSetup, patch_grid
 from deemd.plots import save_figure_atomic, training_curves_figure
-from deemd.runtime import Runtime, select_device
+from deemd.device import DevicePrecision, select_device
 from deemd.store import store_paths_by_plate
 from deemd.train import fit
 
@@ -59,18 +59,18 @@ def main(kind, split_path, stats_path, store_paths, output, params, threads, log
     setup = make_setup(kind, train, stats["site_size"], len(stats["mean"]))
     device = select_device(train["device"])
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
-    runtime = Runtime(device, stats["mean"], stats["std"], train["precision"])
-    logging.info("model %s on %s (%s): %s", kind, device, runtime.precision, setup)
+    device_precision = DevicePrecision(device, stats["mean"], stats["std"], train["precision"])
+    logging.info("model %s on %s (%s): %s", kind, device, device_precision.precision, setup)
     train_data = SiteDataset(sites[sites["set"] == "train"], store_paths)
     val_data = SiteDataset(sites[sites["set"] == "val"], store_paths)
     logging.info("%d training sites, %d validation sites", len(train_data), len(val_data))
 
     def loaders(dataset, batch_size, shuffle_seed):
-        return site_loader(dataset, batch_size, train["workers"], shuffle_seed, pin_memory=runtime.cuda)
+        return site_loader(dataset, batch_size, train["workers"], shuffle_seed, pin_memory=device_precision.cuda)
 
     checkpoint = Path(output["model"]).parent / "checkpoint" / "last.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    result = fit(setup, train_data, val_data, loaders, runtime, checkpoint, data_digest(setup, sites, stats), logging.info, stop_after)
+    result = fit(setup, train_data, val_data, loaders, device_precision, checkpoint, data_digest(setup, sites, stats), logging.info, stop_after)
     if not result["finished"]:
         logging.info("stopped after epoch %d on request; rerun to resume", result["epoch"])
         return result

@@ -10,21 +10,21 @@ from sklearn.metrics import average_precision_score
 
 from deemd.data import site_loader
 from deemd.mil import PatchGrid, TrainSetup, build_resnet34, extract_patches, kth_largest
-from deemd.runtime import Runtime
+from deemd.device import DevicePrecision
 
 
 @torch.inference_mode()
-def infer_patches(model, loader, grid: PatchGrid, runtime: Runtime, chunk: int, progress=None):
+def infer_patches(network, loader, grid: PatchGrid, device_precision: DevicePrecision, chunk: int, progress=None):
     """Every patch of every site: (probabilities (n_sites, N) float32, labels, rows)."""
-    model.eval()
+    network.eval()
     probabilities, labels, rows = [], [], []
     for step, (sites, label, index) in enumerate(loader):
-        patches = extract_patches(runtime.prepare(sites), grid)
+        patches = extract_patches(device_precision.prepare(sites), grid)
         flat = patches.reshape(-1, *patches.shape[2:])
         logits = []
         for start in range(0, flat.shape[0], chunk):
-            with runtime.autocast():
-                logits.append(model(runtime.layout(flat[start : start + chunk])).float())
+            with device_precision.autocast():
+                logits.append(network(device_precision.layout(flat[start : start + chunk])).float())
         probabilities.append(torch.sigmoid(torch.cat(logits)).view(len(sites), grid.n_patches).cpu())
         labels.append(label)
         rows.append(index)
@@ -34,13 +34,13 @@ def infer_patches(model, loader, grid: PatchGrid, runtime: Runtime, chunk: int, 
 
 
 @torch.inference_mode()
-def infer_sites(model, loader, runtime: Runtime, progress=None):
+def infer_sites(network, loader, device_precision: DevicePrecision, progress=None):
     """Whole-site model W: (probabilities (n_sites,), labels, rows)."""
-    model.eval()
+    network.eval()
     probabilities, labels, rows = [], [], []
     for step, (sites, label, index) in enumerate(loader):
-        with runtime.autocast():
-            logits = model(runtime.layout(runtime.prepare(sites))).float()
+        with device_precision.autocast():
+            logits = network(device_precision.layout(device_precision.prepare(sites))).float()
         probabilities.append(torch.sigmoid(logits).view(-1).cpu())
         labels.append(label)
         rows.append(index)
@@ -56,13 +56,13 @@ def inference_sites_per_batch(setup: TrainSetup) -> int:
     return max(1, 4 * setup.batch_size // setup.grid.n_patches)
 
 
-def site_scores(setup: TrainSetup, model, loader, runtime: Runtime, progress=None):
+def site_scores(setup: TrainSetup, network, loader, device_precision: DevicePrecision, progress=None):
     """Site scores of any model: the k-th largest patch probability (M, V), or the site
     probability (W). Returns (scores, labels, rows, patch probabilities or None)."""
     if setup.kind == "W":
-        scores, labels, rows = infer_sites(model, loader, runtime, progress)
+        scores, labels, rows = infer_sites(network, loader, device_precision, progress)
         return scores, labels, rows, None
-    probabilities, labels, rows = infer_patches(model, loader, setup.grid, runtime, 4 * setup.batch_size, progress)
+    probabilities, labels, rows = infer_patches(network, loader, setup.grid, device_precision, 4 * setup.batch_size, progress)
     return kth_largest(probabilities, setup.k), labels, rows, probabilities
 
 
@@ -85,21 +85,21 @@ def load_model_file(path: str) -> dict:
 
 
 def load_trained(path: str, device: torch.device, precision: str = "fp32"):
-    """A model file written by the train rule -> (model on device, setup, runtime)."""
+    """A model file written by the train rule -> (model on device, setup, device_precision)."""
     saved = load_model_file(path)
     setup = saved["setup"]
-    model = build_resnet34(setup.in_channels)
-    model.load_state_dict(saved["state_dict"])
-    runtime = Runtime(device, saved["mean"], saved["std"], precision)
-    return runtime.model(model).eval(), setup, runtime
+    network = build_resnet34(setup.in_channels)
+    network.load_state_dict(saved["state_dict"])
+    device_precision = DevicePrecision(device, saved["mean"], saved["std"], precision)
+    return device_precision.place(network).eval(), setup, device_precision
 
 
 def score_dataset(path: str, dataset, device: torch.device, workers: int, progress=None, precision: str = "fp32"):
     """Site scores (and patch probabilities for M and V) of every site of ``dataset``,
     read in order by ``workers`` DataLoader processes, with ``precision`` autocast."""
-    model, setup, runtime = load_trained(path, device, precision)
-    loader = site_loader(dataset, inference_sites_per_batch(setup), workers, None, pin_memory=runtime.cuda)
-    return site_scores(setup, model, loader, runtime, progress), setup
+    network, setup, device_precision = load_trained(path, device, precision)
+    loader = site_loader(dataset, inference_sites_per_batch(setup), workers, None, pin_memory=device_precision.cuda)
+    return site_scores(setup, network, loader, device_precision, progress), setup
 
 
 def site_z(setup, scores, probabilities):

@@ -859,7 +859,7 @@ def render_well(
     return raw, mask
 
 
-def split_sites(field: np.ndarray) -> np.ndarray:
+def field_sites(field: np.ndarray) -> np.ndarray:
     """Cut a 2x2 well field (..., 2S, 2S) into sites (4, ..., S, S), order s1 s2 / s3 s4."""
     *lead, h, w = field.shape
     s = h // 2
@@ -875,7 +875,7 @@ def form_images(rng: np.random.Generator, raw: np.ndarray, optics: dict, plate_c
     sig = plate_cfg["blur"] * site_size
     if sig >= 0.3:
         raw = ndi.gaussian_filter(raw, (0, sig, sig))
-    sites = split_sites(raw)  # (4, 5, S, S)
+    sites = field_sites(raw)  # (4, 5, S, S)
     well_gain = np.exp(rng.normal(0.0, 0.04, 5)).astype(np.float32)  # well-to-well staining
     img = optics["offset"][:, None, None] + (optics["gain"] * well_gain)[:, None, None] * optics["illumination"] * sites
     noise = plate_cfg["noise"]
@@ -914,7 +914,7 @@ def synth_well(rng: np.random.Generator, well: dict, demo: dict, optics: dict, b
         "n_infected": np.bincount(site[alive & cells["infected"]], minlength=SITES),
         "n_dead": np.bincount(site[cells["dead"]], minlength=SITES),
     }
-    return images, split_sites(mask), counts
+    return images, field_sites(mask), counts
 
 
 def truth_rows(layout_row: dict, counts: dict, experiment: str, plate: int) -> list[dict]:

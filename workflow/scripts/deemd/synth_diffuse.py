@@ -248,7 +248,7 @@ def synth_well(rng: np.random.Generator, well: dict, demo: dict, optics: dict, b
         "n_infected": np.bincount(site[alive & cells["infected"]], minlength=synth.SITES),
         "n_dead": np.bincount(site[cells["dead"]], minlength=synth.SITES),
     }
-    return images, synth.split_sites(mask), counts
+    return images, synth.field_sites(mask), counts
 
 
 def iter_plate(demo: dict, experiment: str, plate: int, library: pd.DataFrame):

@@ -8,7 +8,7 @@ W  a whole-site classifier at full resolution.
 Everything random in an epoch is drawn from generators seeded by (seed, epoch), and a
 checkpoint is written after every epoch, so a killed run resumes and ends exactly as an
 uninterrupted one would (on CPU). Inference (patch scores, site scores, AP) is in
-deemd.inference, the device and precision in deemd.runtime.
+deemd.inference, the device and precision in deemd.device_precision.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from deemd.mil import (
     topk_patch_indices,
     weighted_bce,
 )
-from deemd.runtime import Runtime
+from deemd.device import DevicePrecision
 
 
 def steps_per_epoch(setup: TrainSetup, n_sites: int) -> int:
@@ -49,27 +49,27 @@ def sites_per_step(setup: TrainSetup) -> int:
     return max(1, setup.batch_size // setup.train_k)
 
 
-def train_one_epoch(setup, model, loader, selected, runtime, weights, optimizer, scheduler, progress=None, augment_seed=None) -> float:
+def train_one_epoch(setup, network, loader, selected, device_precision, weights, optimizer, scheduler, progress=None, augment_seed=None) -> float:
     """One pass over the training sites. For M and V, ``selected`` (n_sites, k) holds the
     patch indices kept per site (rows of the dataset); W trains on whole sites.
     With ``setup.augment``, each training image is flipped or turned at random by a
     generator seeded with ``augment_seed`` (so a resumed epoch repeats exactly)."""
-    model.train()
+    network.train()
     generator = torch.Generator().manual_seed(int(augment_seed or 0)) if setup.augment else None
     losses, counts = 0.0, 0
     for step, (sites, label, index) in enumerate(loader):
-        images = runtime.prepare(sites)
-        targets = label.to(runtime.device)
+        images = device_precision.prepare(sites)
+        targets = label.to(device_precision.device)
         if setup.kind != "W":
             patches = extract_patches(images, setup.grid)
-            keep = torch.as_tensor(selected[index.numpy()], device=runtime.device)
-            chosen = patches[torch.arange(len(sites), device=runtime.device)[:, None], keep]
+            keep = torch.as_tensor(selected[index.numpy()], device=device_precision.device)
+            chosen = patches[torch.arange(len(sites), device=device_precision.device)[:, None], keep]
             images = chosen.reshape(-1, *patches.shape[2:])
             targets = targets.repeat_interleave(keep.shape[1])
         if generator is not None:
             images = dihedral_transform(images, random_dihedral_codes(len(images), generator))
-        with runtime.autocast():
-            logits = model(runtime.layout(images)).float().view(-1)
+        with device_precision.autocast():
+            logits = network(device_precision.layout(images)).float().view(-1)
         loss = weighted_bce(logits, targets, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -129,7 +129,7 @@ class TrainingState:
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # no copy of the weights
 
-    def record(self, epoch: int, val_ap: float, val_loss: float, model, setup: TrainSetup) -> bool:
+    def record(self, epoch: int, val_ap: float, val_loss: float, network, setup: TrainSetup) -> bool:
         """Count ``epoch`` in; whether it is the new best: the highest validation AP, or
         within ``setup.ap_tolerance`` of it, the lower loss. Stops after ``setup.patience``
         epochs without a new best."""
@@ -137,7 +137,7 @@ class TrainingState:
         self.max_ap = max(self.max_ap, val_ap)
         if improved:
             self.best_ap, self.best_loss, self.best_epoch, self.bad_epochs = val_ap, val_loss, epoch, 0
-            self.best_state = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
+            self.best_state = copy.deepcopy({k: v.cpu() for k, v in network.state_dict().items()})
         else:
             self.bad_epochs += 1
         self.stopped = self.bad_epochs >= setup.patience
@@ -145,7 +145,7 @@ class TrainingState:
         return improved
 
 
-def resume(checkpoint: Path, digest: str, model, optimizer, scheduler, device, log) -> TrainingState:
+def resume(checkpoint: Path, digest: str, network, optimizer, scheduler, device, log) -> TrainingState:
     """Model, optimizer, scheduler and torch RNG restored from ``checkpoint`` when its
     ``digest`` (config + data) matches, and the state it reached; else a fresh state."""
     saved = load_checkpoint(checkpoint, device)
@@ -154,7 +154,7 @@ def resume(checkpoint: Path, digest: str, model, optimizer, scheduler, device, l
     if saved.get("digest") != digest:
         log(f"{checkpoint} belongs to another config or data set; starting afresh")
         return TrainingState()
-    model.load_state_dict(saved["model"])
+    network.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
@@ -163,11 +163,11 @@ def resume(checkpoint: Path, digest: str, model, optimizer, scheduler, device, l
     return state
 
 
-def save_checkpoint(checkpoint: Path, digest: str, model, optimizer, scheduler, state: TrainingState, setup: TrainSetup) -> None:
+def save_checkpoint(checkpoint: Path, digest: str, network, optimizer, scheduler, state: TrainingState, setup: TrainSetup) -> None:
     """Everything ``resume`` needs, as tensors and builtins (loads with weights_only=True)."""
     saved = {
         "digest": digest,
-        "model": model.state_dict(),
+        "model": network.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(),
@@ -177,13 +177,13 @@ def save_checkpoint(checkpoint: Path, digest: str, model, optimizer, scheduler, 
     write_atomic(checkpoint, lambda tmp: torch.save(saved, tmp))
 
 
-def select_patches(setup: TrainSetup, model, train_data, loader_factory, runtime: Runtime) -> np.ndarray | None:
+def select_patches(setup: TrainSetup, network, train_data, loader_factory, device_precision: DevicePrecision) -> np.ndarray | None:
     """The patches to train on this epoch, (n_sites, k) int64 indices per dataset row: M
     infers every patch of every training site and keeps its top k; V keeps all N; W
     trains on whole sites (None)."""
     if setup.kind == "M":
         loader = loader_factory(train_data, inference_sites_per_batch(setup), None)
-        probabilities, _, rows = infer_patches(model, loader, setup.grid, runtime, 4 * setup.batch_size)
+        probabilities, _, rows = infer_patches(network, loader, setup.grid, device_precision, 4 * setup.batch_size)
         selected = np.empty((len(train_data), setup.k), dtype=np.int64)
         selected[rows] = topk_patch_indices(torch.from_numpy(probabilities), setup.k).numpy()
         return selected
@@ -192,9 +192,9 @@ def select_patches(setup: TrainSetup, model, train_data, loader_factory, runtime
     return None
 
 
-def evaluate(setup: TrainSetup, model, loader, runtime: Runtime, weights: torch.Tensor) -> dict:
+def evaluate(setup: TrainSetup, network, loader, device_precision: DevicePrecision, weights: torch.Tensor) -> dict:
     """Validation AP, class-weighted loss and accuracy at eta of the site scores."""
-    scores, labels, _, _ = site_scores(setup, model, loader, runtime)
+    scores, labels, _, _ = site_scores(setup, network, loader, device_precision)
     return {
         "val_ap": average_precision(labels, scores),
         "val_loss": site_loss(labels, scores, weights.cpu().numpy()),
@@ -202,7 +202,7 @@ def evaluate(setup: TrainSetup, model, loader, runtime: Runtime, weights: torch.
     }
 
 
-def fit(setup: TrainSetup, train_data, val_data, loader_factory, runtime: Runtime, checkpoint: Path, digest: str, log=print, stop_after=None):
+def fit(setup: TrainSetup, train_data, val_data, loader_factory, device_precision: DevicePrecision, checkpoint: Path, digest: str, log=print, stop_after=None):
     """Train one model with early stopping on validation average precision.
 
     ``loader_factory(dataset, batch_size, shuffle_seed)`` makes DataLoaders. The last
@@ -213,26 +213,26 @@ def fit(setup: TrainSetup, train_data, val_data, loader_factory, runtime: Runtim
     best_epoch, best_ap, ...) and finished (False only when ``stop_after`` cut the run short).
     """
     torch.manual_seed(setup.seed)
-    model = runtime.model(build_resnet34(setup.in_channels, setup.pretrained_weights))
-    weights = torch.as_tensor(class_weights(train_data.label), dtype=torch.float32, device=runtime.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=setup.lr, betas=setup.betas, weight_decay=setup.weight_decay)
+    network = device_precision.place(build_resnet34(setup.in_channels, setup.pretrained_weights))
+    weights = torch.as_tensor(class_weights(train_data.label), dtype=torch.float32, device=device_precision.device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=setup.lr, betas=setup.betas, weight_decay=setup.weight_decay)
     total_steps = setup.epochs * steps_per_epoch(setup, len(train_data))
     # One-cycle cosine policy; the Adam betas stay as given (no momentum cycling).
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=setup.lr, total_steps=total_steps, anneal_strategy="cos", cycle_momentum=False)
-    state = resume(checkpoint, digest, model, optimizer, scheduler, runtime.device, log)
+    state = resume(checkpoint, digest, network, optimizer, scheduler, device_precision.device, log)
     run_epochs = 0
     while state.epoch < setup.epochs and not state.stopped and (stop_after is None or run_epochs < stop_after):
         epoch = state.epoch + 1
         started = time.perf_counter()
-        selected = select_patches(setup, model, train_data, loader_factory, runtime)
+        selected = select_patches(setup, network, train_data, loader_factory, device_precision)
         inference_seconds = time.perf_counter() - started
         shuffle_seed = setup.seed * 100_003 + epoch
         train_loss = train_one_epoch(
-            setup, model, loader_factory(train_data, sites_per_step(setup), shuffle_seed), selected, runtime, weights, optimizer, scheduler,
+            setup, network, loader_factory(train_data, sites_per_step(setup), shuffle_seed), selected, device_precision, weights, optimizer, scheduler,
             augment_seed=shuffle_seed ^ 0x5EED,  # a stream apart from the shuffle
         )
-        metrics = evaluate(setup, model, loader_factory(val_data, inference_sites_per_batch(setup), None), runtime, weights)
-        improved = state.record(epoch, metrics["val_ap"], metrics["val_loss"], model, setup)
+        metrics = evaluate(setup, network, loader_factory(val_data, inference_sites_per_batch(setup), None), device_precision, weights)
+        improved = state.record(epoch, metrics["val_ap"], metrics["val_loss"], network, setup)
         seconds = time.perf_counter() - started
         state.history.append(
             {"epoch": epoch, "train_loss": train_loss, **metrics, "lr": float(scheduler.get_last_lr()[0]), "best": improved,
@@ -243,7 +243,7 @@ def fit(setup: TrainSetup, train_data, val_data, loader_factory, runtime: Runtim
             f"{' (best)' if improved else ''}, {seconds:.1f} s"
             + (" - early stop" if state.stopped else "")
         )
-        save_checkpoint(checkpoint, digest, model, optimizer, scheduler, state, setup)
+        save_checkpoint(checkpoint, digest, network, optimizer, scheduler, state, setup)
         run_epochs += 1
     finished = state.stopped or state.epoch >= setup.epochs
     return dict(state.to_dict(), finished=finished)

@@ -1,5 +1,6 @@
 """The device and numeric precision that training and inference run with: device choice,
-bf16 autocast where the hardware does it natively, channels-last on CUDA."""
+bf16 autocast where the hardware does it natively, channels-last on CUDA
+(DevicePrecision; the rules pass its settings as the ``device`` param)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,10 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
-class Runtime:
-    """Device settings: autocast dtype (see autocast_dtype) and channels-last on CUDA."""
+class DevicePrecision:
+    """Where and how precisely networks run: the device, the autocast dtype (see
+    autocast_dtype), channels-last on CUDA, and the training set's per-channel mean and
+    std that sites are standardised with."""
 
     def __init__(self, device: torch.device, mean: np.ndarray, std: np.ndarray, precision: str = "fp32"):
         self.device = device
@@ -65,6 +68,7 @@ class Runtime:
     def layout(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.cuda else images.contiguous()
 
-    def model(self, model: torch.nn.Module) -> torch.nn.Module:
-        model = model.to(self.device)
-        return model.to(memory_format=torch.channels_last) if self.cuda else model
+    def place(self, network: torch.nn.Module) -> torch.nn.Module:
+        """``network`` moved to the device (channels-last on CUDA)."""
+        network = network.to(self.device)
+        return network.to(memory_format=torch.channels_last) if self.cuda else network
