@@ -15,7 +15,8 @@ is measured when deemd.synth_diffuse exists.
 
 Timing: one well at 1024 px sites of the default demo, counted with the former
 parameters and with auto's (which counts at half resolution there); medians of
-interleaved repeats, and the counts at full and reduced resolution of a few such wells.
+interleaved repeats. Then the counts at full and at reduced resolution of a few such wells
+and of diffuse wells with large nuclei (512 px sites, radius 0.05).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import copy
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +49,11 @@ CASES = [(None, None)] + [(r, n) for r in (0.02, 0.035, 0.05) for n in (25, 110)
 
 
 def legacy_params(site_size: int) -> NucleusParams:
-    """The former fixed config (sigma 8, min area 700, peak distance 40 px at 1024 px)."""
+    """The former fixed config (sigma 8, min area 700, peak distance 40 px at 1024 px),
+    scaled as before. The former code passed round(distance) to peak_local_max, today's
+    passes int(distance) + 1, hence the - 1: the same min_distance as before."""
     r = site_size / 1024
-    return NucleusParams(8.0 * r, 700 * r * r, max(1.0, 40 * r), MIN_CONTRAST)
+    return NucleusParams(8.0 * r, 700 * r * r, max(1, round(max(1.0, 40 * r))) - 1.0, MIN_CONTRAST)
 
 
 def small_demo(world: str, seed: int, radius: float | None, per_site: int | None, site_size: int = SITE) -> dict:
@@ -102,20 +106,25 @@ def relative_errors(images, truth, params) -> np.ndarray:
     return np.abs(counts[has] - truth[has]) / truth[has]
 
 
-def accuracy_table(world_names=tuple(WORLDS)) -> None:
+def measure(world: str, radius: float | None, per_site: int | None, seed: int):
+    """One plate: (estimated diameter, auto errors, former errors), errors per well."""
+    demo = small_demo(world, seed, radius, per_site)
+    images, truth, untreated = plate_wells(demo)
+    chosen = estimate_wells(untreated)
+    diameter = estimate_diameter([images[i] for i in chosen], MIN_CONTRAST)
+    auto = relative_errors(images, truth, params_from_diameter(diameter, MIN_CONTRAST))
+    return diameter, auto, relative_errors(images, truth, legacy_params(SITE))
+
+
+def accuracy_table(world_names=tuple(WORLDS), workers: int = 2) -> None:
     print(f"{'world':8} {'radius':>7} {'cells':>5} {'true d':>6}  {'estimated d per seed':22} {'auto err (worst)':>17} {'former err (worst)':>19} {'wells':>5}")
+    tasks = [(world, radius, per_site, seed) for world in world_names for radius, per_site in CASES for seed in SEEDS]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = dict(zip(tasks, pool.map(measure, *zip(*tasks))))
     for world in world_names:
         for radius, per_site in CASES:
-            estimates, auto, former = [], [], []
-            for seed in SEEDS:
-                demo = small_demo(world, seed, radius, per_site)
-                images, truth, untreated = plate_wells(demo)
-                chosen = estimate_wells(untreated)
-                diameter = estimate_diameter([images[i] for i in chosen], MIN_CONTRAST)
-                estimates.append(diameter)
-                auto.append(relative_errors(images, truth, params_from_diameter(diameter, MIN_CONTRAST)))
-                former.append(relative_errors(images, truth, legacy_params(SITE)))
-            cells = true_cells(demo)
+            estimates, auto, former = zip(*(results[(world, radius, per_site, seed)] for seed in SEEDS))
+            cells = true_cells(small_demo(world, SEEDS[0], radius, per_site))
             true_d = 2 * cells["nucleus_radius"] * SITE
             worst_auto = max(np.median(e) for e in auto)
             worst_former = max(np.median(e) for e in former)
@@ -128,20 +137,24 @@ def accuracy_table(world_names=tuple(WORLDS)) -> None:
             )
 
 
-def timing(repeats: int = 7, wells: int = 3) -> None:
-    demo = small_demo("foci", 1, None, None, site_size=1024)
-    library = synth.make_library(demo)
-    plate = synth.iter_plate(demo, demo["experiment"], 1, library)
+def large_wells(world: str, radius: float | None, site_size: int, wells: int) -> list[np.ndarray]:
+    """The first ``wells`` stitched nuclear images with nuclei of a plate at ``site_size``."""
+    demo = small_demo(world, 1, radius, None if radius is None else true_cells(small_demo(world, 1, None, None))["per_site"], site_size)
     images = []
-    for row, sites, _, rows in plate:
+    for row, sites, _, rows in WORLDS[world].iter_plate(demo, demo["experiment"], 1, WORLDS[world].make_library(demo)):
         if sum(r["n_nuclei"] for r in rows):
             images.append(np.block([[sites[0, 0], sites[1, 0]], [sites[2, 0], sites[3, 0]]]))
         if len(images) == wells:
-            break
+            return images
+    return images
+
+
+def timing(repeats: int = 7) -> None:
+    images = large_wells("foci", None, 1024, 3)
     started = time.perf_counter()
     diameter = estimate_diameter(images, MIN_CONTRAST)
     estimate_s = (time.perf_counter() - started) / len(images)
-    former, auto, full = legacy_params(1024), params_from_diameter(diameter, MIN_CONTRAST), params_from_diameter(diameter, MIN_CONTRAST, None)
+    former, auto = legacy_params(1024), params_from_diameter(diameter, MIN_CONTRAST)
     times = {"former": [], "auto": []}
     for _ in range(repeats):
         for key, params in (("former", former), ("auto", auto)):
@@ -149,12 +162,15 @@ def timing(repeats: int = 7, wells: int = 3) -> None:
             count_nuclei(images[0], params)
             times[key].append(time.perf_counter() - started)
     t_former, t_auto = statistics.median(times["former"]), statistics.median(times["auto"])
-    print(f"\n2048 x 2048 well (1024 px sites, true d {2 * 0.03 * 1024:.1f} px, estimated {diameter:.1f} px)")
+    print(f"\n2048 x 2048 well (foci world, 1024 px sites, true d {2 * 0.03 * 1024:.1f} px, estimated {diameter:.1f} px)")
     print(f"  count, former parameters: {t_former:.3f} s; auto ({auto.downsample}x reduced): {t_auto:.3f} s; ratio auto/former {t_auto / t_former:.2f}")
-    print(f"  estimate: {estimate_s:.2f} s per untreated well read")
-    for image in images:
-        reduced, exact = count_nuclei(image, auto), count_nuclei(image, full)
-        print(f"  counts full resolution {exact}, reduced {reduced} ({(reduced - exact) / exact:+.1%})")
+    print(f"  estimate: {estimate_s:.2f} s per untreated well read (up to 8 per plate)")
+    print("counts at reduced resolution against full resolution (same diameter):")
+    for label, wells in (("foci, 1024 px sites", images), ("diffuse, radius 0.05, 512 px sites", large_wells("diffuse", 0.05, 512, 3))):
+        d = estimate_diameter(wells, MIN_CONTRAST)
+        reduced, full = params_from_diameter(d, MIN_CONTRAST), params_from_diameter(d, MIN_CONTRAST, None)
+        pairs = [(count_nuclei(w, full), count_nuclei(w, reduced)) for w in wells]
+        print(f"  {label} (d {d:.1f} px, {reduced.downsample}x): " + ", ".join(f"{f} -> {r} ({(r - f) / f:+.1%})" for f, r in pairs))
 
 
 if __name__ == "__main__":
