@@ -26,9 +26,9 @@ from deemd.metadata import INFECTED, MOCK, UV
 # - minimum area 0.19 d^2 (a disk of diameter 0.5 d): debris is smaller, most of a nucleus
 #   cut by a dropped site or the well edge is not;
 # - peak distance 0.5 d: two touching nuclei have distance-transform peaks d apart, one
-#   elongated nucleus a single ridge. 0.65 d (the former value) merged nuclei of crowded
-#   sites (3-4 % of a well's count lost where centres may come within 1 d), 0.4 d split
-#   touching pairs into three (see segment_nuclei).
+#   elongated nucleus a single ridge. On crowded sites (centres down to 1 d apart) 0.65 d,
+#   the former value, lost 5-9 % of a well's nuclei and 0.5 d 1-4 %; 0.4 d lost 1-2 % but
+#   split 3 of 672 disks of touching pairs in three, 0.5 d none (see segment_nuclei).
 SIGMA_PER_DIAMETER = 0.13
 MIN_AREA_PER_DIAMETER_SQ = 0.19
 PEAK_DISTANCE_PER_DIAMETER = 0.5
@@ -139,11 +139,11 @@ def estimate_diameter(images, min_contrast: float, valids=None) -> float:
     the untreated wells of a plate); NaN when none holds a nucleus.
 
     Two passes, each the area-weighted median equivalent diameter of the components that
-    look like single nuclei (``single_nucleus_diameters``) pooled over the images: the first smoothed
-    by 1 px, which any nucleus survives, the second with the smoothing and at the working
-    resolution that the first estimate implies (``params_from_diameter``), so that
-    chromatin texture in large nuclei does not fray their outlines. Components under half
-    the first estimate (debris, noise) are left out of the second.
+    look like single nuclei (``single_nucleus_diameters``), pooled over the images: the
+    first smoothed by 1 px, which any nucleus survives, the second with the smoothing and
+    at the working resolution that the first estimate implies (``params_from_diameter``),
+    so that chromatin texture in large nuclei does not fray their outlines. Components
+    under half the first estimate (debris, noise) are left out of the second.
     """
     images = list(images)
     valids = [None] * len(images) if valids is None else list(valids)
