@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from snakemake.utils import update_config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
@@ -35,12 +36,9 @@ WORLD_CONFIGS = {"foci": [], "diffuse": ["config/diffuse.yaml"]}
 
 
 def deep_merge(base: dict, override: dict) -> dict:
+    """``base`` updated recursively by ``override``, as Snakemake merges config files."""
     merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
+    update_config(merged, copy.deepcopy(override))
     return merged
 
 

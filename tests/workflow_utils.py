@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
+from snakemake.utils import update_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,12 +36,9 @@ WELLS = "results/tiny/nuclei/wells.parquet"
 
 
 def deep_merge(base: dict, override: dict) -> dict:
+    """``base`` updated recursively by ``override``, as Snakemake merges config files."""
     merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
+    update_config(merged, copy.deepcopy(override))
     return merged
 
 
