@@ -204,6 +204,9 @@ def deemd_vs_inhibition_figure(treatments: pd.DataFrame, zeta: float, bar: float
 ZPRIME_FLOOR = -2.0
 
 
+READOUT_NOTES = {"z": " (site score)", "a": " (a: infected share of the map)", "map_mean": " (mean of the map)"}
+
+
 def plate_qc_figure(qc: pd.DataFrame, min_zprime: float):
     """Per-plate QC of every model: one column per readout (z, a), the robust Z' (top,
     values below ZPRIME_FLOOR drawn at it) and SSMD (bottom) of each plate, one colour per
@@ -211,7 +214,8 @@ def plate_qc_figure(qc: pd.DataFrame, min_zprime: float):
     experiment's pooled controls (control_source "experiment") as squares, the
     ``min_zprime`` line in the Z' panels. ``qc`` is the plate_qc tables of the models
     concatenated (plate_id, model, readout, zprime, ssmd, control_source, passes)."""
-    readouts = [r for r in ("z", "a") if r in set(qc["readout"])] or ["z"]
+    present = set(qc["readout"])
+    readouts = ["z", *sorted(present - {"z"})] if "z" in present else sorted(present) or ["z"]
     plates = sorted(qc["plate_id"].unique())
     models = list(dict.fromkeys(qc["model"]))
     width = max(4.5, 0.45 * len(plates) * max(len(models), 1) / 2 + 2.5)
@@ -248,7 +252,7 @@ def plate_qc_figure(qc: pd.DataFrame, min_zprime: float):
             ax.set_xlim(-0.6, max(len(plates), 1) - 0.4)
             ax.set_ylabel(f"{label} on {readout}", fontsize=8)
             if i == 0:
-                ax.set_title(f"readout {readout}" + (" (a: infected share of the map)" if readout == "a" else " (site score)"), fontsize=9)
+                ax.set_title(f"readout {readout}" + READOUT_NOTES.get(readout, ""), fontsize=9)
     legend = panel_legend(figure, axes.ravel(), ncol=4)
     figure.tight_layout(rect=(0, 0.1 if legend else 0, 1, 1))
     return figure
