@@ -14,7 +14,7 @@ import pandas as pd
 from deemd.inference import load_model_file
 from deemd.io import write_table_atomic
 from deemd.logs import start_rule_log
-from deemd.maps import infection_maps, scaled_sigma, smooth_maps
+from deemd.maps import site_maps
 from deemd.truth import (
     effective_set_scores,
     quantitative_truth_scores,
@@ -60,8 +60,7 @@ def main(inputs, models, threshold, maps_cfg, output, log):
         has_maps = len(infected) and infected["patch_probabilities"].notna().all()
         if has_maps:
             grid = load_model_file(model_path)["setup"].grid
-            sigma = scaled_sigma(maps_cfg["sigma"], grid.site_size, maps_cfg["reference_site_size"])
-            maps = smooth_maps(infection_maps(np.stack(list(infected["patch_probabilities"])), grid, maps_cfg["alpha"]), sigma)
+            maps = site_maps(np.stack(list(infected["patch_probabilities"])), grid, maps_cfg["alpha"], maps_cfg["sigma"], maps_cfg["reference_site_size"])
             masks = load_masks(inputs["masks"], infected["site_id"])
             row.update(
                 map_roc_auc=map_localisation_auc(maps, masks),
