@@ -203,3 +203,33 @@ def test_plates_sharing_image_files_are_an_error():
         "files ('img/P1/A01_1_1.png'); add {experiment} to it"
     ]
     assert shared_image_errors("img/{experiment}/P{plate}/{well}_{site}_{channel}.png", plates) == []
+
+
+def test_fill_defaults_sets_missing_keys_from_the_schema():
+    from deemd.validate import fill_defaults
+
+    schema = {
+        "properties": {
+            "a": {"type": "object", "properties": {"x": {"default": 3}, "y": {"default": [1]}}},
+            "b": {"default": "auto"},
+            "c": {"type": "object", "properties": {"z": {"default": 1}}},
+        }
+    }
+    config = {"a": {"x": 5}}
+    filled = fill_defaults(config, schema)
+    assert filled is config
+    # Given values stay, missing ones come from the schema, absent objects stay absent.
+    assert config == {"a": {"x": 5, "y": [1]}, "b": "auto"}
+    config["a"]["y"].append(2)
+    assert schema["properties"]["a"]["properties"]["y"]["default"] == [1]
+
+
+def test_shipped_schema_defaults_fill_a_minimal_section():
+    from deemd.validate import fill_defaults, load_schema
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    del config["efficacy"]["fdr"], config["train"]["ap_tolerance"], config["qc"]
+    config["qc"] = {}
+    fill_defaults(config, load_schema(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    assert config["efficacy"]["fdr"] == 0.05 and config["train"]["ap_tolerance"] == 0.0
+    assert config["qc"] == {"min_zprime": 0.0, "min_control_wells": 3}

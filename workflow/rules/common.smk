@@ -11,10 +11,19 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 from deemd.metadata import plate_digests
 from deemd.stitch import image_manifest_digest
 from deemd.store import damage_marker
-from deemd.validate import ConfigError, check_config, load_schema, shared_image_errors
+from deemd.validate import (
+    ConfigError,
+    check_config,
+    fill_defaults,
+    load_schema,
+    shared_image_errors,
+)
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
-check_config(config, load_schema(SCHEMAS / "config.schema.yaml"))
+CONFIG_SCHEMA = load_schema(SCHEMAS / "config.schema.yaml")
+check_config(config, CONFIG_SCHEMA)
+# Keys a config leaves out take the schema's defaults; nothing below repeats a default.
+fill_defaults(config, CONFIG_SCHEMA)
 
 DATASET = config["dataset"]["name"]
 SOURCE = config["dataset"]["source"]
@@ -74,7 +83,7 @@ SITES_PARAMS = {
 # param of the per-plate job; the library depends only on its own keys (moi: its
 # best_nontoxic_efficacy column). Both name the world, so changing it reruns them.
 DEMO = config.get("demo") or {}
-DEMO_WORLD = DEMO.get("world", "foci")
+DEMO_WORLD = DEMO.get("world")
 DEMO_PLATE_PARAMS = {
     **{key: value for key, value in DEMO.items() if key != "plates"},
     "world": DEMO_WORLD,
@@ -90,9 +99,7 @@ DEMO_LIBRARY_PARAMS = {
 
 MODELS = config["train"]["models"]
 # Where and how the rules that score sites with a trained model run (train.* keys).
-TORCH_DEVICE = {
-    key: config["train"][key] for key in ("device", "workers", "precision")
-}
+TORCH_DEVICE = {key: config["train"][key] for key in ("device", "workers", "precision")}
 
 
 # Figures and report (workflow/rules/figures.smk).
@@ -226,7 +233,7 @@ def plate_image_manifest(wildcards):
     """With dataset.source local the PNGs are no inputs (that would make the DAG O(sites)
     files): a hash of the sizes and mtimes of the plate's own images is a param instead,
     so a re-exported or repaired image reruns its plate (one os.stat per image)."""
-    if SOURCE != "local" or not config["dataset"].get("track_image_changes", True):
+    if SOURCE != "local" or not config["dataset"]["track_image_changes"]:
         return None
     path = sites_table()
     return _image_manifest(wildcards.plate_id, path, Path(path).stat().st_mtime)

@@ -73,9 +73,9 @@ rule download_archive:
         size=lambda wildcards: DOWNLOAD_SPECS[wildcards.archive_file].get("size"),
         md5=lambda wildcards: DOWNLOAD_SPECS[wildcards.archive_file].get("md5"),
         sha256=lambda wildcards: DOWNLOAD_SPECS[wildcards.archive_file].get("sha256"),
-        retries=DOWNLOAD.get("retries", 20),
-        timeout_s=DOWNLOAD.get("timeout_s", 60),
-        chunk_mib=DOWNLOAD.get("chunk_mib", 8),
+        retries=DOWNLOAD["retries"],
+        timeout_s=DOWNLOAD["timeout_s"],
+        chunk_mib=DOWNLOAD["chunk_mib"],
     script:
         "../scripts/download_archive.py"
 
@@ -97,7 +97,7 @@ rule unpack_metadata:
     resources:
         mem_mb=512,
     params:
-        member=DOWNLOAD.get("metadata_member", "metadata.csv"),
+        member=DOWNLOAD["metadata_member"],
     script:
         "../scripts/unpack_metadata.py"
 

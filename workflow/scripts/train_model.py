@@ -35,7 +35,7 @@ def make_setup(kind, train, site_size, in_channels):
         seed=train["seed"],
         in_channels=in_channels,
         pretrained_weights=train["pretrained_weights"],
-        ap_tolerance=train.get("ap_tolerance", 0.0),
+        ap_tolerance=train["ap_tolerance"],
         augment=train["augment"],
     )
 

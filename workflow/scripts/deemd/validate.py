@@ -3,6 +3,8 @@ which key, column, row and value are wrong."""
 
 from __future__ import annotations
 
+import copy
+
 import difflib
 import math
 import re
@@ -133,6 +135,21 @@ def shared_image_errors(pattern: str, plates: pd.DataFrame, key: str = "dataset.
         else:
             first[path] = row.plate_id
     return messages
+
+
+def fill_defaults(config: dict, schema: dict) -> dict:
+    """Set every key the schema gives a ``default`` and ``config`` lacks, in the objects
+    ``config`` holds (recursively, through ``properties``), so that rules and scripts
+    index config values instead of repeating defaults. Returns ``config``, changed in
+    place; call it after :func:`check_config`."""
+    for key, spec in schema.get("properties", {}).items():
+        if not isinstance(spec, dict):
+            continue
+        if key not in config and "default" in spec:
+            config[key] = copy.deepcopy(spec["default"])
+        if isinstance(config.get(key), dict) and "properties" in spec:
+            fill_defaults(config[key], spec)
+    return config
 
 
 def check_config(config: dict, schema: dict) -> None:
