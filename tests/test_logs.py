@@ -56,6 +56,9 @@ def test_success_and_sys_exit_are_not_errors(tmp_path):
 
 
 def test_repeated_calls_switch_the_file_and_install_the_hook_once(tmp_path):
+    saved_hook, saved_previous = sys.excepthook, logs._previous_hook
+    # Start as a fresh process would: earlier tests may have installed the hook already.
+    sys.excepthook, logs._previous_hook = sys.__excepthook__, None
     previous = sys.excepthook
     try:
         start_rule_log(tmp_path / "a.log")
@@ -72,8 +75,7 @@ def test_repeated_calls_switch_the_file_and_install_the_hook_once(tmp_path):
             logs.log_uncaught(*sys.exc_info())
         assert seen == [KeyError]
     finally:
-        sys.excepthook = previous
-        logs._previous_hook = None
+        sys.excepthook, logs._previous_hook = saved_hook, saved_previous
         logging.basicConfig(force=True, handlers=[logging.NullHandler()])
     assert "first" in (tmp_path / "a.log").read_text() and "first" not in (tmp_path / "b.log").read_text()
     assert "ERROR failed: KeyError: \"well 'B02'\"" in (tmp_path / "b.log").read_text()
