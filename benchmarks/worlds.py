@@ -94,7 +94,10 @@ def readout_scores(results: Path, config: dict, readouts: list[str], world: str,
     }
     rows = []
     for model_dir in sorted((results / "inference").iterdir()):
-        sites = pd.concat([pd.read_parquet(p).drop(columns="patch_probabilities") for p in sorted(model_dir.glob("*.parquet"))], ignore_index=True)
+        paths = sorted(model_dir.glob("*.parquet"))
+        if not paths:
+            continue
+        sites = pd.concat([pd.read_parquet(p).drop(columns="patch_probabilities") for p in paths], ignore_index=True)
         _, deemd = efficacy_tables(sites[sites["role"] == TREATED], config["efficacy"]["zeta"], config["efficacy"]["confidence"])
         for readout in readouts:
             if readout not in sites or sites[readout].isna().all():
