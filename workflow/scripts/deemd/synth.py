@@ -273,12 +273,19 @@ def make_library(demo: dict) -> pd.DataFrame:
                 "tox_max": tox_max,
             }
         )
+    return library_table(rows, concs, float(demo["moi"]))
+
+
+def library_table(rows: list[dict], concs: np.ndarray, moi: float) -> pd.DataFrame:
+    """The library of either world from its per-compound draws (treatment, SMILES, kind,
+    ec50_um, emax, hill, tox_ic50_um, tox_max): values rounded to 6 digits, and the truth
+    columns max_efficacy and best_nontoxic_efficacy over the tested concentrations."""
     lib = pd.DataFrame(rows)
     for col in ("ec50_um", "emax", "hill", "tox_ic50_um", "tox_max"):
         lib[col] = _r6(lib[col])
     effects = hill(concs[None, :], lib["emax"].to_numpy()[:, None], lib["ec50_um"].to_numpy()[:, None], lib["hill"].to_numpy()[:, None])
     lib["max_efficacy"] = _r6(effects.max(axis=1))
-    lib["best_nontoxic_efficacy"] = best_nontoxic_efficacy(lib, concs, float(demo["moi"]))
+    lib["best_nontoxic_efficacy"] = best_nontoxic_efficacy(lib, concs, moi)
     return lib[LIBRARY_COLUMNS]
 
 

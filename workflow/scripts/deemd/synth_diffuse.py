@@ -130,13 +130,7 @@ def make_library(demo: dict) -> pd.DataFrame:
                 "tox_max": tox_max,
             }
         )
-    lib = pd.DataFrame(rows)
-    for col in ("ec50_um", "emax", "hill", "tox_ic50_um", "tox_max"):
-        lib[col] = synth._r6(lib[col])
-    effects = synth.hill(concs[None, :], lib["emax"].to_numpy()[:, None], lib["ec50_um"].to_numpy()[:, None], lib["hill"].to_numpy()[:, None])
-    lib["max_efficacy"] = synth._r6(effects.max(axis=1))
-    lib["best_nontoxic_efficacy"] = synth.best_nontoxic_efficacy(lib, concs, float(demo["moi"]))
-    return lib[synth.LIBRARY_COLUMNS]
+    return synth.library_table(rows, concs, float(demo["moi"]))
 
 
 # --------------------------------------------------------------------------- plate layout
