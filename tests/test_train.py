@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from deemd.inference import average_precision, infer_patches, inference_sites_per_batch, site_scores
 from deemd.mil import PatchGrid, TrainSetup
 from deemd.device import DevicePrecision, autocast_dtype, cpu_has_native_bf16, select_device
-from deemd.train import fit, load_checkpoint, sites_per_step, steps_per_epoch
+from deemd.train import fit, load_checkpoint, recalibrate_batchnorm, sites_per_step, steps_per_epoch, training_batches
 
 
 class Sites(torch.utils.data.Dataset):
@@ -30,10 +30,10 @@ class Sites(torch.utils.data.Dataset):
         return torch.from_numpy(self.images[index]), torch.tensor(self.label[index]), index
 
 
-def setup(kind, epochs=3, patience=5, augment=False):
+def setup(kind, epochs=3, patience=5, augment=False, batchnorm_steps=2):
     return TrainSetup(kind=kind, k=2, eta=0.5, grid=PatchGrid(32, 16, 8), epochs=epochs, patience=patience, batch_size=8,
                       whole_batch_size=4, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, seed=3, in_channels=2,
-                      augment=augment)
+                      augment=augment, batchnorm_steps=batchnorm_steps)
 
 
 def loaders(dataset, batch_size, shuffle_seed):
@@ -147,6 +147,27 @@ def test_early_stopping_on_validation_ap(tmp_path):
         assert not history["best"].iloc[-1]
     assert result["best_ap"] == history["val_ap"].max()
     assert history["val_loss"].notna().all()
+
+
+@pytest.mark.parametrize("kind", ["W", "M"])
+def test_recalibrate_batchnorm_takes_the_statistics_of_the_training_inputs(kind):
+    sites = Sites(12, 0)
+    run = setup(kind, batchnorm_steps=2)
+    selected = np.tile([0, 4], (len(sites), 1))  # M: patches 0 and 4 of every site
+    network = torch.nn.BatchNorm2d(2)
+    network.running_mean.fill_(5.0)  # stale statistics
+    recalibrate_batchnorm(run, network, loaders(sites, 4, None), selected, CPU)
+    batches = [images for images, _ in training_batches(run, loaders(sites, 4, None), selected, CPU)][:2]
+    assert [len(b) for b in batches] == ([4, 4] if kind == "W" else [8, 8])  # 4 sites a step, or their 2 patches each
+    # The average of the two steps' batch statistics, as BatchNorm computes them in train mode.
+    assert torch.allclose(network.running_mean, torch.stack([b.mean(dim=(0, 2, 3)) for b in batches]).mean(0), atol=1e-5)
+    variances = torch.stack([b.transpose(0, 1).reshape(2, -1).var(dim=1) for b in batches]).mean(0)
+    assert torch.allclose(network.running_var, variances, rtol=1e-4)
+    assert network.momentum == 0.1 and torch.equal(network.weight, torch.ones(2))  # no weight changed
+    # 0 steps keeps the running averages.
+    network.running_mean.fill_(5.0)
+    recalibrate_batchnorm(setup(kind, batchnorm_steps=0), network, loaders(sites, 4, None), selected, CPU)
+    assert torch.equal(network.running_mean, torch.full((2,), 5.0))
 
 
 def test_site_loss_and_tolerance_prefers_calibrated_epochs():

@@ -37,6 +37,7 @@ def make_setup(kind, train, site_size, in_channels):
         pretrained_weights=train["pretrained_weights"],
         ap_tolerance=train["ap_tolerance"],
         augment=train["augment"],
+        batchnorm_steps=train["batchnorm_steps"],
     )
 
 

@@ -53,6 +53,9 @@ class TrainSetup:
     ap_tolerance: float = 0.0
     # Train on a random one of the 8 flips and quarter turns of every patch (or site).
     augment: bool = False
+    # Training steps' worth of inputs over which BatchNorm statistics are recomputed after
+    # every epoch (deemd.train.recalibrate_batchnorm); 0 keeps the running averages.
+    batchnorm_steps: int = 0
 
     @property
     def train_k(self) -> int:

@@ -14,6 +14,7 @@ deemd.inference, the device and precision in deemd.device_precision.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import os
@@ -49,15 +50,11 @@ def sites_per_step(setup: TrainSetup) -> int:
     return max(1, setup.batch_size // setup.train_k)
 
 
-def train_one_epoch(setup, network, loader, selected, device_precision, weights, optimizer, scheduler, progress=None, augment_seed=None) -> float:
-    """One pass over the training sites. For M and V, ``selected`` (n_sites, k) holds the
-    patch indices kept per site (rows of the dataset); W trains on whole sites.
-    With ``setup.augment``, each training image is flipped or turned at random by a
-    generator seeded with ``augment_seed`` (so a resumed epoch repeats exactly)."""
-    network.train()
-    generator = torch.Generator().manual_seed(int(augment_seed or 0)) if setup.augment else None
-    losses, counts = 0.0, 0
-    for step, (sites, label, index) in enumerate(loader):
+def training_batches(setup: TrainSetup, loader, selected, device_precision: DevicePrecision):
+    """(images, targets) of each training step, normalised on the device: whole sites
+    for W; for M and V the patches ``selected`` (n_sites, k) keeps of each site (rows of
+    the dataset), each labelled with its site's label."""
+    for sites, label, index in loader:
         images = device_precision.prepare(sites)
         targets = label.to(device_precision.device)
         if setup.kind != "W":
@@ -66,6 +63,17 @@ def train_one_epoch(setup, network, loader, selected, device_precision, weights,
             chosen = patches[torch.arange(len(sites), device=device_precision.device)[:, None], keep]
             images = chosen.reshape(-1, *patches.shape[2:])
             targets = targets.repeat_interleave(keep.shape[1])
+        yield images, targets
+
+
+def train_one_epoch(setup, network, loader, selected, device_precision, weights, optimizer, scheduler, progress=None, augment_seed=None) -> float:
+    """One pass over the training sites (``training_batches``).
+    With ``setup.augment``, each training image is flipped or turned at random by a
+    generator seeded with ``augment_seed`` (so a resumed epoch repeats exactly)."""
+    network.train()
+    generator = torch.Generator().manual_seed(int(augment_seed or 0)) if setup.augment else None
+    losses, counts = 0.0, 0
+    for step, (images, targets) in enumerate(training_batches(setup, loader, selected, device_precision)):
         if generator is not None:
             images = dihedral_transform(images, random_dihedral_codes(len(images), generator))
         with device_precision.autocast():
@@ -80,6 +88,21 @@ def train_one_epoch(setup, network, loader, selected, device_precision, weights,
         if progress is not None:
             progress(step + 1, len(loader))
     return losses / max(counts, 1)
+
+
+def recalibrate_batchnorm(setup: TrainSetup, network, loader, selected, device_precision: DevicePrecision) -> None:
+    """Every BatchNorm layer's running mean and variance replaced by their averages over
+    the first ``setup.batchnorm_steps`` batches of ``loader`` (training inputs as
+    ``training_batches`` makes them), with the weights as they are now ("precise BN",
+    torch.optim.swa_utils.update_bn). The running averages kept during training trail
+    weights that change at every step; evaluated with them, a model can score every
+    validation site wrong although it ranks the training sites well in train mode
+    (docs/method.md §5). Changes no weight."""
+    if setup.batchnorm_steps <= 0:
+        return
+    batches = itertools.islice(training_batches(setup, loader, selected, device_precision), setup.batchnorm_steps)
+    with device_precision.autocast():
+        torch.optim.swa_utils.update_bn((device_precision.layout(images) for images, _ in batches), network)
 
 
 def site_loss(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float:
@@ -231,6 +254,7 @@ def fit(setup: TrainSetup, train_data, val_data, loader_factory, device_precisio
             setup, network, loader_factory(train_data, sites_per_step(setup), shuffle_seed), selected, device_precision, weights, optimizer, scheduler,
             augment_seed=shuffle_seed ^ 0x5EED,  # a stream apart from the shuffle
         )
+        recalibrate_batchnorm(setup, network, loader_factory(train_data, sites_per_step(setup), shuffle_seed + 1), selected, device_precision)
         metrics = evaluate(setup, network, loader_factory(val_data, inference_sites_per_batch(setup), None), device_precision, weights)
         improved = state.record(epoch, metrics["val_ap"], metrics["val_loss"], network, setup)
         seconds = time.perf_counter() - started
