@@ -22,7 +22,9 @@ from deemd.metadata import INFECTED, MOCK, UV
 from deemd.plots import (
     dose_response_figure,
     infection_map_figure,
+    k_selection_figure,
     model_comparison_figure,
+    pr_curves_figure,
     reference_correlation_figure,
     stretch_contrast,
 )
@@ -308,6 +310,22 @@ def test_read_site_images_cuts_each_site(tmp_path):
 
 
 # --- figures ----------------------------------------------------------------------------
+
+
+def test_k_selection_and_pr_figures_mark_models_below_chance():
+    table = pd.DataFrame({"k": [1, 2, 25, 49], "val_ap": [0.99, 1.0, 0.45, 0.33], "chance_ap": 0.5,
+                          "below_chance": [False, False, True, True], "area_infected_median": [0.2, 0.3, 0.9, 0.0],
+                          "area_infected_q25": 0.1, "area_infected_q75": 0.5, "area_non_infected_median": 0.0})
+    figure = k_selection_figure(table, 0.33, 0.4)
+    assert len(figure.axes) == 2  # both panels
+    labels = [text.get_text() for text in figure.axes[1].get_legend().get_texts()]
+    assert "below chance: not a result (k = 25, 49)" in labels and "chance (share infected)" in labels
+    healthy = k_selection_figure(table.assign(below_chance=False), 0.33, 0.4)
+    assert not any("below" in text.get_text() for text in healthy.axes[1].get_legend().get_texts())
+    scores = pd.DataFrame({"model": ["M"] * 4 + ["W"] * 4, "label": [0, 1, 0, 1] * 2, "score": [0.1, 0.9, 0.2, 0.8, 0.9, 0.1, 0.8, 0.2]})
+    ap = pd.DataFrame({"model": ["M", "W"], "average_precision": [1.0, 0.42], "below_chance": [False, True]})
+    legend = [text.get_text() for text in pr_curves_figure(scores, ap).axes[0].get_legend().get_texts()]
+    assert "M: AP 1.000" in legend and "W: AP 0.420 (below chance)" in legend
 
 
 def test_stretch_contrast():

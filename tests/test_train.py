@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from deemd.inference import average_precision, infer_patches, inference_sites_per_batch, site_scores
+from deemd.inference import average_precision, below_chance, chance_average_precision, infer_patches, inference_sites_per_batch, site_scores
 from deemd.mil import PatchGrid, TrainSetup
 from deemd.device import DevicePrecision, autocast_dtype, cpu_has_native_bf16, select_device
 from deemd.train import fit, load_checkpoint, recalibrate_batchnorm, sites_per_step, steps_per_epoch, training_batches
@@ -88,6 +88,23 @@ def test_bf16_runtime_autocasts_and_scores_close_to_fp32():
 def test_average_precision():
     assert average_precision(np.array([0, 1, 1]), np.array([0.1, 0.9, 0.8])) == 1.0
     assert np.isnan(average_precision(np.array([1, 1]), np.array([0.1, 0.2])))
+
+
+def test_chance_level_is_the_share_of_positives_and_reversed_rankings_fall_below_it():
+    assert chance_average_precision(np.array([0, 0, 0, 1])) == 0.25
+    labels = np.array([0, 0, 1, 1])
+    backwards = average_precision(labels, np.array([0.9, 0.8, 0.2, 0.1]))  # (1/3 + 2/4) / 2
+    assert below_chance(backwards, labels) and not below_chance(1.0, labels)
+    assert not below_chance(float("nan"), labels)  # one class: no verdict
+
+
+def test_sites_per_step_in_whole_sites_holds_whatever_k():
+    from dataclasses import replace
+
+    for k in (1, 2, 9):
+        m = replace(setup("M"), k=k, sites_per_step=4)
+        assert sites_per_step(m) == 4 and m.train_k == k  # 4 k patches a step
+    assert sites_per_step(replace(setup("M"), k=9)) == 1  # batch 8 // 9 patches: one site, one class
 
 
 @pytest.mark.parametrize("kind", ["M", "V", "W"])

@@ -241,6 +241,7 @@ def test_k_selection_target(tiny_run, tmp_path):
     table = pd.read_csv(directory / "results/tiny/k_selection/k_selection.tsv", sep="\t")
     assert table["k"].tolist() == [1, 2, 49]
     assert np.allclose(table["expected_area"], 1 - np.exp(-0.4), atol=1e-4)
+    assert table["chance_ap"].between(0, 1).all() and table["below_chance"].dtype == bool
     assert table[["area_infected_median", "area_non_infected_median"]].stack().between(0, 1).all()
     assert (directory / "results/tiny/k_selection/k_selection.png").stat().st_size > 10_000
 

@@ -137,8 +137,12 @@ def train_params(wildcards):
 
 
 def k_train_params(wildcards):
-    """Training values of M for one k of the k sweep."""
-    return dict(model_train_params("M"), k=int(wildcards.k))
+    """Training values of M for one k of the k sweep: whole sites per step, whatever k."""
+    return dict(
+        model_train_params("M"),
+        k=int(wildcards.k),
+        sites_per_step=config["k_selection"]["sites_per_step"],
+    )
 
 
 def raw_metadata():

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from deemd.data import SiteDataset, site_loader
+from deemd.inference import below_chance, chance_average_precision
 from deemd.io import write_atomic, write_parquet_atomic
 from deemd.logs import start_rule_log
 from deemd.mil import TrainSetup, patch_grid
@@ -38,6 +39,7 @@ def make_setup(kind, train, site_size, in_channels):
         ap_tolerance=train["ap_tolerance"],
         augment=train["augment"],
         batchnorm_steps=train["batchnorm_steps"],
+        sites_per_step=train["sites_per_step"],
     )
 
 
@@ -91,6 +93,12 @@ def main(kind, split_path, stats_path, store_paths, output, params, threads, log
     }
     write_atomic(output["model"], lambda tmp: torch.save(saved, tmp))
     logging.info("best epoch %d, validation AP %.4f", result["best_epoch"], result["best_ap"])
+    if below_chance(result["best_ap"], val_data.label):
+        logging.warning(
+            "model %s: best validation AP %.3f is below chance (%.3f, the share of infected validation sites): it has "
+            "not learned the classes; check the split and train.batch_size / sites_per_step", kind, result["best_ap"],
+            chance_average_precision(val_data.label),
+        )
     return result
 
 

@@ -74,6 +74,17 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(average_precision_score(labels, scores))
 
 
+def chance_average_precision(labels: np.ndarray) -> float:
+    """The average precision of a ranking that knows nothing: the share of positives."""
+    return float(np.mean(np.asarray(labels) > 0.5))
+
+
+def below_chance(ap: float, labels: np.ndarray) -> bool:
+    """Whether ``ap`` is below chance on ``labels``: a model that ranks the sites worse
+    than a coin has learned nothing usable (or the labels backwards), whatever its loss."""
+    return bool(np.isfinite(ap) and ap < chance_average_precision(labels))
+
+
 def load_model_file(path: str) -> dict:
     """A model file written by the train rule (tensors and builtins only, read with
     ``weights_only=True``), its ``setup`` turned back into a TrainSetup."""

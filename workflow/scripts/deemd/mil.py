@@ -56,6 +56,8 @@ class TrainSetup:
     # Training steps' worth of inputs over which BatchNorm statistics are recomputed after
     # every epoch (deemd.train.recalibrate_batchnorm); 0 keeps the running averages.
     batchnorm_steps: int = 0
+    # Whole sites per step of M and V whatever k (0: batch_size // k, at least 1).
+    sites_per_step: int = 0
 
     @property
     def train_k(self) -> int:

@@ -95,8 +95,9 @@ def pr_curves_figure(scores: pd.DataFrame, ap: pd.DataFrame):
     figure, ax = plt.subplots(figsize=(4.5, 4))
     for model, group in scores.groupby("model", sort=False):
         precision, recall, _ = precision_recall_curve(group["label"], group["score"])
-        value = ap.loc[ap["model"] == model, "average_precision"].item()
-        ax.plot(recall, precision, label=f"{model}: AP {value:.3f}", color=MODEL_COLOURS.get(model))
+        row = ap.loc[ap["model"] == model].iloc[0]
+        mark = " (below chance)" if row.get("below_chance", False) else ""
+        ax.plot(recall, precision, label=f"{model}: AP {row['average_precision']:.3f}{mark}", color=MODEL_COLOURS.get(model))
     prevalence = scores.groupby("model")["label"].mean().iloc[0] if len(scores) else 0
     ax.axhline(prevalence, color="grey", linestyle=":", linewidth=1, label="chance")
     ax.set_xlabel("recall")
@@ -111,7 +112,8 @@ def pr_curves_figure(scores: pd.DataFrame, ap: pd.DataFrame):
 
 def k_selection_figure(table: pd.DataFrame, expected_area: float, moi: float):
     """Infection-map area above eta per k (infected validation sites) against the Poisson
-    expectation, and validation AP per k."""
+    expectation, and validation AP per k; with columns chance_ap and below_chance, the
+    chance level and a red cross on every k whose model ranks below it."""
     figure, (ax_area, ax_ap) = plt.subplots(1, 2, figsize=(8, 3.4))
     ks = table["k"].to_numpy()
     ax_area.plot(ks, table["area_infected_median"], marker="o", color="#C44E52", label="infected sites (median)")
@@ -125,6 +127,14 @@ def k_selection_figure(table: pd.DataFrame, expected_area: float, moi: float):
     ax_area.set_ylim(0, 1)
     ax_area.legend(fontsize=7, loc="upper right")
     ax_ap.plot(ks, table["val_ap"], marker="o", color="black")
+    if "chance_ap" in table:
+        ax_ap.axhline(table["chance_ap"].iloc[0], color="grey", linestyle=":", linewidth=1, label="chance (share infected)")
+        broken = table[table["below_chance"].astype(bool)]
+        if len(broken):
+            ax_ap.scatter(broken["k"], broken["val_ap"], marker="x", s=80, color="#C44E52", zorder=3,
+                          label="below chance: not a result (k = " + ", ".join(str(k) for k in broken["k"]) + ")")
+        ax_ap.legend(fontsize=7, loc="lower left")
+    ax_ap.set_ylim(0, 1.02)
     ax_ap.set_xscale("log")
     ax_ap.set_xticks(ks, [str(k) for k in ks])
     ax_ap.set_xlabel("k")

@@ -45,8 +45,13 @@ def steps_per_epoch(setup: TrainSetup, n_sites: int) -> int:
 
 
 def sites_per_step(setup: TrainSetup) -> int:
+    """Sites a training step holds: ``whole_batch_size`` for W; for M and V
+    ``setup.sites_per_step`` where set, else as many whole sites as ``batch_size``
+    patches make at train_k patches a site (at least one)."""
     if setup.kind == "W":
         return setup.whole_batch_size
+    if setup.sites_per_step > 0:
+        return setup.sites_per_step
     return max(1, setup.batch_size // setup.train_k)
 
 
