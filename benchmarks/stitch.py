@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+import timeit
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,12 +29,6 @@ sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 from deemd.metadata import well_table  # noqa: E402
 from deemd.stitch import image_path, read_png, stitch_plate  # noqa: E402
 from deemd.store import create_plate_store  # noqa: E402
-
-
-def timed(function) -> float:
-    started = time.perf_counter()
-    function()
-    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -87,7 +81,7 @@ def main() -> None:
                     store.read_wells(start, start + step)
 
         # Interleaved repeats, so that a passing load on the machine hits every step alike.
-        runs = [(timed(decode_all), timed(stitch_all), timed(read_all)) for _ in range(args.repeats)]
+        runs = [(timeit.timeit(decode_all, number=1), timeit.timeit(stitch_all, number=1), timeit.timeit(read_all, number=1)) for _ in range(args.repeats)]
     decode, stitch, read = (statistics.median(r[i] for r in runs) for i in range(3))
     stitch_ratios = sorted(r[0] / r[1] for r in runs)
     png_bytes = sum(Path(p).stat().st_size for p in paths)

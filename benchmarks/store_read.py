@@ -13,7 +13,7 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +32,6 @@ def well_image(seed: int = 0) -> np.ndarray:
     base = ndimage.gaussian_filter(rng.random((5, 512, 512)), (0, 6, 6))
     tile = np.clip((base - base.min()) / np.ptp(base) * 200 + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
     return np.tile(tile, (1, 4, 4))
-
-
-def timed(function) -> float:
-    started = time.perf_counter()
-    function()
-    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -59,7 +53,7 @@ def main() -> None:
     for i in range(len(wells)):
         plain[i] = well
     assert np.array_equal(store.images[3], plain[3])
-    runs = [(timed(lambda: plain[i % 8]), timed(lambda: store.images[i % 8])) for i in range(args.repeats)]
+    runs = [(timeit.timeit(lambda: plain[i % 8], number=1), timeit.timeit(lambda: store.images[i % 8], number=1)) for i in range(args.repeats)]
     before, after = (statistics.median(r[k] for r in runs) for k in range(2))
     stored = sum(f.stat().st_size for f in (tmp / "store.zarr" / "images").glob("c.*")) / len(wells)
     shutil.rmtree(tmp)

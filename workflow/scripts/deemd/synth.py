@@ -261,19 +261,15 @@ def make_library(demo: dict) -> pd.DataFrame:
         elif kind == "effective_toxic":
             tox_ic50 = 10 ** (np.log10(3.0) + u[3] * np.log10(20.0 / 3.0))
             tox_max = 0.6 + 0.3 * u[4]
-        rows.append(
-            {
-                "treatment": f"DEMO-{i + 1:03d}",
-                "SMILES": random_smiles(rng),
-                "kind": str(kind),
-                "ec50_um": ec50,
-                "emax": emax,
-                "hill": slope,
-                "tox_ic50_um": tox_ic50,
-                "tox_max": tox_max,
-            }
-        )
+        rows.append(compound_row(i, random_smiles(rng), kind, ec50, emax, slope, tox_ic50, tox_max))
     return library_table(rows, concs, float(demo["moi"]))
+
+
+def compound_row(index: int, smiles: str, kind, ec50, emax, slope, tox_ic50, tox_max) -> dict:
+    """One compound of either world's library: its name DEMO-<index + 1>, SMILES, kind,
+    antiviral 4PL (ec50_um, emax, hill) and toxicity (tox_ic50_um, tox_max)."""
+    return {"treatment": f"DEMO-{index + 1:03d}", "SMILES": smiles, "kind": str(kind), "ec50_um": ec50, "emax": emax,
+            "hill": slope, "tox_ic50_um": tox_ic50, "tox_max": tox_max}
 
 
 def library_table(rows: list[dict], concs: np.ndarray, moi: float) -> pd.DataFrame:

@@ -118,18 +118,7 @@ def make_library(demo: dict) -> pd.DataFrame:
         elif kind == "effective_toxic":
             tox_ic50 = 10 ** (np.log10(2.0) + u[3] * np.log10(30.0 / 2.0))
             tox_max = 0.5 + 0.45 * u[4]
-        rows.append(
-            {
-                "treatment": f"DEMO-{i + 1:03d}",
-                "SMILES": synth.random_smiles(rng),
-                "kind": str(kind),
-                "ec50_um": ec50,
-                "emax": emax,
-                "hill": slope,
-                "tox_ic50_um": tox_ic50,
-                "tox_max": tox_max,
-            }
-        )
+        rows.append(synth.compound_row(i, synth.random_smiles(rng), kind, ec50, emax, slope, tox_ic50, tox_max))
     return synth.library_table(rows, concs, float(demo["moi"]))
 
 
