@@ -31,6 +31,7 @@ include: "workflow/rules/k_selection.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/efficacy.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:

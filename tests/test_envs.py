@@ -29,6 +29,9 @@ PROVIDERS = {
     "torchvision": {"torchvision"},
     "sklearn": {"scikit-learn"},
     "rpy2": {"rpy2"},
+    "ome_zarr": {"ome-zarr"},
+    "dask": {"dask"},
+    "itables": {"itables"},
 }
 
 

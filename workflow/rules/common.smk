@@ -284,4 +284,10 @@ def final_outputs(wildcards):
         f"{RESULTS}/figures/model_comparison.png",
         *([f"{RESULTS}/figures/reference_correlation.png"] if REFERENCE else []),
         *([f"{RESULTS}/figures/truth_scores.tsv"] if SOURCE == "synthetic" else []),
+        *(hcs_plates() if config["export"]["hcs"] else []),
     ]
+
+
+def hcs_plates():
+    """Every plate's OME-NGFF HCS export (export.hcs)."""
+    return expand(f"{RESULTS}/hcs/{{plate_id}}.ome.zarr", plate_id=plate_ids())

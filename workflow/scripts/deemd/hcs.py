@@ -1,0 +1,166 @@
+"""Export of a per-plate store as an OME-NGFF HCS plate that napari, Fiji and OMERO open.
+
+Layout (NGFF 0.4, zarr v2; README "Outputs" says why 0.4)::
+
+    {plate_id}.ome.zarr/            plate metadata: rows, columns, wells, field_count
+      {row}/{column}/               one well (e.g. B/3 for B03), its fields listed
+        {field}/                    one field per imaged site (0, 1, ... in site order)
+          0/ 1/ ...                 the pyramid: (c, y, x) uint8, each level half the last
+
+Every field carries the stains' names and colours (``omero`` channels) and, under
+``deemd``, the store's well and site it came from. A site dropped at stitching
+(``site_valid`` False) is not exported, so a well lists only its imaged fields.
+The pixels are read with PlateStore.read_site, the store's one way to read a site.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask
+import numpy as np
+import zarr
+from ome_zarr.format import FormatV04
+from ome_zarr.scale import Methods
+from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
+
+from deemd.figures import plate_shape, row_label, well_position
+from deemd.store import PlateStore
+
+NGFF_FORMAT = FormatV04
+# The stains' display colours (RGB hex), as RxRx19a's own composites show them: Hoechst
+# blue, ConA green, Phalloidin red, Syto14 cyan, WGA magenta. Keys are lower-case names
+# without blanks or dashes.
+STAIN_COLORS = {"hoechst": "0000FF", "cona": "00FF00", "phalloidin": "FF0000", "syto14": "00FFFF", "wga": "FF00FF"}
+# Channels with other names take these in order.
+FALLBACK_COLORS = ["0000FF", "00FF00", "FF0000", "00FFFF", "FF00FF", "FFFF00", "FFFFFF"]
+
+
+def channel_color(name: str, index: int) -> str:
+    """The display colour (RGB hex) of the channel ``name`` at position ``index``."""
+    key = "".join(ch for ch in str(name).lower() if ch.isalnum())
+    return STAIN_COLORS.get(key, FALLBACK_COLORS[index % len(FALLBACK_COLORS)])
+
+
+def display_windows(sample: np.ndarray, low: float = 0.1, high: float = 99.9) -> list[tuple[float, float]]:
+    """Per channel (start, end) contrast limits: the ``low`` and ``high`` percentiles of
+    ``sample`` (channel, ...), end at least start + 1."""
+    sample = np.asarray(sample)
+    windows = []
+    for channel in sample.reshape(sample.shape[0], -1):
+        start, end = (float(v) for v in np.percentile(channel, [low, high])) if channel.size else (0.0, 255.0)
+        windows.append((round(start, 1), round(max(end, start + 1.0), 1)))
+    return windows
+
+
+def omero_metadata(channel_names: list[str], windows: list[tuple[float, float]], dtype_max: int = 255) -> dict:
+    """The NGFF ``omero`` block: each channel's label, colour and contrast window."""
+    if len(windows) != len(channel_names):
+        raise ValueError(f"{len(windows)} contrast windows for {len(channel_names)} channels")
+    channels = [
+        {
+            "label": str(name),
+            "color": channel_color(name, index),
+            "active": True,
+            "window": {"min": 0, "max": dtype_max, "start": start, "end": end},
+        }
+        for index, (name, (start, end)) in enumerate(zip(channel_names, windows))
+    ]
+    return {"channels": channels, "rdefs": {"model": "color"}}
+
+
+def pyramid_factors(size: int, min_size: int) -> list[int]:
+    """Downsampling factors 2, 4, 8, ... of a ``size`` px field whose smallest level is at
+    least ``min_size`` px (none where the field itself is that small)."""
+    if size < 1 or min_size < 1:
+        raise ValueError(f"field size {size} and smallest pyramid level {min_size} must be positive")
+    factors = []
+    factor = 2
+    while size // factor >= min_size:
+        factors.append(factor)
+        factor *= 2
+    return factors
+
+
+def plate_layout(wells: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(row names, column names, well paths) of a plate holding ``wells`` (e.g. B03): the
+    rows and columns of the smallest standard plate that holds them (A..P, 1..24 for a
+    384-well plate), and one ``row/column`` path per well, in the order given."""
+    rows, columns = well_position(wells)
+    n_rows, n_columns = plate_shape(rows, columns)
+    row_names = [row_label(r) for r in range(n_rows)]
+    column_names = [str(c + 1) for c in range(n_columns)]
+    paths = [f"{row_names[r]}/{column_names[c]}" for r, c in zip(rows, columns)]
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"two wells of {list(wells)} fall on one plate position")
+    return row_names, column_names, paths
+
+
+def imaged_sites(store: PlateStore) -> list[list[int]]:
+    """Per well of the store (in its order), the sites that were imaged (site_valid), in
+    site order."""
+    sites = sorted(store.site_placement)
+    valid = store.site_valid
+    return [[site for position, site in enumerate(sites) if valid[well, position]] for well in range(len(store.wells))]
+
+
+def write_field(group: zarr.Group, pixels: np.ndarray, factors: list[int], omero: dict, origin: dict) -> None:
+    """One field (channel, y, x) as a multiscale image in ``group``: a pyramid of local
+    means, one chunk per level; ``origin`` (the store's well and site) goes to its
+    attributes under ``deemd``."""
+    write_image(
+        pixels,
+        group,
+        scale_factors=factors,
+        method=Methods.LOCAL_MEAN,
+        fmt=NGFF_FORMAT(),
+        axes="cyx",
+        storage_options={"chunks": pixels.shape},
+        name=f"{origin['well']} site {origin['site']}",
+        omero=omero,
+    )
+    group.attrs["deemd"] = origin
+
+
+def write_hcs_plate(store: PlateStore, path: str | Path, plate_id: str, min_level_size: int = 64, sample_wells: int = 4) -> dict:
+    """Write ``store`` as an NGFF 0.4 HCS plate at ``path`` (which must not hold one yet;
+    see deemd.io.atomic_directory). Contrast windows come from the first ``sample_wells``
+    wells. Returns what was written: wells, fields, the field shape and pyramid levels."""
+    wells = store.wells
+    row_names, column_names, well_paths = plate_layout(wells)
+    sites = imaged_sites(store)
+    factors = pyramid_factors(store.site_size, min_level_size)
+    sample = store.read_wells(0, min(sample_wells, len(wells))) if wells else np.zeros((len(store.channel_names), 0))
+    omero = omero_metadata(store.channel_names, display_windows(np.moveaxis(np.asarray(sample), 1, 0)))
+    fmt = NGFF_FORMAT()
+    root = zarr.open_group(str(path), mode="w-", zarr_format=fmt.zarr_format)
+    write_plate_metadata(root, row_names, column_names, well_paths, fmt=fmt,
+                         field_count=max((len(s) for s in sites), default=0), name=plate_id)
+    # Each field is a few small arrays: dask's thread pool costs more than it saves here,
+    # and one thread keeps the job within its rule's threads.
+    with dask.config.set(scheduler="synchronous"):
+        n_fields = _write_wells(root, store, wells, well_paths, sites, factors, omero, fmt)
+    root.attrs["deemd"] = {"plate_id": plate_id, "source_store": Path(store.path).name}
+    size = store.site_size
+    return {"wells": len(wells), "fields": n_fields, "field_shape": [len(store.channel_names), size, size],
+            "levels": [size // f for f in [1, *factors]]}
+
+
+def _write_wells(root, store, wells, well_paths, sites, factors, omero, fmt) -> int:
+    """Write every well's metadata and fields under ``root``; returns the fields written."""
+    n_fields = 0
+    for index, (well, well_path, well_sites) in enumerate(zip(wells, well_paths, sites)):
+        row, column = well_path.split("/")
+        well_group = root.require_group(row).require_group(column)
+        write_well_metadata(well_group, [{"path": str(f)} for f in range(len(well_sites))], fmt=fmt)
+        for field, site in enumerate(well_sites):
+            pixels = np.asarray(store.read_site(index, site))
+            write_field(well_group.require_group(str(field)), pixels, factors, omero, {"well": well, "site": int(site)})
+            n_fields += 1
+    return n_fields
+
+
+def tree_size(path: str | Path) -> tuple[int, int]:
+    """(files, bytes) under ``path``."""
+    files = [p for p in Path(path).rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
