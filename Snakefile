@@ -32,6 +32,7 @@ include: "workflow/rules/infer.smk"
 include: "workflow/rules/efficacy.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

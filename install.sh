@@ -23,10 +23,17 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             slurmctld slurmd slurm-client munge >/dev/null
     fi
+    # Headless Chromium, for the test that renders the report's hit table in a real browser
+    # (tests/test_hit_table.py; skipped without it).
+    if ! command -v chromium >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    fi
 else
     echo "install.sh: not root or no apt-get: R (rstatix) is not installed here;" \
          "use the conda envs (snakemake --sdm conda) for the R rule." \
-         "SLURM is not installed either: tests/test_slurm.py will be skipped." >&2
+         "SLURM is not installed either: tests/test_slurm.py will be skipped;" \
+         "nor chromium: the browser test of tests/test_hit_table.py will be skipped." >&2
 fi
 
 python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt

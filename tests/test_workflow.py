@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from deemd.mil import TrainSetup
 from workflow_utils import REPO, TINY, WELLS, deep_merge, job_counts, snakemake, write_config
@@ -249,14 +250,38 @@ def test_k_selection_target(tiny_run, tmp_path):
 def test_report_collects_every_figure(tiny_run, tmp_path):
     directory, _ = tiny_run
     report = tmp_path / "report.html"
-    snakemake(directory, "--report", str(report))
+    metadata = directory / "results/tiny/report/metadata.yaml"
+    snakemake(directory, "--report", str(report), "--report-metadata", str(metadata))
     html = report.read_text(errors="replace")
     assert report.stat().st_size > 100_000
     for name in ("nuclei_counts.png", "pr_curves.png", "model_comparison.png", "training_curves.png", "infection_maps",
                  "plate_qc.png", "plate_maps", "deemd_vs_inhibition",
                  # The captions of the inhibition panels and the hit scatter, names that other figures share.
-                 "Inhibition dose response of", "The hit call of model"):
+                 "Inhibition dose response of", "The hit call of model",
+                 # The interactive hit tables and the run's metadata (issue 13).
+                 "hit_table", "Interactive hit table of model", "run_metadata.tsv", "config sha256", "rstatix"):
         assert name in html, name
+    record = yaml.safe_load(metadata.read_text())
+    assert record["dataset"] == "tiny (synthetic)" and len(record["config sha256"]) == 64
+    assert {"deemd", "torch", "rstatix", "date"} <= set(record)
+
+
+def test_hcs_export_of_the_tiny_run_reads_back(tiny_run):
+    from ome_zarr.format import FormatV04
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Plate, Reader
+
+    from deemd.store import open_plate_store
+
+    directory, _ = tiny_run
+    path = directory / "results/tiny/hcs/HRCE-1_1.ome.zarr"
+    [node] = list(Reader(parse_url(str(path), fmt=FormatV04()))())
+    plate = next(spec for spec in node.specs if isinstance(spec, Plate))
+    store = open_plate_store(directory / "results/tiny/store/HRCE-1_1.zarr")
+    assert len(plate.well_paths) == len(store.wells)
+    [image] = list(Reader(parse_url(str(path / plate.well_paths[0] / "0"), fmt=FormatV04()))())
+    assert np.array_equal(np.asarray(image.data[0]), store.read_site(0, 1))
+    assert image.metadata["channel_names"] == store.channel_names
 
 
 @pytest.mark.parametrize(
@@ -290,7 +315,8 @@ def test_changing_a_parameter_reruns_exactly_what_uses_it(tiny_run, tmp_path, ch
         never |= {"train", "infer"}
     assert not never & set(counts), counts
     if "figures" in change:
-        assert set(counts) == {"dose_response"}, counts
+        # report_metadata records the config's digest, so any config change rewrites it
+        assert set(counts) == {"dose_response", "report_metadata"}, counts
 
 
 # The second synthetic world at the tiny size: 40 cells a site, 1-2 wells a dose.

@@ -285,6 +285,8 @@ def final_outputs(wildcards):
         *([f"{RESULTS}/figures/reference_correlation.png"] if REFERENCE else []),
         *([f"{RESULTS}/figures/truth_scores.tsv"] if SOURCE == "synthetic" else []),
         *(hcs_plates() if config["export"]["hcs"] else []),
+        *expand(f"{RESULTS}/figures/hit_table/{{model}}.html", model=MODELS),
+        f"{RESULTS}/report/run_metadata.tsv",
     ]
 
 
