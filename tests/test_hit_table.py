@@ -61,7 +61,7 @@ def test_thumbnail_puts_the_map_beside_the_composite():
     assert only_blue[..., :2].max() == 0 and only_blue[..., 2].max() > 0
     assert thumbnail(image, CHANNELS, np.full((64, 64), 0.5), size=32).shape == (32, 66, 3)
     assert thumbnail(image, CHANNELS, None, size=32).shape == (32, 32, 3)
-    assert array_data_uri(thumbnail(image, CHANNELS, None, size=32)).startswith("data:image/png;base64,")
+    assert array_data_uri(thumbnail(image, CHANNELS, None, size=32)).startswith("data:image/jpeg;base64,")
 
 
 def page(tmp_path):
@@ -82,7 +82,7 @@ def test_rows_are_ranked_with_every_column_and_the_page_is_self_contained(tmp_pa
                    "plates passing QC", "min Z'"):
         assert column in rows.columns, column
     assert rows.loc[0, "hit"] == "yes" and rows.loc[0, "inhibition_max"] == "0.93" and rows.loc[2, "q"] == ""
-    assert rows.loc[0, "typical site | infection map"].startswith("<img src=\"data:image/png") and rows.loc[1, "typical site | infection map"] == ""
+    assert rows.loc[0, "typical site | infection map"].startswith("<img src=\"data:image/jpeg") and rows.loc[1, "typical site | infection map"] == ""
     text = path.read_text(encoding="utf-8")
     # offline: no script or stylesheet is loaded from anywhere
     assert not re.search(r"<(script|link)[^>]+(src|href)=[\"']?https?:", text)

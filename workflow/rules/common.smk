@@ -6,8 +6,11 @@ from pathlib import Path
 import pandas as pd
 
 # The library lives beside the scripts; the Snakefile imports it for validation and
-# the input functions below.
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
+# the input functions below. WORKFLOW_DIR is this repository's workflow/ folder, found
+# from this file rather than from workflow.basedir, which is the deploying workflow's
+# folder when deemd runs as a module (snakedeploy deploy-workflow, README).
+WORKFLOW_DIR = Path(workflow.current_basedir).parent
+sys.path.insert(0, str(WORKFLOW_DIR / "scripts"))
 from deemd.metadata import plate_digests
 from deemd.stitch import image_manifest_digest
 from deemd.store import damage_marker
@@ -19,7 +22,7 @@ from deemd.validate import (
     shared_image_errors,
 )
 
-SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
+SCHEMAS = WORKFLOW_DIR / "schemas"
 CONFIG_SCHEMA = load_schema(SCHEMAS / "config.schema.yaml")
 check_config(config, CONFIG_SCHEMA)
 # Keys a config leaves out take the schema's defaults; nothing below repeats a default.

@@ -14,18 +14,21 @@ rule dose_response:
             caption="../report/dose_response.rst",
             category="Efficacy",
             subcategory="{model}",
+            labels={"model": "{model}", "figure": "dose response (e(t,c))"},
         ),
         inhibition=report(
             f"{RESULTS}/figures/inhibition/{{model}}.png",
             caption="../report/inhibition.rst",
             category="Efficacy",
             subcategory="{model}",
+            labels={"model": "{model}", "figure": "dose response (inhibition)"},
         ),
         table=report(
             f"{RESULTS}/figures/ranking/{{model}}.tsv",
             caption="../report/ranking.rst",
             category="Efficacy",
             subcategory="{model}",
+            labels={"model": "{model}", "figure": "ranking table"},
         ),
     log:
         f"{LOGS}/figures/dose_response_{{model}}.log",
@@ -55,12 +58,14 @@ rule efficacy_calls:
             caption="../report/hits.rst",
             category="Efficacy",
             subcategory="{model}",
+            labels={"model": "{model}", "figure": "hit calls"},
         ),
         versus=report(
             f"{RESULTS}/figures/deemd_vs_inhibition/{{model}}.png",
             caption="../report/deemd_vs_inhibition.rst",
             category="Efficacy",
             subcategory="{model}",
+            labels={"model": "{model}", "figure": "e(t) vs inhibition"},
         ),
     log:
         f"{LOGS}/figures/efficacy_calls_{{model}}.log",
@@ -89,6 +94,7 @@ rule plate_qc_figure:
             f"{RESULTS}/figures/plate_qc.png",
             caption="../report/plate_qc.rst",
             category="Plate QC",
+            labels={"figure": "plate QC (Z', SSMD)"},
         ),
     log:
         f"{LOGS}/figures/plate_qc.log",
@@ -117,6 +123,7 @@ rule plate_maps:
             caption="../report/plate_maps.rst",
             category="Plate QC",
             subcategory="{model}",
+            labels={"model": "{model}", "figure": "plate maps"},
         ),
     log:
         f"{LOGS}/figures/plate_maps_{{model}}.log",
@@ -148,6 +155,7 @@ rule infection_maps:
             caption="../report/infection_maps.rst",
             category="Infection maps",
             subcategory="{model}",
+            labels={"model": "{model}", "figure": "infection maps"},
         ),
     log:
         f"{LOGS}/figures/infection_maps_{{model}}.log",
@@ -179,6 +187,7 @@ rule model_comparison:
             caption="../report/model_comparison.rst",
             category="Efficacy",
             subcategory="Models compared",
+            labels={"figure": "models compared"},
         ),
         table=f"{RESULTS}/figures/model_comparison.tsv",
     log:
@@ -213,12 +222,14 @@ if REFERENCE:
                 caption="../report/reference_correlation.rst",
                 category="Efficacy",
                 subcategory="Reference",
+                labels={"figure": "reference correlation"},
             ),
             table=report(
                 f"{RESULTS}/figures/reference_correlation.tsv",
                 caption="../report/reference_correlation_table.rst",
                 category="Efficacy",
                 subcategory="Reference",
+                labels={"figure": "reference correlation table"},
             ),
         log:
             f"{LOGS}/figures/reference_correlation.log",
@@ -256,6 +267,7 @@ if SOURCE == "synthetic":
                 f"{RESULTS}/figures/truth_scores.tsv",
                 caption="../report/truth_scores.rst",
                 category="Demo truth",
+                labels={"figure": "scores against the truth"},
             ),
         log:
             f"{LOGS}/figures/truth_scores.log",
