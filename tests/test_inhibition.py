@@ -242,7 +242,9 @@ def test_failing_plate_is_left_out_of_hit_calling():
     assert not qc.loc[("E_2", "z"), "passes"]  # one decision per plate, from the readout used
     wells = tables["wells"]
     failed = wells[(wells["plate_id"] == "E_2") & (wells["role"] == TREATED)]
-    assert (~failed["used"]).all() and failed["reason"].str.startswith("plate QC: Z'").all()
+    assert (~failed["used"]).all() and failed["reason"].str.startswith("plate QC: Z' of a ").all()
+    # The reason quotes the Z' that decided, that of the readout used (a), not z's.
+    assert failed["reason"].iloc[0] == f"plate QC: Z' of a {qc.loc[('E_2', 'a'), 'zprime']:.2f} < 0.0"
     assert tables["treatments"].set_index("treatment").loc["Good", "n_wells_tested"] == 6
 
 

@@ -326,12 +326,13 @@ def plate_qc(wells: pd.DataFrame, model: str, readouts: list[str], decisive: str
     return qc[list(PLATE_QC_COLUMNS)].astype(PLATE_QC_COLUMNS)
 
 
-def usable_wells(wells: pd.DataFrame, doses: pd.DataFrame, qc: pd.DataFrame, min_zprime: float) -> pd.DataFrame:
+def usable_wells(wells: pd.DataFrame, doses: pd.DataFrame, qc: pd.DataFrame, readout: str, min_zprime: float) -> pd.DataFrame:
     """``used`` and ``reason`` for every well: a treated well is used for its treatment's
-    curve unless its dose is toxic, its plate fails QC or its inhibition is undefined;
+    curve unless its dose is toxic, its plate fails QC (the Z' of ``readout``, the one
+    inhibition is computed from, is named in the reason) or its inhibition is undefined;
     control wells are references, never used."""
-    passes = qc.drop_duplicates("plate_id").set_index("plate_id")["passes"]
-    zprime = qc.drop_duplicates("plate_id").set_index("plate_id")["zprime"]
+    decisive = qc[qc["readout"] == readout].set_index("plate_id")
+    passes, zprime = decisive["passes"], decisive["zprime"]
     toxic = wells.merge(doses[["treatment", "treatment_conc", "toxic"]], on=["treatment", "treatment_conc"], how="left")["toxic"]
     toxic = toxic.fillna(False).astype(bool).to_numpy()
     reason = np.full(len(wells), "", dtype=object)
@@ -339,7 +340,7 @@ def usable_wells(wells: pd.DataFrame, doses: pd.DataFrame, qc: pd.DataFrame, min
     reason[~treated] = "control"
     reason[treated & wells["inhibition"].isna().to_numpy()] = "controls do not separate"
     failing = ~wells["plate_id"].map(passes).fillna(False).astype(bool).to_numpy()
-    plate_reason = [f"plate QC: Z' {zprime.get(p, np.nan):.2f} < {min_zprime}" for p in wells["plate_id"]]
+    plate_reason = [f"plate QC: Z' of {readout} {zprime.get(p, np.nan):.2f} < {min_zprime}" for p in wells["plate_id"]]
     reason = np.where(treated & failing & (reason == ""), plate_reason, reason)
     reason[treated & toxic & (reason == "")] = "toxic dose"
     return wells.assign(toxic=toxic & treated, used=reason == "", reason=reason)
@@ -416,7 +417,7 @@ def quantitative_efficacy(
     )
     wells["inhibition"] = sites.groupby("well_id")["inhibition"].median().reindex(wells["well_id"]).to_numpy()
     doses = toxic_doses(nuclei_wells)
-    wells = usable_wells(wells, doses, qc, settings["min_zprime"])
+    wells = usable_wells(wells, doses, qc, readout, settings["min_zprime"])
     per_dose = dose_inhibition(sites, wells, settings["confidence"], intervals)
     doses = doses.merge(per_dose, on=["treatment", "treatment_conc"], how="outer")
     doses["n_wells_used"] = doses["n_wells_used"].fillna(0).astype(np.int64)
