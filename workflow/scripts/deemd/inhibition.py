@@ -40,9 +40,11 @@ CONTROL_ROLES = (INFECTED_CONTROL, NONINFECTED_CONTROL)
 HELD_OUT_SETS = ("val", "test")
 # MAD -> standard deviation of a normal distribution.
 MAD_SCALE = 1.4826
-# Parameters of the inhibition fit: inhibition lies near [0, 1], but noise and plate
-# effects push wells beyond it; the bounds only keep the optimiser in a sane region.
-INHIBITION_LIMITS = (-1.0, 2.0)
+# Bounds of the inhibition curve's asymptotes. 0 and 1 are the two control levels, so a
+# plateau far beyond them is not measured but extrapolated: where the curve has not flattened
+# within the tested doses, a free top ran to 2 and carried the EC50 out of the range with
+# it. A quarter beyond each control level leaves room for noise and plate effects.
+INHIBITION_LIMITS = (-0.25, 1.25)
 MIN_FIT_WELLS = 5  # a 4PL with one residual degree of freedom at least
 
 PLATE_QC_COLUMNS = {
