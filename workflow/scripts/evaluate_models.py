@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 
 from deemd.data import SiteDataset
-from deemd.inference import average_precision, below_chance, chance_average_precision, score_dataset
+from deemd.inference import average_precision, chance_verdict, score_dataset
 from deemd.io import write_parquet_atomic, write_table_atomic
 from deemd.logs import start_rule_log
 from deemd.plots import pr_curves_figure, save_figure_atomic
@@ -29,11 +29,8 @@ def main(model_paths, models, split_path, store_paths, output, device_settings, 
         )
         ap = average_precision(labels, scores)
         logging.info("model %s: AP %.4f on %d test sites", model, ap, len(scores))
-        if below_chance(ap, labels):
-            logging.warning("model %s: test AP %.3f is below chance (%.3f, the share of infected sites); its scores are "
-                            "not usable", model, ap, chance_average_precision(labels))
-        table.append({"model": model, "average_precision": ap, "chance_ap": chance_average_precision(labels),
-                      "below_chance": below_chance(ap, labels), "n_sites": len(scores), "n_infected": int((labels > 0.5).sum()),
+        table.append({"model": model, "average_precision": ap, **chance_verdict(f"model {model}: test AP", ap, labels),
+                      "n_sites": len(scores), "n_infected": int((labels > 0.5).sum()),
                       "accuracy_at_eta": float(((scores >= setup.eta) == (labels > 0.5)).mean())})
         frame = pd.DataFrame({"site_id": test["site_id"].to_numpy()[order], "model": model, "label": labels.astype(int), "score": scores})
         # Every patch probability (M, V) is kept for infection maps of the test sites.

@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 
 from deemd.data import SiteDataset
-from deemd.inference import average_precision, below_chance, chance_average_precision, score_dataset
+from deemd.inference import average_precision, chance_verdict, score_dataset
 from deemd.io import write_table_atomic
 from deemd.logs import start_rule_log
 from deemd.maps import infected_share
@@ -33,17 +33,11 @@ def main(model_paths, ks, moi, maps_cfg, split_path, store_paths, output, device
         area = infected_share(probabilities, setup.grid, maps_cfg["alpha"], maps_cfg["sigma"], maps_cfg["reference_site_size"], setup.eta)
         infected, healthy = area[labels > 0.5], area[labels < 0.5]
         ap = average_precision(labels, scores)
-        if below_chance(ap, labels):
-            logging.warning(
-                "k = %d: validation AP %.3f is below chance (%.3f, the share of infected sites): this model did not "
-                "train validly and its row is not a result", k, ap, chance_average_precision(labels)
-            )
         rows.append(
             {
                 "k": k,
                 "val_ap": ap,
-                "chance_ap": chance_average_precision(labels),
-                "below_chance": below_chance(ap, labels),
+                **chance_verdict(f"k = {k}: validation AP", ap, labels),
                 "area_infected_median": float(np.median(infected)),
                 "area_infected_q25": float(np.quantile(infected, 0.25)),
                 "area_infected_q75": float(np.quantile(infected, 0.75)),

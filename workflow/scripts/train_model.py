@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from deemd.data import SiteDataset, site_loader
-from deemd.inference import below_chance, chance_average_precision
+from deemd.inference import chance_verdict
 from deemd.io import write_atomic, write_parquet_atomic
 from deemd.logs import start_rule_log
 from deemd.mil import TrainSetup, patch_grid
@@ -93,12 +93,7 @@ def main(kind, split_path, stats_path, store_paths, output, params, threads, log
     }
     write_atomic(output["model"], lambda tmp: torch.save(saved, tmp))
     logging.info("best epoch %d, validation AP %.4f", result["best_epoch"], result["best_ap"])
-    if below_chance(result["best_ap"], val_data.label):
-        logging.warning(
-            "model %s: best validation AP %.3f is below chance (%.3f, the share of infected validation sites): it has "
-            "not learned the classes; check the split and train.batch_size / sites_per_step", kind, result["best_ap"],
-            chance_average_precision(val_data.label),
-        )
+    chance_verdict(f"model {kind}: best validation AP", result["best_ap"], val_data.label)
     return result
 
 

@@ -26,7 +26,7 @@ from itables import to_html_datatable  # noqa: E402
 from itables.javascript import generate_init_offline_itables_html  # noqa: E402
 
 from deemd.stains import channel_color  # noqa: E402
-from deemd.inhibition_plots import _fitted_inhibition  # noqa: E402
+from deemd.inhibition_plots import fitted_inhibition  # noqa: E402
 from deemd.plots import stretch_contrast  # noqa: E402
 
 # Shown columns: header -> treatments.parquet column (the order of the table).
@@ -125,7 +125,7 @@ def dose_plot(treatment, doses: pd.DataFrame, bar: float, zeta: float):
         ax.errorbar(c, y, yerr=np.abs(np.nan_to_num(np.vstack([low, high]))), fmt="o", ms=3, lw=0.8, color="#4C72B0")
     if len(c) and np.all(c > 0):
         grid = np.geomspace(c.min(), c.max(), 50)
-        curve = _fitted_inhibition(treatment, grid)
+        curve = fitted_inhibition(treatment, grid)
         if curve is not None:
             ax.plot(grid, curve, color="#4C72B0", lw=1)
         ax.set_xscale("log")

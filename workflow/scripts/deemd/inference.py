@@ -4,6 +4,8 @@ Training imports this module, never the reverse."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from sklearn.metrics import average_precision_score
@@ -83,6 +85,20 @@ def below_chance(ap: float, labels: np.ndarray) -> bool:
     """Whether ``ap`` is below chance on ``labels``: a model that ranks the sites worse
     than a coin has learned nothing usable (or the labels backwards), whatever its loss."""
     return bool(np.isfinite(ap) and ap < chance_average_precision(labels))
+
+
+def chance_verdict(what: str, ap: float, labels: np.ndarray) -> dict:
+    """The columns ``chance_ap`` and ``below_chance`` of a model scored at ``ap`` on
+    ``labels``, with a warning naming ``what`` (e.g. "model M: test AP") in the log when
+    it is below chance: that model has not trained validly and is not a result."""
+    chance = chance_average_precision(labels)
+    below = below_chance(ap, labels)
+    if below:
+        logging.getLogger("deemd.inference").warning(
+            "%s %.3f is below chance (%.3f, the share of infected sites): the model has not learned the classes "
+            "(check the split and train.batch_size / sites_per_step) and is not a result", what, ap, chance
+        )
+    return {"chance_ap": chance, "below_chance": below}
 
 
 def load_model_file(path: str) -> dict:

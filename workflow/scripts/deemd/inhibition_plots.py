@@ -35,7 +35,7 @@ TEXT_BOX = {"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1.0
 INHIBITION_LIMITS = (-0.5, 1.5)
 
 
-def _fitted_inhibition(treatment, concentrations) -> np.ndarray | None:
+def fitted_inhibition(treatment, concentrations) -> np.ndarray | None:
     """The treatment's fitted 4PL inhibition at ``concentrations`` (µM), with emax as the
     top asymptote; None when its fit failed or a parameter is missing."""
     params = [getattr(treatment, name, np.nan) for name in ("inhibition_bottom", "inhibition_emax", "inhibition_ec50_um", "inhibition_hill")]
@@ -102,7 +102,7 @@ def inhibition_dose_response_figure(doses: pd.DataFrame, wells: pd.DataFrame, tr
         without = rows[~rows.index.isin(with_ci.index) & rows["median_inhibition"].notna()]
         if len(without):
             ax.plot(without["treatment_conc"], without["median_inhibition"], "x", color="grey", label="dose median, no interval", zorder=3)
-        curve = _fitted_inhibition(top, grid)
+        curve = fitted_inhibition(top, grid)
         if curve is not None:
             ax.plot(grid, curve, color=HIT_COLOUR, linewidth=1.3, label="4PL fit", zorder=4)
             ax.text(0.03, 0.95, f"EC50 {top.inhibition_ec50_um:.3g} µM", transform=ax.transAxes, va="top", fontsize=7, bbox=TEXT_BOX)
