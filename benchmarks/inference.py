@@ -31,7 +31,7 @@ from deemd.device import DevicePrecision, select_device  # noqa: E402
 
 def forward_only(network, device_precision: DevicePrecision, n_patches: int, grid: PatchGrid, chunk: int, channels: int) -> float:
     batch = torch.randn(chunk, channels, grid.patch_size, grid.patch_size, device=device_precision.device)
-    batch = device_precision.layout(batch)
+    batch = device_precision.layout(batch, inference=True)
     done = 0
     if device_precision.cuda:
         torch.cuda.synchronize()
@@ -65,7 +65,7 @@ def main() -> None:
     device = select_device(args.device)
     device_precision = DevicePrecision(device, stats["mean"], stats["std"], args.precision)
     grid = patch_grid(stats["site_size"], 1024, 256, 128)
-    network = device_precision.place(build_resnet34(len(stats["mean"]))).eval()
+    network = device_precision.place(build_resnet34(len(stats["mean"])), inference=True).eval()
     chunk = 4 * args.batch_size
     loader = site_loader(SiteDataset(sites, stores), max(1, chunk // grid.n_patches), args.workers, None, pin_memory=device_precision.cuda)
     n_patches = len(sites) * grid.n_patches

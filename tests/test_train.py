@@ -1,3 +1,4 @@
+import copy
 import logging
 
 import numpy as np
@@ -6,8 +7,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from deemd.inference import average_precision, below_chance, chance_average_precision, chance_verdict, infer_patches, inference_sites_per_batch, site_scores
-from deemd.mil import PatchGrid, TrainSetup
+from deemd.inference import (
+    average_precision, below_chance, chance_average_precision, chance_verdict, infer_patches, inference_patches_per_forward,
+    inference_sites_per_batch, site_scores,
+)
+from deemd.mil import PatchGrid, TrainSetup, build_resnet34
 from deemd.device import DevicePrecision, autocast_dtype, cpu_has_native_bf16, select_device
 from deemd.train import fit, load_checkpoint, recalibrate_batchnorm, sites_per_step, steps_per_epoch, training_batches
 
@@ -48,7 +52,27 @@ def test_batch_arithmetic():
     m, v, w = setup("M"), setup("V"), setup("W")
     assert m.train_k == 2 and v.train_k == 9
     assert sites_per_step(m) == 4 and sites_per_step(v) == 1 and sites_per_step(w) == 4
-    assert steps_per_epoch(m, 10) == 3 and inference_sites_per_batch(m) == 3 and inference_sites_per_batch(w) == 4
+    assert steps_per_epoch(m, 10) == 3
+    # Inference batches: at least 2**20 px (16 px patches: 4096, so 455 sites of 9), W at
+    # least whole_batch_size sites; at RxRx19a's 256 px patches 4 training batches rule.
+    assert inference_patches_per_forward(m) == 4096 and inference_sites_per_batch(m) == 455 and inference_sites_per_batch(w) == 1024
+    big = TrainSetup(kind="M", k=2, eta=0.5, grid=PatchGrid(1024, 256, 128), epochs=1, patience=1, batch_size=128, whole_batch_size=16,
+                     lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0, seed=1, in_channels=5)
+    assert inference_patches_per_forward(big) == 512 and inference_sites_per_batch(big) == 10
+    assert inference_sites_per_batch(TrainSetup.from_dict({**big.to_dict(), "kind": "W"})) == 16
+
+
+def test_inference_layout_and_batch_change_only_rounding():
+    """Channels-last and the batch size change an eval-mode network's outputs by rounding
+    only (why inference batches are large, and channels-last on a CPU too)."""
+    network = build_resnet34(2).eval()
+    sites = torch.randn(12, 2, 32, 32)
+    with torch.inference_mode():
+        reference = torch.cat([network(sites[i : i + 3]) for i in range(0, 12, 3)])
+        fast = CPU.place(copy.deepcopy(network), inference=True)(CPU.layout(sites, inference=True))
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(network(sites[:1]), -network(sites[:1]))  # the network computes something
+    assert CPU.layout(sites).is_contiguous() and CPU.layout(sites, inference=True).is_contiguous(memory_format=torch.channels_last)
 
 
 def test_select_device():

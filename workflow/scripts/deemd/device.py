@@ -1,8 +1,10 @@
 """The device and numeric precision that training and inference run with: device choice,
-bf16 autocast where the hardware does it natively, channels-last on CUDA
-(DevicePrecision; the rules pass its settings as the ``device`` param)."""
+bf16 autocast where the hardware does it natively, channels-last on CUDA and for
+inference (DevicePrecision; the rules pass its settings as the ``device`` param)."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -65,10 +67,26 @@ class DevicePrecision:
         sites = sites.to(self.device, non_blocking=True)
         return normalise(sites, self.mean, self.std)
 
-    def layout(self, images: torch.Tensor) -> torch.Tensor:
-        return images.contiguous(memory_format=torch.channels_last) if self.cuda else images.contiguous()
+    def channels_last(self, inference: bool) -> bool:
+        """Whether tensors are laid out channels-last: always on CUDA; on a CPU only for
+        inference, where it is 10-30 % faster and changes the outputs by rounding at most
+        (with bf16 on the CPU the bits were the same). In training rounding differences
+        grow over the steps, so CPU training keeps the layout it has always had."""
+        return self.cuda or inference
 
-    def place(self, network: torch.nn.Module) -> torch.nn.Module:
-        """``network`` moved to the device (channels-last on CUDA)."""
+    def layout(self, images: torch.Tensor, inference: bool = False) -> torch.Tensor:
+        if self.channels_last(inference):
+            return images.contiguous(memory_format=torch.channels_last)
+        return images.contiguous()
+
+    def place(self, network: torch.nn.Module, inference: bool = False) -> torch.nn.Module:
+        """``network`` moved to the device, laid out as ``channels_last`` says."""
         network = network.to(self.device)
-        return network.to(memory_format=torch.channels_last) if self.cuda else network
+        return network.to(memory_format=torch.channels_last) if self.channels_last(inference) else network
+
+    def inference_copy(self, network: torch.nn.Module) -> torch.nn.Module:
+        """An eval-mode copy of the network being trained, laid out for inference (the
+        epoch's patch selection and validation), leaving the training weights as they are."""
+        if self.cuda:
+            return network.eval()
+        return self.place(copy.deepcopy(network), inference=True).eval()

@@ -26,7 +26,7 @@ def infer_patches(network, loader, grid: PatchGrid, device_precision: DevicePrec
         logits = []
         for start in range(0, flat.shape[0], chunk):
             with device_precision.autocast():
-                logits.append(network(device_precision.layout(flat[start : start + chunk])).float())
+                logits.append(network(device_precision.layout(flat[start : start + chunk], inference=True)).float())
         probabilities.append(torch.sigmoid(torch.cat(logits)).view(len(sites), grid.n_patches).cpu())
         labels.append(label)
         rows.append(index)
@@ -42,7 +42,7 @@ def infer_sites(network, loader, device_precision: DevicePrecision, progress=Non
     probabilities, labels, rows = [], [], []
     for step, (sites, label, index) in enumerate(loader):
         with device_precision.autocast():
-            logits = network(device_precision.layout(device_precision.prepare(sites))).float()
+            logits = network(device_precision.layout(device_precision.prepare(sites), inference=True)).float()
         probabilities.append(torch.sigmoid(logits).view(-1).cpu())
         labels.append(label)
         rows.append(index)
@@ -51,11 +51,24 @@ def infer_sites(network, loader, device_precision: DevicePrecision, progress=Non
     return torch.cat(probabilities).numpy(), torch.cat(labels).numpy(), torch.cat(rows).numpy()
 
 
+# Pixels an inference forward pass holds at least: 1024 patches of 32 px, 64 sites of
+# 128 px. A CPU runs small inputs far faster in large batches, and an eval-mode
+# network's outputs do not depend on the batch.
+INFERENCE_PIXELS = 1 << 20
+
+
+def inference_patches_per_forward(setup: TrainSetup) -> int:
+    """Patches per inference forward pass of M and V: 4 training batches' worth, or
+    INFERENCE_PIXELS worth of patches where that is more."""
+    return max(4 * setup.batch_size, INFERENCE_PIXELS // setup.grid.patch_size**2)
+
+
 def inference_sites_per_batch(setup: TrainSetup) -> int:
-    """Sites per inference batch: about 4 training batches of patches (W: of sites)."""
+    """Sites per inference batch: the sites of inference_patches_per_forward patches (W:
+    ``whole_batch_size`` sites, or INFERENCE_PIXELS worth of sites where that is more)."""
     if setup.kind == "W":
-        return setup.whole_batch_size
-    return max(1, 4 * setup.batch_size // setup.grid.n_patches)
+        return max(setup.whole_batch_size, INFERENCE_PIXELS // setup.grid.site_size**2)
+    return max(1, inference_patches_per_forward(setup) // setup.grid.n_patches)
 
 
 def site_scores(setup: TrainSetup, network, loader, device_precision: DevicePrecision, progress=None):
@@ -64,7 +77,7 @@ def site_scores(setup: TrainSetup, network, loader, device_precision: DevicePrec
     if setup.kind == "W":
         scores, labels, rows = infer_sites(network, loader, device_precision, progress)
         return scores, labels, rows, None
-    probabilities, labels, rows = infer_patches(network, loader, setup.grid, device_precision, 4 * setup.batch_size, progress)
+    probabilities, labels, rows = infer_patches(network, loader, setup.grid, device_precision, inference_patches_per_forward(setup), progress)
     return kth_largest(probabilities, setup.k), labels, rows, probabilities
 
 
@@ -118,7 +131,7 @@ def load_trained(path: str, device: torch.device, precision: str = "fp32"):
     network = build_resnet34(setup.in_channels)
     network.load_state_dict(saved["state_dict"])
     device_precision = DevicePrecision(device, saved["mean"], saved["std"], precision)
-    return device_precision.place(network).eval(), setup, device_precision
+    return device_precision.place(network, inference=True).eval(), setup, device_precision
 
 
 def score_dataset(path: str, dataset, device: torch.device, workers: int, progress=None, precision: str = "fp32"):

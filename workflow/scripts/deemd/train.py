@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from deemd.io import write_atomic
-from deemd.inference import average_precision, infer_patches, inference_sites_per_batch, site_scores
+from deemd.inference import average_precision, infer_patches, inference_patches_per_forward, inference_sites_per_batch, site_scores
 from deemd.mil import (
     TrainSetup,
     build_resnet34,
@@ -211,7 +211,8 @@ def select_patches(setup: TrainSetup, network, train_data, loader_factory, devic
     trains on whole sites (None)."""
     if setup.kind == "M":
         loader = loader_factory(train_data, inference_sites_per_batch(setup), None)
-        probabilities, _, rows = infer_patches(network, loader, setup.grid, device_precision, 4 * setup.batch_size)
+        scorer = device_precision.inference_copy(network)
+        probabilities, _, rows = infer_patches(scorer, loader, setup.grid, device_precision, inference_patches_per_forward(setup))
         selected = np.empty((len(train_data), setup.k), dtype=np.int64)
         selected[rows] = topk_patch_indices(torch.from_numpy(probabilities), setup.k).numpy()
         return selected
@@ -222,7 +223,7 @@ def select_patches(setup: TrainSetup, network, train_data, loader_factory, devic
 
 def evaluate(setup: TrainSetup, network, loader, device_precision: DevicePrecision, weights: torch.Tensor) -> dict:
     """Validation AP, class-weighted loss and accuracy at eta of the site scores."""
-    scores, labels, _, _ = site_scores(setup, network, loader, device_precision)
+    scores, labels, _, _ = site_scores(setup, device_precision.inference_copy(network), loader, device_precision)
     return {
         "val_ap": average_precision(labels, scores),
         "val_loss": site_loss(labels, scores, weights.cpu().numpy()),
