@@ -12,6 +12,9 @@ the truth) and the per-plate Z' are gathered into one table.
 Each run takes about as long as the demo (minutes on 2 cores). Runs already finished in
 --workdir are reused (Snakemake reruns nothing), so an interrupted sweep resumes.
 
+``--score DIR ...`` runs nothing: it scores finished run directories ({world}_seed{seed},
+from any --workdir) with this checkout's code, e.g. to pool sweeps made at different times.
+
 ``--readouts a map_mean z`` also recomputes, from each run's inference shards, the
 inhibition statistics with each site readout in turn (the efficacy rule's code, in this
 process) and scores them against the truth, to compare readouts on the same models.
@@ -68,8 +71,20 @@ def run(world: str, seed: int, workdir: Path, cores: int) -> tuple[Path, dict, f
     return directory / "results" / name, config, seconds
 
 
+def finished_run(directory: Path) -> tuple[str, int, Path, dict]:
+    """(world, seed, results folder, config) of a run directory this script made."""
+    world, _, seed = directory.name.rpartition("_seed")
+    if world not in WORLD_CONFIGS or not seed.isdigit():
+        raise SystemExit(f"{directory}: not a run directory of this script (expected <world>_seed<N>)")
+    config = yaml.safe_load((directory / "config.yaml").read_text())
+    results = directory / "results" / config["dataset"]["name"]
+    if not (results / "figures" / "truth_scores.tsv").exists():
+        raise SystemExit(f"{directory}: the run has not finished ({results / 'figures' / 'truth_scores.tsv'} is missing)")
+    return world, int(seed), results, config
+
+
 def gather(results: Path, world: str, seed: int, seconds: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    scores = pd.read_csv(results / "figures" / "truth_scores.tsv", sep="\t").assign(world=world, seed=seed, wall_s=round(seconds))
+    scores = pd.read_csv(results / "figures" / "truth_scores.tsv", sep="\t").assign(world=world, seed=seed, wall_s=None if seconds != seconds else round(seconds))
     qc = [pd.read_parquet(path) for path in sorted((results / "efficacy").glob("*/plate_qc.parquet"))]
     qc = pd.concat(qc, ignore_index=True).assign(world=world, seed=seed) if qc else pd.DataFrame()
     return scores, qc
@@ -121,17 +136,23 @@ def main(argv=None) -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--output", type=Path, default=None, help="TSV of every run's scores (default: WORKDIR/scores.tsv)")
     parser.add_argument("--readouts", nargs="*", default=[], help="also score these shard readouts offline (a, map_mean, z)")
+    parser.add_argument("--score", nargs="+", type=Path, default=None, metavar="DIR", help="run nothing: score these finished run directories")
     args = parser.parse_args(argv)
     all_scores, all_qc, all_readouts = [], [], []
-    for world in args.worlds:
-        for seed in args.seeds:
+    if args.score:
+        runs = [finished_run(directory) for directory in args.score]
+    else:
+        runs = [(world, seed, None, None) for world in args.worlds for seed in args.seeds]
+    for world, seed, results, config in runs:
+        seconds = float("nan")
+        if results is None:
             results, config, seconds = run(world, seed, args.workdir, args.cores)
-            scores, qc = gather(results, world, seed, seconds)
-            all_scores.append(scores)
-            all_qc.append(qc)
-            if args.readouts:
-                all_readouts.append(readout_scores(results, config, args.readouts, world, seed))
-            print(f"{world} seed {seed}: {seconds:.0f} s", file=sys.stderr, flush=True)
+        scores, qc = gather(results, world, seed, seconds)
+        all_scores.append(scores)
+        all_qc.append(qc)
+        if args.readouts:
+            all_readouts.append(readout_scores(results, config, args.readouts, world, seed))
+        print(f"{world} seed {seed}: " + ("scored" if seconds != seconds else f"{seconds:.0f} s"), file=sys.stderr, flush=True)
     scores = pd.concat(all_scores, ignore_index=True)
     first = ["world", "seed", "model"]
     scores = scores[first + [c for c in scores.columns if c not in first]]
