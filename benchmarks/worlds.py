@@ -90,9 +90,10 @@ def gather(results: Path, world: str, seed: int, seconds: float) -> tuple[pd.Dat
     return scores, qc
 
 
-def readout_scores(results: Path, config: dict, readouts: list[str], world: str, seed: int) -> pd.DataFrame:
+def readout_scores(results: Path, config: dict, readouts: list[str], world: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per model with maps and readout: the inhibition statistics recomputed from the
-    run's shards with that readout, scored against the truth (docs/method.md §10)."""
+    run's shards with that readout, scored against the truth (docs/method.md §10), and
+    the recomputed per-plate QC rows (plate_id, model, readout, zprime, ssmd, ...)."""
     from deemd.efficacy import efficacy_tables, sign_test_intervals
     from deemd.inhibition import TREATED, quantitative_efficacy
     from deemd.truth import quantitative_truth_scores, truth_classes, truth_efficacy_column
@@ -107,7 +108,7 @@ def readout_scores(results: Path, config: dict, readouts: list[str], world: str,
         "min_zprime": config["qc"]["min_zprime"],
         "min_control_wells": config["qc"]["min_control_wells"],
     }
-    rows = []
+    rows, plate_rows = [], []
     for model_dir in sorted((results / "inference").iterdir()):
         paths = sorted(model_dir.glob("*.parquet"))
         if not paths:
@@ -123,9 +124,10 @@ def readout_scores(results: Path, config: dict, readouts: list[str], world: str,
             qc = tables["plate_qc"]
             scores = quantitative_truth_scores(treatments, tables["doses"], classes)
             zprime = qc.loc[qc["readout"] == readout, "zprime"]
+            plate_rows.append(qc[qc["readout"] == readout].assign(world=world, seed=seed))
             rows.append({"world": world, "seed": seed, "model": model_dir.name, "readout": readout,
                          "zprime_min": float(zprime.min()), **scores})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), (pd.concat(plate_rows, ignore_index=True) if plate_rows else pd.DataFrame())
 
 
 def main(argv=None) -> None:
@@ -138,7 +140,7 @@ def main(argv=None) -> None:
     parser.add_argument("--readouts", nargs="*", default=[], help="also score these shard readouts offline (a, map_mean, z)")
     parser.add_argument("--score", nargs="+", type=Path, default=None, metavar="DIR", help="run nothing: score these finished run directories")
     args = parser.parse_args(argv)
-    all_scores, all_qc, all_readouts = [], [], []
+    all_scores, all_qc, all_readouts, all_readout_qc = [], [], [], []
     if args.score:
         runs = [finished_run(directory) for directory in args.score]
     else:
@@ -151,7 +153,9 @@ def main(argv=None) -> None:
         all_scores.append(scores)
         all_qc.append(qc)
         if args.readouts:
-            all_readouts.append(readout_scores(results, config, args.readouts, world, seed))
+            table, plate_qc = readout_scores(results, config, args.readouts, world, seed)
+            all_readouts.append(table)
+            all_readout_qc.append(plate_qc)
         print(f"{world} seed {seed}: " + ("scored" if seconds != seconds else f"{seconds:.0f} s"), file=sys.stderr, flush=True)
     scores = pd.concat(all_scores, ignore_index=True)
     first = ["world", "seed", "model"]
@@ -173,6 +177,11 @@ def main(argv=None) -> None:
                    "inhibition_median_abs_error", "ec50_within_half_log", "e_precision_excl_partial", "e_recall_excl_partial"]
         print("\nreadouts recomputed from the shards:")
         print(readouts[[c for c in columns if c in readouts]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        plate_qc = pd.concat(all_readout_qc, ignore_index=True)
+        if len(plate_qc):
+            table = plate_qc.pivot_table(index=["world", "seed", "plate_id"], columns=["model", "readout"], values="zprime")
+            print("\nrobust Z' per plate, recomputed from the shards, by model and readout:")
+            print(table.to_string(float_format=lambda v: f"{v:.2f}"))
     print(f"\nscores written to {output}")
 
 
