@@ -171,6 +171,9 @@ def rescale_rule(hist: np.ndarray, low_percentile: float, high_percentile: float
 
 
 AS_READ = IntensityRule(np.dtype(np.uint8), None, {"source_dtype": "uint8", "rule": "stored as read"})
+# A uint16 store keeps 16-bit images as read (benchmarks/stitch_16bit.py compares it; the
+# workflow's stores are uint8).
+KEEP_16 = IntensityRule(np.dtype(np.uint16), None, {"source_dtype": "uint16", "rule": "stored as read"})
 
 
 def read_well_into(
@@ -183,7 +186,8 @@ def read_well_into(
     rule: IntensityRule = AS_READ,
 ) -> tuple[np.ndarray, list[dict]]:
     """Decode the sites of one well ((site, site_id, paths) as from site_paths_by_well)
-    into their places in ``out`` (channel, Y, X) uint8, through ``rule``.
+    into their places in ``out`` (channel, Y, X), uint8 (or uint16 with KEEP_16),
+    through ``rule``.
 
     Returns a bool vector over the layout's sites 1..n (True = imaged) and the QC records
     of dropped sites. A site that is absent, or dropped because a file is unreadable
@@ -293,7 +297,8 @@ def stitch_plate(
 ) -> list[dict]:
     """Decode, stitch and write every well of one plate into an open PlateStore.
 
-    8-bit images are stored as read; 16-bit ones through the plate's rescale rule
+    8-bit images are stored as read; 16-bit ones through the plate's rescale rule (kept
+    as read where the store is uint16)
     (plate_intensity_rule, ``rescale``: low_percentile, high_percentile, reference_wells),
     which is recorded in the store's ``intensity`` attribute. Wells are decoded in parallel
     on ``pool`` (PNG and TIFF decoding release the GIL) into a batch buffer, one batch
@@ -303,11 +308,14 @@ def stitch_plate(
     wells = store.wells
     by_well = site_paths_by_well(plate_sites, pattern, channels)
     layout, site_size = store.site_layout, store.site_size
-    rule = plate_intensity_rule(plate_sites, wells, by_well, site_size, len(channels), channel_axis, rescale, on_bad_image, pool)
+    if store.images.dtype == np.uint16:
+        rule = KEEP_16
+    else:
+        rule = plate_intensity_rule(plate_sites, wells, by_well, site_size, len(channels), channel_axis, rescale, on_bad_image, pool)
     valid_all = np.zeros((len(wells), len(layout_sites(layout))), dtype=bool)
     dropped: list[dict] = []
     batches = [range(start, min(start + batch_wells, len(wells))) for start in range(0, len(wells), batch_wells)]
-    buffers = [np.empty((batch_wells,) + store.images.shape[1:], dtype=np.uint8) for _ in range(2)]
+    buffers = [np.empty((batch_wells,) + store.images.shape[1:], dtype=store.images.dtype) for _ in range(2)]
 
     def submit(k):
         buffer = buffers[k % 2]
