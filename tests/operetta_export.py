@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 import yaml
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
@@ -37,26 +38,32 @@ GAINS = (160.0, 120.0, 200.0, 90.0)  # counts per 8-bit grey level, per channel
 CONDITIONS = {synth.INFECTED: "infected", synth.MOCK: "mock", synth.UV: "uv"}
 
 
-def write_operetta_export(directory: str | Path, config_path: Path = CONFIG) -> pd.DataFrame:
+def write_operetta_export(directory: str | Path, config_path: Path = CONFIG, bits: int = 16, barcodes=BARCODES) -> pd.DataFrame:
     """Write the export into ``directory`` (the run directory: the config's paths are
     relative to it); returns the truth per well (plate barcode, well, n_nuclei: living
     cells' nuclei, as deemd.synth counts them), also written as truth_wells.csv beside
-    the plate map."""
+    the plate map. ``bits=8`` writes the same fields as the demo's 8-bit grey levels, in
+    PNGs named as the TIFFs (benchmarks/stitch_16bit.py compares the two)."""
+    if bits not in (8, 16):
+        raise ValueError(f"bits is 8 or 16, not {bits}")
     directory = Path(directory)
     dataset = yaml.safe_load(Path(config_path).read_text())["dataset"]
     channels = dataset["channels"]
     library = synth.make_library(DEMO)
     plate_map, truth = [], []
-    for plate, (barcode, offset) in enumerate(zip(BARCODES, OFFSETS), start=1):
+    for plate, (barcode, offset) in enumerate(zip(barcodes, OFFSETS), start=1):
         rng = np.random.default_rng([20261, plate])
         for row, images, _, rows in synth.iter_plate(DEMO, DEMO["experiment"], plate, library):
             fields = regrid_sites(images[:, : len(channels)], dataset["site_layout"])
             for site, field in fields.items():
-                counts = camera_counts(field, rng, offset, GAINS[: len(channels)])
+                counts = camera_counts(field, rng, offset, GAINS[: len(channels)]) if bits == 16 else field
                 for pixels, channel in zip(counts, channels):
                     path = directory / image_path(dataset["images"], "", barcode, row["well"], site, channel)
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    tifffile.imwrite(path, pixels)
+                    if bits == 16:
+                        tifffile.imwrite(path, pixels)
+                    else:
+                        Image.fromarray(pixels).save(path.with_suffix(".png"))
                 plate_map.append({
                     "Barcode": barcode, "Well": row["well"], "Field": site,
                     "Condition": CONDITIONS[row["disease_condition"]], "Compound": row["treatment"],

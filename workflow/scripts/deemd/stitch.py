@@ -14,6 +14,7 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+from deemd.figures import row_label, well_position
 from deemd.nuclei import estimate_wells
 from deemd.store import layout_sites, site_slices
 
@@ -29,13 +30,11 @@ class ImageReadError(OSError):
 
 @functools.lru_cache(maxsize=4096)
 def well_fields(well: str) -> dict:
-    """The path-pattern fields of a well name like "B03" or "AF48": ``row`` and ``column``
-    (1-based numbers: row A is 1) and ``row_letter`` ("B")."""
-    letters, digits = well.rstrip("0123456789"), well[len(well.rstrip("0123456789")) :]
-    if not (1 <= len(letters) <= 2 and letters.isalpha() and letters.isupper() and digits):
-        raise ValueError(f"well name {well!r} is not a row letter and a column number (e.g. B03)")
-    row = ord(letters[-1]) - 64 + (26 * (ord(letters[0]) - 64) if len(letters) == 2 else 0)
-    return {"row": row, "column": int(digits), "row_letter": letters}
+    """The path-pattern fields of a well name like "B03" or "AF48" (1536-well plates):
+    ``row`` and ``column`` (1-based numbers: row A is 1) and ``row_letter`` ("B"); a
+    name of another form is a ValueError naming it (deemd.figures.well_position)."""
+    rows, columns = well_position([well])
+    return {"row": int(rows[0]) + 1, "column": int(columns[0]) + 1, "row_letter": row_label(int(rows[0]))}
 
 
 def image_path(pattern: str, experiment: str, plate, well: str, site: int, channel: int) -> str:
