@@ -1,7 +1,7 @@
 """16-bit TIFF against 8-bit PNG on the same synthetic plate: file and store size, stitch
 speed against the bare decode of the same files, and the nucleus count against the truth.
 
-Usage: python benchmarks/stitch_16bit.py [--threads N] [--repeats R]
+Usage: python benchmarks/stitch_16bit.py [--world foci|diffuse] [--threads N] [--repeats R]
 Writes one plate of the Operetta-like example (tests/operetta_export.py: 18 wells of
 3 x 3 fields of 128 px, 4 channels) twice into a temporary folder, as 16-bit TIFFs and
 as the same fields' 8-bit grey levels in PNGs, and times (medians of interleaved repeats,
@@ -64,13 +64,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--world", choices=["foci", "diffuse"], default="diffuse", help="the demo world the cells come from")
     args = parser.parse_args()
     config = fill_defaults(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), load_schema(REPO / "workflow" / "schemas" / "config.schema.yaml"))
     dataset = dict(config["dataset"], **yaml.safe_load(CONFIG.read_text())["dataset"])
     store_cfg = config["store"]
     tmp = Path(tempfile.mkdtemp(prefix="deemd-bench16-"))
-    truth = write_operetta_export(tmp / "tiff", bits=16, barcodes=BARCODES[:1])
-    write_operetta_export(tmp / "png", bits=8, barcodes=BARCODES[:1])
+    truth = write_operetta_export(tmp / "tiff", bits=16, barcodes=BARCODES[:1], world=args.world)
+    write_operetta_export(tmp / "png", bits=8, barcodes=BARCODES[:1], world=args.world)
     raw = read_metadata_csv(str(tmp / "tiff" / dataset["metadata"]))
     sites = build_sites_table(raw, load_schema(REPO / "workflow" / "schemas" / "metadata.schema.yaml"), "plate_map.csv",
                               dataset["columns"], dataset["values"], dataset["defaults"], site_layout=dataset["site_layout"])
@@ -105,7 +106,7 @@ def main() -> None:
         runs = [[timeit.timeit(step, number=1) for _, step in steps] for _ in range(args.repeats)]
     times = {name: statistics.median(r[i] for r in runs) for i, (name, _) in enumerate(steps)}
     n_sites = len(sites)
-    print(f"1 plate, {len(wells)} wells, {n_sites} sites of {dataset['site_size']} px, {len(dataset['channels'])} channels, "
+    print(f"world {args.world}: 1 plate, {len(wells)} wells, {n_sites} sites of {dataset['site_size']} px, {len(dataset['channels'])} channels, "
           f"{args.threads} threads, medians of {args.repeats}")
     print(f"files: PNG {tree_bytes(tmp / 'png') / 1e6:.1f} MB, TIFF {tree_bytes(tmp / 'tiff') / 1e6:.1f} MB")
     for kind in ("PNG", "TIFF"):

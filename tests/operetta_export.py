@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from deemd import synth  # noqa: E402
+from deemd.worlds import world_module  # noqa: E402
 from deemd.stitch import image_path  # noqa: E402
 from deemd.vendor_export import camera_counts, regrid_sites  # noqa: E402
 from workflow_utils import TINY, deep_merge  # noqa: E402
@@ -32,28 +33,33 @@ from workflow_utils import TINY, deep_merge  # noqa: E402
 CONFIG = REPO / "config" / "operetta.yaml"
 # The tiny demo's plates (two of 4 x 6 wells), at 192 px sites: 3 x 3 fields of 128 px.
 DEMO = deep_merge(yaml.safe_load((REPO / "config" / "config.yaml").read_text())["demo"], dict(TINY["demo"], site_size=192))
+# The second world (config/diffuse.yaml's demo keys) at the same size.
+DEMOS = {"foci": DEMO, "diffuse": deep_merge(DEMO, yaml.safe_load((REPO / "config" / "diffuse.yaml").read_text())["demo"])}
 BARCODES = ("BC24A017", "BC24A018")
 OFFSETS = (100.0, 140.0)  # camera dark counts, per plate
 GAINS = (160.0, 120.0, 200.0, 90.0)  # counts per 8-bit grey level, per channel
 CONDITIONS = {synth.INFECTED: "infected", synth.MOCK: "mock", synth.UV: "uv"}
 
 
-def write_operetta_export(directory: str | Path, config_path: Path = CONFIG, bits: int = 16, barcodes=BARCODES) -> pd.DataFrame:
+def write_operetta_export(directory: str | Path, config_path: Path = CONFIG, bits: int = 16, barcodes=BARCODES, world: str = "foci") -> pd.DataFrame:
     """Write the export into ``directory`` (the run directory: the config's paths are
     relative to it); returns the truth per well (plate barcode, well, n_nuclei: living
     cells' nuclei, as deemd.synth counts them), also written as truth_wells.csv beside
     the plate map. ``bits=8`` writes the same fields as the demo's 8-bit grey levels, in
-    PNGs named as the TIFFs (benchmarks/stitch_16bit.py compares the two)."""
+    PNGs named as the TIFFs (benchmarks/stitch_16bit.py compares the two); ``world`` is
+    the demo world the cells come from (foci or diffuse)."""
     if bits not in (8, 16):
         raise ValueError(f"bits is 8 or 16, not {bits}")
     directory = Path(directory)
     dataset = yaml.safe_load(Path(config_path).read_text())["dataset"]
     channels = dataset["channels"]
-    library = synth.make_library(DEMO)
+    demo = DEMOS[world]
+    module = world_module(demo)
+    library = module.make_library(demo)
     plate_map, truth = [], []
     for plate, (barcode, offset) in enumerate(zip(barcodes, OFFSETS), start=1):
         rng = np.random.default_rng([20261, plate])
-        for row, images, _, rows in synth.iter_plate(DEMO, DEMO["experiment"], plate, library):
+        for row, images, _, rows in module.iter_plate(demo, demo["experiment"], plate, library):
             fields = regrid_sites(images[:, : len(channels)], dataset["site_layout"])
             for site, field in fields.items():
                 counts = camera_counts(field, rng, offset, GAINS[: len(channels)]) if bits == 16 else field

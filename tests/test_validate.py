@@ -26,7 +26,7 @@ def config():
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "rxrx19a.yaml", "facility.yaml", "diffuse.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "rxrx19a.yaml", "facility.yaml", "operetta.yaml", "diffuse.yaml"])
 def test_shipped_configs_are_valid(name):
     merged = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     override = yaml.safe_load((REPO / "config" / name).read_text())
