@@ -52,7 +52,7 @@ def write_png(path, array):
     Image.fromarray(array).save(path)
 
 
-def test_read_png_errors_name_the_file(tmp_path):
+def test_read_site_errors_name_the_file(tmp_path):
     good = tmp_path / "good.png"
     write_png(good, np.arange(64, dtype=np.uint8).reshape(8, 8))
     assert read_site([str(good)], 8)[0, 1, 1] == 9
