@@ -219,6 +219,12 @@ def test_site_layout_any_grid_with_gaps(config):
     check_config(config, SCHEMA)
 
 
+def test_removed_sites_per_well_says_what_replaced_it(config):
+    config["dataset"]["sites_per_well"] = 4
+    with pytest.raises(ConfigError, match=r"dataset\.sites_per_well: unknown key 'sites_per_well' \(removed: the sites per well follow from dataset\.site_layout\)"):
+        check_config(config, SCHEMA)
+
+
 def test_barcode_plates_and_number_formats():
     """A barcode plate cannot take a number format; a plate number can."""
     plates = pd.DataFrame({"experiment": ["S-1", "S-1"], "plate": ["BC01A", "BC01B"], "plate_id": ["S-1_BC01A", "S-1_BC01B"]})

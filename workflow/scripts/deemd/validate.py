@@ -48,6 +48,10 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(top level)"
 
 
+# Keys that configs once had, and what replaced them (said beside "unknown key").
+REMOVED_KEYS = {"dataset.sites_per_well": "removed: the sites per well follow from dataset.site_layout"}
+
+
 def _error_messages(error: jsonschema.ValidationError) -> list[str]:
     """One or more sentences for a schema violation: an unknown key is named by its full
     path (with the nearest known key), an integral float gets a hint."""
@@ -60,6 +64,8 @@ def _error_messages(error: jsonschema.ValidationError) -> list[str]:
             full = str(key) if path == "(top level)" else f"{path}.{key}"
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
+            if full in REMOVED_KEYS:
+                hint = f" ({REMOVED_KEYS[full]})"
             messages.append(f"config key {full}: unknown key {key!r}{hint}; {where} takes {known}")
         return messages
     message = f"config key {path}: {error.message}"
