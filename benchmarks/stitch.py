@@ -27,7 +27,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 from deemd.metadata import well_table  # noqa: E402
-from deemd.stitch import image_path, read_png, stitch_plate  # noqa: E402
+from deemd.stitch import image_path, read_site, stitch_plate  # noqa: E402
 from deemd.store import create_plate_store  # noqa: E402
 
 
@@ -58,11 +58,11 @@ def main() -> None:
     n_sites = len(sites)
     tmp = Path(tempfile.mkdtemp(prefix="deemd-bench-"))
     with ThreadPoolExecutor(args.threads) as pool:
-        list(pool.map(lambda p: read_png(p, size), paths))  # warm the page cache
+        list(pool.map(lambda p: read_site([p], size), paths))  # warm the page cache
         stores = {}
 
         def decode_all():
-            list(pool.map(lambda p: read_png(p, size), paths))
+            list(pool.map(lambda p: read_site([p], size), paths))
 
         def stitch_all():
             for plate in plates:

@@ -22,6 +22,7 @@ PROVIDERS = {
     "zarr": {"zarr"},
     "numcodecs": {"numcodecs"},
     "PIL": {"pillow"},
+    "tifffile": {"tifffile"},
     "matplotlib": {"matplotlib", "matplotlib-base"},
     "jsonschema": {"jsonschema"},
     "yaml": {"pyyaml"},

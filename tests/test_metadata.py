@@ -209,3 +209,23 @@ def test_infected_control_check_pools_or_fails_per_experiment():
     errors, pooled = infected_control_check(build_sites_table(raw_metadata(), SCHEMA, "m.csv"), "m.csv")
     assert pooled == [] and len(errors) == 1
     assert "m.csv: experiment 'HRCE-1' (plate(s) ['HRCE-1_1', 'HRCE-1_2']) has no untreated 'Active SARS-CoV-2' well" in errors[0]
+
+
+def test_barcode_plates_stay_text_and_numbers_become_integers():
+    """issue 15: plate identifiers may be barcodes; all-number plates stay integers."""
+    raw = raw_metadata(plates=("BC24A017", "BC24A018"))
+    sites = build_sites_table(raw, SCHEMA, "m.csv")
+    assert sites["plate"].map(type).eq(str).all()
+    assert sorted(sites["plate_id"].unique()) == ["HRCE-1_BC24A017", "HRCE-1_BC24A018"]
+    assert build_sites_table(raw_metadata(plates=(1, 2)), SCHEMA, "m.csv")["plate"].dtype == "Int64"
+    raw.loc[3, "plate"] = "BC_24"  # an underscore would split plate_id wrongly
+    with pytest.raises(MetadataError, match=r"m\.csv, line 5, column 'plate': value 'BC_24'"):
+        build_sites_table(raw, SCHEMA, "m.csv")
+
+
+def test_sites_must_be_in_the_site_layout():
+    raw = raw_metadata()
+    nine = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert len(build_sites_table(raw, SCHEMA, "m.csv", site_layout=nine)) == len(raw)
+    with pytest.raises(MetadataError, match=r"m\.csv, line 5, column 'site': value 4 is not a site of dataset.site_layout \[\[1, 2\], \[3, 0\]\]"):
+        build_sites_table(raw, SCHEMA, "m.csv", site_layout=[[1, 2], [3, 0]])

@@ -271,3 +271,13 @@ def test_plate_diameter_from_untreated_wells_fallback_and_config():
     assert diameter == pytest.approx(20, rel=0.1) and "all wells" in source
     with pytest.raises(ValueError, match=r"plate HRCE-1_1: nuclei.diameter is auto"):
         estimate([blank, blank], [True, False])
+
+
+def test_valid_pixels_mask_dropped_sites_and_layout_gaps():
+    from deemd.nuclei import valid_pixels
+
+    assert valid_pixels(np.ones(4, bool), [[1, 2], [3, 4]], 4) is None
+    mask = valid_pixels(np.array([True, False, True, True]), [[1, 2], [3, 4]], 4)
+    assert mask.shape == (8, 8) and not mask[:4, 4:].any() and mask[:4, :4].all() and mask[4:].all()
+    gap = valid_pixels(np.ones(5, bool), [[1, 2, 3], [4, 0, 5]], 4)  # 2 x 3, middle field not imaged
+    assert gap.shape == (8, 12) and not gap[4:, 4:8].any() and gap.sum() == 5 * 16

@@ -311,8 +311,13 @@ def test_channel_histograms_and_stats_match_numpy():
     pixels = np.concatenate([image[:, :8, 8:].reshape(3, -1), image[:, 8:, :8].reshape(3, -1)], axis=1).astype(float)
     mean, std = stats_from_histograms(hist)
     assert np.allclose(mean, pixels.mean(axis=1)) and np.allclose(std, pixels.std(axis=1))
-    with pytest.raises(ValueError):
-        channel_histograms(image.astype(np.uint16), [1], LAYOUT, 8)
+    wide = image.astype(np.uint16) * 257  # 16-bit pixels: 65536 levels, same statistics x 257
+    wide_hist = channel_histograms(wide, [2, 3], LAYOUT, 8)
+    assert wide_hist.shape == (3, 65536) and wide_hist.sum() == hist.sum()
+    wide_mean, wide_std = stats_from_histograms(wide_hist)
+    assert np.allclose(wide_mean, 257 * mean) and np.allclose(wide_std, 257 * std)
+    with pytest.raises(ValueError, match="uint8 or uint16"):
+        channel_histograms(image.astype(np.float32), [1], LAYOUT, 8)
 
 
 def tiny_store(path, wells, seed, site_size=8, channels=("A", "B", "C")):

@@ -8,7 +8,22 @@ import pytest
 import zarr
 from PIL import Image
 
-from deemd.stitch import ImageReadError, image_manifest_digest, image_path, read_png, read_site, read_well_into, site_paths_by_well, stitch_plate
+import tifffile
+
+from deemd.stitch import (
+    ImageReadError,
+    histogram_percentiles,
+    image_manifest_digest,
+    image_path,
+    linear_luts,
+    read_site,
+    read_well_into,
+    reference_wells,
+    rescale_rule,
+    site_paths_by_well,
+    stitch_plate,
+    well_fields,
+)
 from deemd.store import (
     StoreIntegrityError,
     create_plate_store,
@@ -37,22 +52,83 @@ def write_png(path, array):
     Image.fromarray(array).save(path)
 
 
-def test_read_png_errors_name_the_file(tmp_path):
+def test_read_site_errors_name_the_file(tmp_path):
     good = tmp_path / "good.png"
     write_png(good, np.arange(64, dtype=np.uint8).reshape(8, 8))
-    assert read_png(str(good), 8)[1, 1] == 9
+    assert read_site([str(good)], 8)[0, 1, 1] == 9
     with pytest.raises(ImageReadError, match="missing.png: file not found"):
-        read_png(str(tmp_path / "missing.png"), 8)
+        read_site([str(tmp_path / "missing.png")], 8)
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(good.read_bytes()[:40])
     with pytest.raises(ImageReadError, match="truncated.png: corrupt or truncated"):
-        read_png(str(truncated), 8)
+        read_site([str(truncated)], 8)
     with pytest.raises(ImageReadError, match="good.png: size 8x8, expected 16x16"):
-        read_png(str(good), 16)
+        read_site([str(good)], 16)
     rgb = tmp_path / "rgb.png"
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(rgb)
     with pytest.raises(ImageReadError, match="rgb.png: mode 'RGB'"):
-        read_png(str(rgb), 8)
+        read_site([str(rgb)], 8)
+
+
+def test_read_site_16_bit_png_and_tiff_per_channel(tmp_path):
+    wide = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    write_png(tmp_path / "w.png", wide)
+    tifffile.imwrite(tmp_path / "w.tif", wide + 1)
+    site = read_site([str(tmp_path / "w.png"), str(tmp_path / "w.tif")], 8)
+    assert site.dtype == np.uint16 and site.shape == (2, 8, 8)
+    assert (site[0] == wide).all() and (site[1] == wide + 1).all()
+    with pytest.raises(ImageReadError, match="w.png: pixel type uint16, but the plate's other images are uint8"):
+        read_site([str(tmp_path / "w.png")], 8, dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "float.tif", wide.astype(np.float32))
+    with pytest.raises(ImageReadError, match="float.tif: pixel type float32, expected 8-bit"):
+        read_site([str(tmp_path / "float.tif")], 8)
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
+    with pytest.raises(ImageReadError, match="bad.tif: corrupt or truncated"):
+        read_site([str(tmp_path / "bad.tif")], 8)
+
+
+def test_read_site_multi_page_and_channels_last_tiff(tmp_path):
+    pages = np.stack([np.full((8, 8), 100 * c, dtype=np.uint16) for c in range(3)])  # 3 channels
+    tifffile.imwrite(tmp_path / "site.tif", pages, photometric="minisblack")
+    assert (read_site([str(tmp_path / "site.tif")], 8, 3) == pages).all()
+    tifffile.imwrite(tmp_path / "last.tif", np.moveaxis(pages, 0, -1), planarconfig="contig")
+    assert (read_site([str(tmp_path / "last.tif")], 8, 3, channel_axis=-1) == pages).all()
+    with pytest.raises(ImageReadError, match=r"site.tif: holds 3 channel page\(s\) along axis 0, expected 4"):
+        read_site([str(tmp_path / "site.tif")], 8, 4)
+
+
+def test_well_fields_and_vendor_image_paths():
+    assert well_fields("B05") == {"row": 2, "column": 5, "row_letter": "B"}
+    assert well_fields("AF48") == {"row": 32, "column": 48, "row_letter": "AF"}  # 1536-well plate
+    with pytest.raises(ValueError, match="'5B'"):
+        well_fields("5B")
+    operetta = "{plate}/Images/r{row:02d}c{column:02d}f{site:02d}p01-ch{channel}sk1fk1fl1.tiff"
+    assert image_path(operetta, "S", "BC24A017", "B05", 3, 2) == "BC24A017/Images/r02c05f03p01-ch2sk1fk1fl1.tiff"
+    assert image_path("{plate}_{row_letter}{column}_s{site}_w{channel}.tif", "S", 7, "C11", 1, 4) == "7_C11_s1_w4.tif"
+
+
+def test_intensity_rule_maps_percentiles_to_the_8_bit_range():
+    hist = np.zeros((2, 65536), dtype=np.int64)
+    hist[0, 1000:2000] = 1  # channel 0: uniform over 1000..1999
+    hist[1, 500] = 10  # channel 1: constant 500 (high is then low + 1)
+    levels = histogram_percentiles(hist, [0, 50, 100])
+    assert levels[0].tolist() == [1000, 1499, 1999] and levels[1].tolist() == [500, 500, 500]
+    luts = linear_luts([1000, 500], [2000, 500])
+    assert luts.shape == (2, 65536) and luts.dtype == np.uint8
+    assert luts[0, [0, 1000, 1500, 2000, 65535]].tolist() == [0, 0, 128, 255, 255]
+    assert luts[1, [499, 500, 501]].tolist() == [0, 0, 255]
+    rule = rescale_rule(hist, 0.0, 100.0, ["A01"])
+    assert rule.attrs["low"] == [1000.0, 500.0] and rule.attrs["high"] == [1999.0, 501.0]
+    site = np.array([[[1000, 1999]], [[500, 600]]], dtype=np.uint16)
+    assert rule.apply(site).tolist() == [[[0, 255]], [[0, 255]]]
+    with pytest.raises(ValueError, match="no pixel"):
+        histogram_percentiles(np.zeros((1, 10), dtype=np.int64), [50])
+
+
+def test_reference_wells_are_untreated_and_spread():
+    sites = pd.DataFrame({"well": ["A01", "A02", "A03", "A04"], "treatment": [None, "x", None, None]})
+    assert reference_wells(sites, ["A01", "A02", "A03", "A04"], 2) == ["A01", "A04"]
+    assert reference_wells(sites.assign(treatment="x"), ["A01", "A02", "A03", "A04"], 1) == ["A01"]
 
 
 def make_plate(tmp_path, wells=("A01", "A02", "B01"), site_size=8, channels=(1, 2)):
@@ -212,3 +288,46 @@ def test_image_manifest_digest_follows_the_plates_own_files(tmp_path):
     assert missing not in (digest, touched)
     write_png(png, np.full((8, 8), 7, dtype=np.uint8))
     assert image_manifest_digest(sites, pattern, [1, 2]) not in (digest, touched, missing)
+
+
+NINE = [[1, 2, 3], [4, 0, 5], [6, 7, 8]]  # 3 x 3 fields, the centre not imaged
+
+
+def test_16_bit_tiffs_in_a_3x3_layout_with_a_gap_stitch_to_8_bits(tmp_path):
+    """issue 15: one multi-page 16-bit TIFF per site, 8 fields of a 3 x 3 grid, 3 channels:
+    stitched through the plate's rescale rule, which the store records."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for well, treatment in (("B02", None), ("B03", "drug")):
+        for site in range(1, 9):
+            rows.append({"site_id": f"E_BC1_{well}_{site}", "experiment": "E", "plate": "BC1", "well": well, "site": site, "treatment": treatment})
+            pixels = rng.integers(1000, 3000, size=(3, 8, 8)).astype(np.uint16)
+            pixels[:, 0, 0] = [1000, 2000, 2999]
+            (tmp_path / "BC1").mkdir(exist_ok=True)
+            tifffile.imwrite(tmp_path / "BC1" / f"r02c{int(well[1:]):02d}f{site:02d}.tiff", pixels, photometric="minisblack")
+    sites = pd.DataFrame(rows)
+    pattern = str(tmp_path) + "/{plate}/r{row:02d}c{column:02d}f{site:02d}.tiff"
+    store = create_plate_store(tmp_path / "p.zarr", ["B02", "B03"], ["a", "b", "c"], 8, NINE)
+    rescale = {"low_percentile": 0.0, "high_percentile": 100.0, "reference_wells": 8}
+    with ThreadPoolExecutor(2) as pool:
+        assert stitch_plate(sites, store, pattern, [1, 2, 3], "error", 1, pool, rescale=rescale) == []
+    images = store.images[:]
+    assert images.shape == (2, 3, 24, 24) and images.dtype == np.uint8
+    assert (images[:, :, 8:16, 8:16] == 0).all()  # the gap
+    assert store.site_valid.shape == (2, 8) and store.site_valid.all()
+    intensity = store.group.attrs["intensity"]
+    assert intensity["source_dtype"] == "uint16" and intensity["reference_wells"] == ["B02"]
+    low, high = np.array(intensity["low"]), np.array(intensity["high"])
+    raw = tifffile.imread(tmp_path / "BC1" / "r02c03f05.tiff")  # well B03, site 5: middle right
+    expected = np.clip(np.rint((raw - low[:, None, None]) * 255 / (high - low)[:, None, None]), 0, 255)
+    assert (images[1, :, 8:16, 16:24] == expected).all()
+    with ThreadPoolExecutor(2) as pool, pytest.raises(ValueError, match="needs a rescale rule"):
+        stitch_plate(sites, store, pattern, [1, 2, 3], "error", 1, pool)
+
+
+def test_a_plate_mixing_8_and_16_bit_images_names_the_odd_file(tmp_path):
+    sites, pattern = make_plate(tmp_path, wells=("A01",))
+    write_png(tmp_path / "E" / "Plate1" / "A01_s3_w2.png", np.full((8, 8), 300, dtype=np.uint16))
+    store = create_plate_store(tmp_path / "p.zarr", ["A01"], ["a", "b"], 8, LAYOUT)
+    with ThreadPoolExecutor(2) as pool, pytest.raises(ImageReadError, match="A01_s3_w2.png: pixel type uint16, but the plate's other images are uint8"):
+        stitch_plate(sites, store, pattern, [1, 2], "error", 1, pool)

@@ -26,7 +26,7 @@ def config():
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "rxrx19a.yaml", "facility.yaml", "diffuse.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "rxrx19a.yaml", "facility.yaml", "operetta.yaml", "diffuse.yaml"])
 def test_shipped_configs_are_valid(name):
     merged = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     override = yaml.safe_load((REPO / "config" / name).read_text())
@@ -115,8 +115,8 @@ def test_metadata_missing_required_value_and_column():
 
 
 def test_metadata_range_errors():
-    messages = metadata_errors(_sites(site=(1, 7), well=(0, "A1")), META_SCHEMA, "m.csv")
-    assert any("column 'site': value 7" in m for m in messages)
+    messages = metadata_errors(_sites(site=(1, 0), well=(0, "A1")), META_SCHEMA, "m.csv")
+    assert any("column 'site': value 0" in m for m in messages)
     assert any("column 'well': value 'A1'" in m for m in messages)
 
 
@@ -175,7 +175,7 @@ def test_image_pattern_without_plate_is_refused(config):
 @pytest.mark.parametrize(
     "pattern,expected",
     [
-        ("x/{plate}/{row}{well}_{site}_{channel}.png", r"unknown field\(s\) \['row'\]"),
+        ("x/{plate}/{rows}{well}_{site}_{channel}.png", r"unknown field\(s\) \['rows'\]"),
         ("x/{plate}/{well:d}_{site}_{channel}.png", r"cannot be filled in \(ValueError: Unknown format code 'd'"),
         ("x/{plate}/{well}_{site:02q}_{channel}.png", r"cannot be filled in"),
         ("x/{plate/{well}_{site}_{channel}.png", r"is not a valid pattern"),
@@ -192,6 +192,45 @@ def test_bad_image_pattern_stops_at_start_up_naming_the_key(config, pattern, exp
 
 def test_facility_image_pattern_with_format_spec_is_accepted():
     assert image_pattern_errors("/data/{plate}/{well}_f{site:02d}_c{channel}.png") == []
+
+
+def test_vendor_patterns_rows_columns_and_one_file_per_site():
+    """issue 15: Operetta-style r02c05f03 names, row letters, and one multi-channel TIFF
+    per site (no {channel}); a well needs {well} or a row with {column}."""
+    assert image_pattern_errors("/d/{plate}/r{row:02d}c{column:02d}f{site:02d}p01-ch{channel}sk1fk1fl1.tiff") == []
+    assert image_pattern_errors("/d/{plate}_{row_letter}{column:02d}_s{site}.tif") == []
+    assert any("lacks the field(s) ['well']" in m for m in image_pattern_errors("/d/{plate}/c{column}f{site}.tif"))
+    assert any("lacks the field(s) ['site']" in m for m in image_pattern_errors("/d/{plate}/{well}.tif"))
+
+
+def test_site_layout_any_grid_with_gaps(config):
+    from deemd.validate import site_layout_errors
+
+    assert site_layout_errors([[1, 2, 3], [4, 5, 6], [7, 8, 9]]) == []
+    assert site_layout_errors([[2, 3, 4], [9, 1, 5], [8, 7, 6]]) == []  # a spiral, as Harmony numbers fields
+    assert site_layout_errors([[1, 2, 3], [4, 0, 5]]) == []  # 2 x 3 with the middle field not imaged
+    assert "rows of different lengths" in site_layout_errors([[1, 2], [3]])[0]
+    assert "got sites [1, 3]" in site_layout_errors([[1, 0], [3, 0]])[0]
+    assert "got sites []" in site_layout_errors([[0]])[0]
+    config["dataset"]["site_layout"] = [[1, 2, 3, 4]] * 4
+    with pytest.raises(ConfigError, match=r"dataset\.site_layout: .* must hold each site 1\.\.n once"):
+        check_config(config, SCHEMA)
+    config["dataset"]["site_layout"] = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    check_config(config, SCHEMA)
+
+
+def test_removed_sites_per_well_says_what_replaced_it(config):
+    config["dataset"]["sites_per_well"] = 4
+    with pytest.raises(ConfigError, match=r"dataset\.sites_per_well: unknown key 'sites_per_well' \(removed: the sites per well follow from dataset\.site_layout\)"):
+        check_config(config, SCHEMA)
+
+
+def test_barcode_plates_and_number_formats():
+    """A barcode plate cannot take a number format; a plate number can."""
+    plates = pd.DataFrame({"experiment": ["S-1", "S-1"], "plate": ["BC01A", "BC01B"], "plate_id": ["S-1_BC01A", "S-1_BC01B"]})
+    assert shared_image_errors("img/{plate}/{well}_{site}_{channel}.tif", plates) == []
+    messages = shared_image_errors("img/{plate:03d}/{well}_{site}_{channel}.tif", plates)
+    assert len(messages) == 2 and "cannot name the files of plate S-1_BC01A" in messages[0]
 
 
 def test_plates_sharing_image_files_are_an_error():

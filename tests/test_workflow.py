@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+import zarr
 
 from deemd.mil import TrainSetup
 from workflow_utils import REPO, TINY, WELLS, deep_merge, job_counts, snakemake, write_config
@@ -157,6 +158,40 @@ def test_facility_plates_with_column_mapping(tiny_run, tmp_path):
     demo = demo[demo["plate_id"] == "HRCE-1_1"]
     assert ours["plate_id"].unique().tolist() == ["LAB-1_1"]
     assert np.array_equal(ours.sort_values("well")["nuclei_count"].to_numpy(), demo.sort_values("well")["nuclei_count"].to_numpy())
+
+
+def test_operetta_like_export_runs_end_to_end(tmp_path):
+    """issue 15: an imager's export as it comes (16-bit TIFFs named r..c..f..p..-ch..,
+    3 x 3 fields, barcode plates, 4 stains), written from the demo's world by
+    tests/operetta_export.py, runs through the whole workflow with config/operetta.yaml
+    (and the tiny demo's training settings)."""
+    from deemd.store import open_plate_store
+    from operetta_export import write_operetta_export
+
+    truth = write_operetta_export(tmp_path)
+    write_config(tmp_path, yaml.safe_load((REPO / "config" / "operetta.yaml").read_text()),
+                 {"train": TINY["train"], "store": TINY["store"]})
+    snakemake(tmp_path)
+    results = tmp_path / "results" / "operetta"
+    store = open_plate_store(results / "store" / "OPERETTA-1_BC24A017.zarr")
+    assert store.images.dtype == np.uint8 and store.images.shape == (18, 4, 384, 384)
+    assert store.site_valid.shape == (18, 9) and store.site_valid.all()
+    intensity = store.group.attrs["intensity"]
+    assert intensity["source_dtype"] == "uint16" and len(intensity["low"]) == 4
+    # The rule undoes the camera's offset: each channel's darkest percentile sits near it.
+    assert all(100 <= low < 140 for low in intensity["low"]), intensity
+    wells = pd.read_parquet(results / "nuclei" / "wells.parquet").merge(truth, on=["plate", "well"], validate="one_to_one")
+    assert len(wells) == len(truth) == 36 and set(wells["plate_id"]) == {"OPERETTA-1_BC24A017", "OPERETTA-1_BC24A018"}
+    counted = wells["n_nuclei"] > 0
+    error = (wells["nuclei_count"] - wells["n_nuclei"]).abs()[counted] / wells["n_nuclei"][counted]
+    assert error.median() < 0.02 and error.max() < 0.10, wells[["plate", "well", "nuclei_count", "n_nuclei"]]
+    assert (wells.loc[~counted, "nuclei_count"] == 0).all()
+    ap = pd.read_csv(results / "evaluation" / "average_precision.tsv", sep="\t").set_index("model")
+    assert ap.index.tolist() == ["M", "W", "V"] and ap["average_precision"].between(0, 1).all()
+    assert ap.loc["M", "average_precision"] > ap.loc["M", "chance_ap"], ap  # 0.81 against 0.50 when measured
+    hcs = zarr.open_group(str(results / "hcs" / "OPERETTA-1_BC24A017.ome.zarr"), mode="r")
+    assert hcs.attrs["plate"]["field_count"] == 9 and len(hcs.attrs["plate"]["wells"]) == 18
+    assert (results / "figures" / "plate_maps" / "M.png").stat().st_size > 10_000
 
 
 def test_lint_and_format_are_clean():

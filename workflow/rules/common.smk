@@ -52,7 +52,8 @@ if SOURCE == "synthetic":
 
 
 wildcard_constraints:
-    plate_id=r"[A-Za-z0-9][A-Za-z0-9.-]*_\d+",
+    # experiment_plate; the plate a number or a barcode (letters, digits, dashes).
+    plate_id=r"[A-Za-z0-9][A-Za-z0-9.-]*_[A-Za-z0-9][A-Za-z0-9-]*",
     experiment=r"[A-Za-z0-9][A-Za-z0-9.-]*",
     plate=r"\d+",
     model=r"M|W|V",
@@ -70,6 +71,7 @@ STITCH_PARAMS = {
         "site_layout",
         "channels",
         "channel_names",
+        "channel_axis",
         "on_bad_image",
     )
 }
@@ -78,7 +80,14 @@ NUCLEI_CHANNELS = {
 }
 SITES_PARAMS = {
     key: config["dataset"].get(key)
-    for key in ("columns", "values", "defaults", "cell_types", "experiments")
+    for key in (
+        "columns",
+        "values",
+        "defaults",
+        "cell_types",
+        "experiments",
+        "site_layout",
+    )
 }
 
 
@@ -205,12 +214,13 @@ def inference_shards(wildcards):
 
 
 def split_plate_id(plate_id):
+    """(experiment, plate) of a plate_id; the plate an int, or a barcode str."""
     experiment, plate = plate_id.rsplit("_", 1)
-    return experiment, int(plate)
+    return experiment, int(plate) if plate.isdigit() else plate
 
 
 def plate_images(wildcards):
-    """What must exist before a plate's PNGs can be read."""
+    """What must exist before a plate's images can be read."""
     experiment, plate = split_plate_id(wildcards.plate_id)
     if SOURCE == "synthetic":
         return f"{RESOURCES}/images/{experiment}/Plate{plate}"
@@ -237,7 +247,7 @@ def _image_manifest(plate_id, path, mtime):
 
 
 def plate_image_manifest(wildcards):
-    """With dataset.source local the PNGs are no inputs (that would make the DAG O(sites)
+    """With dataset.source local the images are no inputs (that would make the DAG O(sites)
     files): a hash of the sizes and mtimes of the plate's own images is a param instead,
     so a re-exported or repaired image reruns its plate (one os.stat per image)."""
     if SOURCE != "local" or not config["dataset"]["track_image_changes"]:

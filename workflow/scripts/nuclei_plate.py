@@ -9,19 +9,9 @@ import pandas as pd
 
 from deemd.logs import start_rule_log
 from deemd.metadata import well_table
-from deemd.nuclei import count_nuclei, estimate_diameter, estimate_wells, nucleus_params
-from deemd.store import open_plate_store, site_slices
+from deemd.nuclei import count_nuclei, estimate_diameter, estimate_wells, nucleus_params, valid_pixels
+from deemd.store import open_plate_store
 from deemd.io import write_parquet_atomic
-
-
-def valid_pixels(site_valid: np.ndarray, layout, site_size) -> np.ndarray | None:
-    """Pixel mask of the imaged sites of a well; None when all sites are there."""
-    if site_valid.all():
-        return None
-    mask = np.zeros((len(layout) * site_size, len(layout[0]) * site_size), dtype=bool)
-    for site, (ys, xs) in site_slices(layout, site_size).items():
-        mask[ys, xs] = site_valid[site - 1]
-    return mask
 
 
 def plate_diameter(read, valid, untreated: np.ndarray, config: dict, plate_id: str) -> tuple[float, str]:

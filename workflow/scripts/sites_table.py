@@ -21,6 +21,7 @@ def main(metadata_path, schema_path, output, dataset, log):
         defaults=dataset.get("defaults"),
         cell_types=dataset.get("cell_types"),
         experiments=dataset.get("experiments"),
+        site_layout=dataset["site_layout"],
     )
     logging.info("%d sites on %d plates after filtering", len(sites), sites["plate_id"].nunique())
     errors, pooled = infected_control_check(sites, metadata_path)

@@ -1,4 +1,4 @@
-"""Snakemake glue: stitch one plate's site PNGs into its per-plate store."""
+"""Snakemake glue: stitch one plate's site images into its per-plate store."""
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -43,8 +43,9 @@ def main(sites_path, plate_id, output_store, output_qc, params, threads, log):
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             dropped = stitch_plate(
                 plate_sites, store, dataset["images"], dataset["channels"], dataset["on_bad_image"],
-                store_cfg["batch_wells"], pool, progress,
+                store_cfg["batch_wells"], pool, progress, dataset["channel_axis"], store_cfg["rescale"],
             )
+        logging.info("intensity: %s", store.group.attrs["intensity"])
         for record in dropped:
             logging.warning("dropped site %s: %s", record["site_id"], record["reason"])
         qc = pd.DataFrame(dropped, columns=["site_id", "well", "site", "reason"]).assign(plate_id=plate_id)

@@ -1,5 +1,6 @@
 """Per-channel mean and standard deviation of the training sites (docs/method.md §4; the
-inputs are standardised with them), from exact per-channel histograms of the uint8 pixels
+inputs are standardised with them), from exact per-channel histograms of the pixels (uint8
+in the workflow's stores; uint16 works the same)
 read from the per-plate stores a batch of wells at a time."""
 
 from __future__ import annotations
@@ -14,22 +15,24 @@ from deemd.store import PlateStore, site_slices
 
 
 def channel_histograms(well_image: np.ndarray, sites: Iterable[int], site_layout, site_size: int) -> np.ndarray:
-    """Per-channel histograms (channel x 256, int64) of the given sites of one stitched
-    well (channel, y, x) uint8 image. Histograms sum exactly, in any order, and a
-    channel's sums of x and x^2 follow from them without a float copy of the image."""
-    if well_image.dtype != np.uint8:
-        raise ValueError(f"expected uint8 images, got {well_image.dtype}")
+    """Per-channel histograms (channel x levels, int64; 256 levels for uint8, 65536 for
+    uint16) of the given sites of one stitched well (channel, y, x) image. Histograms sum
+    exactly, in any order, and a channel's sums of x and x^2 follow from them without a
+    float copy of the image."""
+    if well_image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"expected uint8 or uint16 images, got {well_image.dtype}")
+    levels = int(np.iinfo(well_image.dtype).max) + 1
     placement = site_slices(site_layout, site_size)
-    hist = np.zeros((well_image.shape[0], 256), dtype=np.int64)
+    hist = np.zeros((well_image.shape[0], levels), dtype=np.int64)
     for site in sites:
         ys, xs = placement[int(site)]
         for channel in range(well_image.shape[0]):
-            hist[channel] += np.bincount(well_image[channel, ys, xs].ravel(), minlength=256)
+            hist[channel] += np.bincount(well_image[channel, ys, xs].ravel(), minlength=levels)
     return hist
 
 
 def stats_from_histograms(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and (population) standard deviation from channel x 256 histograms,
+    """Per-channel mean and (population) standard deviation from channel x levels histograms,
     through float64 sums of x and x^2."""
     values = np.arange(hist.shape[1], dtype=np.float64)
     n = hist.sum(axis=1).astype(np.float64)
@@ -49,7 +52,7 @@ def training_channel_stats(
     pool: Executor | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Per-channel mean and std (raw uint8 units) over the training sites of ``split``,
+    """Per-channel mean and std (raw grey levels of the store) over the training sites of ``split``,
     read from the per-plate stores ``batch_wells`` wells at a time (never a plate).
 
     Checks that each store holds the well at ``well_index`` and that the site was imaged.
@@ -80,7 +83,7 @@ def training_channel_stats(
         store, well_index, sites = job
         return channel_histograms(store.images[well_index], sites, store.site_layout, store.site_size)
 
-    hist = np.zeros((len(channels), 256), dtype=np.int64)
+    hist = 0  # channel x levels once the first well is read
     step = max(1, batch_wells)
     for start in range(0, len(jobs), step):
         batch = jobs[start : start + step]

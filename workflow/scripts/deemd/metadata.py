@@ -9,6 +9,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 
+from deemd.store import layout_sites
 from deemd.validate import MetadataError, metadata_errors
 
 COLUMNS = [
@@ -108,11 +109,23 @@ def map_columns(
     return table
 
 
+def plates_are_numbers(plates: pd.Series) -> bool:
+    """Whether a plate column (text) holds plate numbers (every value an integer, as in
+    RxRx19a) rather than barcodes, which then stay text."""
+    text = plates.dropna().astype(str).str.strip()
+    return bool(text.str.fullmatch(r"[+-]?\d+(\.0*)?").all())
+
+
 def coerce_types(table: pd.DataFrame, source: str) -> pd.DataFrame:
     """Turn the numeric columns into numbers; a value that is not one is an error naming
-    its line, column and value (the schema then checks ranges and vocabularies)."""
+    its line, column and value (the schema then checks ranges and vocabularies). The
+    plate column becomes integers where every plate is a number, and stays text (barcodes)
+    otherwise."""
     table = table.copy()
-    for column, kind in (("plate", "int"), ("site", "int"), ("treatment_conc", "float")):
+    numeric = (("site", "int"), ("treatment_conc", "float"))
+    if plates_are_numbers(table["plate"]):
+        numeric = (("plate", "int"),) + numeric
+    for column, kind in numeric:
         text = table[column]
         numbers = pd.to_numeric(text, errors="coerce")
         bad = numbers.isna() & text.notna()
@@ -129,6 +142,20 @@ def coerce_types(table: pd.DataFrame, source: str) -> pd.DataFrame:
             raise MetadataError(f"{source}, line {row + 2}, column {column!r}: value {text.iloc[row]!r} is not {what}")
         table[column] = numbers.astype("Int64") if kind == "int" else numbers.astype(float)
     return table
+
+
+def site_errors(table: pd.DataFrame, site_layout: list[list[int]], source: str) -> list[str]:
+    """A site number that ``site_layout`` (rows of site numbers, 0 for a gap) does not
+    place, as an error naming the first such line, the column and the value."""
+    sites = layout_sites(site_layout)
+    outside = ~table["site"].isin(sites)
+    if not outside.any():
+        return []
+    row = int(np.flatnonzero(outside.to_numpy())[0])
+    return [
+        f"{source}, line {row + 2}, column 'site': value {table['site'].iloc[row]} is not a site of "
+        f"dataset.site_layout {site_layout} (sites {sites[0]}..{sites[-1]}); {int(outside.sum())} such row(s)"
+    ]
 
 
 def consistency_errors(table: pd.DataFrame, source: str, max_errors: int = 20) -> list[str]:
@@ -188,10 +215,12 @@ def build_sites_table(
     defaults: dict | None = None,
     cell_types: list | None = None,
     experiments: list | None = None,
+    site_layout: list[list[int]] | None = None,
 ) -> pd.DataFrame:
     """Normalise, validate and filter a raw metadata table into the sites table.
 
-    Adds ``plate_id`` (experiment_plate), the unit of work of the workflow. Raises
+    Adds ``plate_id`` (experiment_plate), the unit of work of the workflow; every site
+    must be one of ``site_layout`` (dataset.site_layout) where it is given. Raises
     MetadataError naming file, line, column and value on the first batch of problems.
     """
     if raw.empty:
@@ -202,6 +231,8 @@ def build_sites_table(
         raise MetadataError(f"{source}: missing column(s) {missing}; map them with dataset.columns or dataset.defaults")
     table = coerce_types(table[COLUMNS], source)
     messages = metadata_errors(table, schema, source)
+    if not messages and site_layout is not None:
+        messages = site_errors(table, site_layout, source)
     if not messages:
         messages = consistency_errors(table, source)
     if messages:

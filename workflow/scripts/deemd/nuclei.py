@@ -14,6 +14,7 @@ from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
 from deemd.metadata import INFECTED, MOCK, UV
+from deemd.store import site_slices
 
 
 # Segmentation lengths as multiples of the typical nucleus diameter d (px), so one set of
@@ -218,6 +219,19 @@ def segment_nuclei(nuclear: np.ndarray, params: NucleusParams, valid: np.ndarray
         ys, xs = np.nonzero(components == label)
         markers[ys[len(ys) // 2], xs[len(xs) // 2]] = offset
     return watershed(-distance, markers, mask=mask).astype(np.int32)
+
+
+def valid_pixels(site_valid: np.ndarray, layout: list[list[int]], site_size: int) -> np.ndarray | None:
+    """(Y, X) bool mask of the pixels of a stitched well that belong to an imaged site:
+    False on a dropped site (``site_valid``, bool per site 1..n) and on a gap of the
+    layout (0); None when every pixel is imaged (no mask needed)."""
+    placement = site_slices(layout, site_size)
+    if site_valid.all() and len(placement) == len(layout) * len(layout[0]):
+        return None
+    mask = np.zeros((len(layout) * site_size, len(layout[0]) * site_size), dtype=bool)
+    for site, (ys, xs) in placement.items():
+        mask[ys, xs] = site_valid[site - 1]
+    return mask
 
 
 def count_nuclei(nuclear: np.ndarray, params: NucleusParams, valid: np.ndarray | None = None) -> int:

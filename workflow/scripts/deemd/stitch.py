@@ -1,53 +1,178 @@
-"""Reading site PNGs and tiling the sites of a well into one image."""
+"""Reading site images (PNG or TIFF, 8- or 16-bit) and tiling the sites of a well into
+one 8-bit image."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
+import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from deemd.store import site_slices
+from deemd.figures import row_label, well_position
+from deemd.nuclei import estimate_wells
+from deemd.store import layout_sites, site_slices
+
+# The pixel types a site image may have; anything else is an error naming the file.
+IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 class ImageReadError(OSError):
-    """A site image is missing, corrupt, or not the expected 8-bit size."""
+    """A site image is missing, corrupt, or not of the expected size, pixel type or
+    number of channels."""
 
 
-def image_path(pattern: str, experiment: str, plate: int, well: str, site: int, channel: int) -> str:
-    """Fill the dataset's image path pattern (str.format fields, format specs allowed)."""
-    return pattern.format(experiment=experiment, plate=int(plate), well=well, site=int(site), channel=int(channel))
+@functools.lru_cache(maxsize=4096)
+def well_fields(well: str) -> dict:
+    """The path-pattern fields of a well name like "B03" or "AF48" (1536-well plates):
+    ``row`` and ``column`` (1-based numbers: row A is 1) and ``row_letter`` ("B"); a
+    name of another form is a ValueError naming it (deemd.figures.well_position)."""
+    rows, columns = well_position([well])
+    return {"row": int(rows[0]) + 1, "column": int(columns[0]) + 1, "row_letter": row_label(int(rows[0]))}
 
 
-def read_png(path: str, site_size: int) -> np.ndarray:
-    """Decode one 8-bit single-channel PNG of ``site_size`` x ``site_size``.
+def image_path(pattern: str, experiment: str, plate, well: str, site: int, channel: int) -> str:
+    """Fill the dataset's image path pattern (str.format fields, format specs allowed):
+    experiment, plate (an integer, or a barcode string), well ("B03"), row and column
+    (numbers, e.g. ``r{row:02d}c{column:02d}``), row_letter ("B"), site and channel."""
+    plate = plate if isinstance(plate, str) else int(plate)
+    return pattern.format(
+        experiment=experiment, plate=plate, well=well, site=int(site), channel=int(channel), **well_fields(well)
+    )
 
-    Every failure is an ImageReadError naming the file: missing, truncated or corrupt,
-    wrong mode (not 8-bit grey) or wrong size. Never returns zeros in place of an image.
-    """
+
+def read_image(path: str) -> np.ndarray:
+    """Decode one image file as stored: a PNG through PIL (8-bit "L" or 16-bit "I;16"
+    greyscale), a .tif/.tiff through tifffile (its first series: (y, x), or (pages, y, x)
+    for a multi-page or multi-channel file). Every failure is an ImageReadError naming the
+    file; never returns zeros in place of an image."""
     try:
+        if path.lower().endswith(TIFF_SUFFIXES):
+            array = tifffile.imread(path)
+            if array.size == 0:  # tifffile reads a damaged header as no pages
+                raise ImageReadError(f"{path}: corrupt or truncated image (no pixels)")
+            return array
         with Image.open(path) as image:
             image.load()
-            if image.mode != "L":
-                raise ImageReadError(f"{path}: mode {image.mode!r}, expected 8-bit greyscale ('L')")
-            array = np.asarray(image)
+            if image.mode not in ("L", "I;16", "I;16B"):
+                raise ImageReadError(f"{path}: mode {image.mode!r}, expected 8-bit ('L') or 16-bit ('I;16') greyscale")
+            return np.asarray(image)
     except FileNotFoundError as error:
         raise ImageReadError(f"{path}: file not found") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, zlib.error, ValueError) as error:
-        if isinstance(error, ImageReadError):
-            raise
-        raise ImageReadError(f"{path}: corrupt or truncated PNG ({error})") from error
-    if array.shape != (site_size, site_size):
-        raise ImageReadError(f"{path}: size {array.shape[1]}x{array.shape[0]}, expected {site_size}x{site_size} (dataset.site_size)")
+    except ImageReadError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, zlib.error, ValueError, tifffile.TiffFileError) as error:
+        raise ImageReadError(f"{path}: corrupt or truncated image ({error})") from error
+
+
+def as_channel_pages(array: np.ndarray, path: str, pages: int, channel_axis: int) -> np.ndarray:
+    """One file's array as (pages, y, x): a 2-D image is one page, a 3-D one has its
+    channels along ``channel_axis``; any other shape or number of pages is an
+    ImageReadError naming the file."""
+    if array.ndim == 2:
+        array = array[None]
+    elif array.ndim == 3:
+        array = np.moveaxis(array, channel_axis, 0)
+    else:
+        raise ImageReadError(f"{path}: {array.ndim}-D image {array.shape}, expected (y, x) or (channel, y, x)")
+    if array.shape[0] != pages:
+        raise ImageReadError(
+            f"{path}: holds {array.shape[0]} channel page(s) along axis {channel_axis}, expected {pages} "
+            "(dataset.channels; dataset.channel_axis says which axis holds them)"
+        )
     return array
 
 
-def read_site(paths: list[str], site_size: int) -> np.ndarray:
-    """All channels of one site as (channel, y, x) uint8."""
-    return np.stack([read_png(path, site_size) for path in paths])
+def read_site(paths: list[str], site_size: int, n_channels: int | None = None, channel_axis: int = 0, dtype=None) -> np.ndarray:
+    """All channels of one site as (channel, y, x) uint8 or uint16, the one way a site is
+    read: one file per channel (``len(paths) == n_channels``), or one multi-page or
+    multi-channel TIFF holding all ``n_channels`` channels in order along
+    ``channel_axis``. Each file must be ``site_size`` px square, 8- or 16-bit (``dtype``,
+    when given, is the type every file must have); otherwise an ImageReadError names it."""
+    n_channels = len(paths) if n_channels is None else n_channels
+    if n_channels % len(paths):
+        raise ValueError(f"{len(paths)} files for {n_channels} channels")
+    pages = []
+    for path in paths:
+        array = as_channel_pages(read_image(path), path, n_channels // len(paths), channel_axis)
+        if array.dtype not in IMAGE_DTYPES:
+            raise ImageReadError(f"{path}: pixel type {array.dtype}, expected 8-bit (uint8) or 16-bit (uint16) greyscale")
+        if dtype is not None and array.dtype != np.dtype(dtype):
+            raise ImageReadError(f"{path}: pixel type {array.dtype}, but the plate's other images are {np.dtype(dtype)}")
+        if array.shape[1:] != (site_size, site_size):
+            raise ImageReadError(
+                f"{path}: size {array.shape[2]}x{array.shape[1]}, expected {site_size}x{site_size} (dataset.site_size)"
+            )
+        pages.append(array)
+    return pages[0] if len(pages) == 1 else np.concatenate(pages)
+
+
+@dataclass(frozen=True)
+class IntensityRule:
+    """How a plate's pixels become the store's uint8: ``luts`` (channel, 65536) uint8
+    lookup tables for 16-bit images (None: 8-bit images are stored as read); ``attrs``
+    records the rule in the store's attributes."""
+
+    dtype: np.dtype
+    luts: np.ndarray | None
+    attrs: dict
+
+    def apply(self, site: np.ndarray) -> np.ndarray:
+        """(channel, y, x) of this rule's dtype -> uint8."""
+        if self.luts is None:
+            return site
+        return np.stack([lut[channel] for lut, channel in zip(self.luts, site)])
+
+
+def histogram_percentiles(hist: np.ndarray, percentiles) -> np.ndarray:
+    """Per row of ``hist`` (channel, grey level) counts, the grey levels at ``percentiles``
+    (0-100): the lowest level whose cumulative count reaches that share (exact, no
+    interpolation). Returns (channel, len(percentiles)) float."""
+    cumulative = np.cumsum(hist, axis=1)
+    total = cumulative[:, -1:]
+    if (total == 0).any():
+        raise ValueError("no pixel to take intensity percentiles from")
+    # At least one pixel: percentile 0 is the darkest level that occurs.
+    targets = np.maximum(np.asarray(percentiles, dtype=float)[None, :] / 100.0 * total, 1)
+    return np.stack([np.searchsorted(c, t, side="left") for c, t in zip(cumulative, targets)]).astype(float)
+
+
+def linear_luts(low, high, levels: int = 65536) -> np.ndarray:
+    """(channel, levels) uint8 lookup tables mapping grey level ``low`` to 0 and ``high``
+    to 255 per channel, linear between, clipped outside (``high`` at least ``low`` + 1)."""
+    low = np.asarray(low, dtype=float)[:, None]
+    high = np.maximum(np.asarray(high, dtype=float)[:, None], low + 1.0)
+    scaled = (np.arange(levels, dtype=float)[None, :] - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def rescale_rule(hist: np.ndarray, low_percentile: float, high_percentile: float, reference_wells: list[str]) -> IntensityRule:
+    """The rule for a 16-bit plate from ``hist`` (channel, 65536), the pixel counts of its
+    reference wells: per channel, the ``low_percentile`` grey level maps to 0 and the
+    ``high_percentile`` one to 255 (docs/tuning.md, "16-bit images")."""
+    low, high = histogram_percentiles(hist, [low_percentile, high_percentile]).T
+    high = np.maximum(high, low + 1.0)
+    attrs = {
+        "source_dtype": "uint16",
+        "rule": "linear from the low to the high percentile of the reference wells, per channel, clipped",
+        "percentiles": [float(low_percentile), float(high_percentile)],
+        "low": low.tolist(),
+        "high": high.tolist(),
+        "reference_wells": list(reference_wells),
+    }
+    return IntensityRule(np.dtype(np.uint16), linear_luts(low, high), attrs)
+
+
+AS_READ = IntensityRule(np.dtype(np.uint8), None, {"source_dtype": "uint8", "rule": "stored as read"})
+# A uint16 store keeps 16-bit images as read (benchmarks/stitch_16bit.py compares it; the
+# workflow's stores are uint8).
+KEEP_16 = IntensityRule(np.dtype(np.uint16), None, {"source_dtype": "uint16", "rule": "stored as read"})
 
 
 def read_well_into(
@@ -56,14 +181,18 @@ def read_well_into(
     site_layout: list[list[int]],
     site_size: int,
     on_bad_image: str,
+    channel_axis: int = 0,
+    rule: IntensityRule = AS_READ,
 ) -> tuple[np.ndarray, list[dict]]:
     """Decode the sites of one well ((site, site_id, paths) as from site_paths_by_well)
-    straight into their places in ``out`` (channel, Y, X): the 2x2 tiling costs no copy.
+    into their places in ``out`` (channel, Y, X), uint8 (or uint16 with KEEP_16),
+    through ``rule``.
 
-    Returns a bool vector over sites 1..n (True = imaged) and the QC records of dropped
-    sites. A site that is absent, or dropped because a channel is unreadable
+    Returns a bool vector over the layout's sites 1..n (True = imaged) and the QC records
+    of dropped sites. A site that is absent, or dropped because a file is unreadable
     (``on_bad_image == "drop"``), is zero in ``out`` and False in the vector, so no later
-    step mistakes it for a dark field; with ``"error"`` the ImageReadError stops the job.
+    step mistakes it for a dark field (and so is a gap of the layout); with ``"error"``
+    the ImageReadError stops the job.
     """
     placement = site_slices(site_layout, site_size)
     valid = np.zeros(len(placement), dtype=bool)
@@ -72,8 +201,7 @@ def read_well_into(
     for site, site_id, paths in well_sites:
         ys, xs = placement[site]
         try:
-            for channel, path in enumerate(paths):
-                out[channel, ys, xs] = read_png(path, site_size)
+            out[:, ys, xs] = rule.apply(read_site(paths, site_size, out.shape[0], channel_axis, rule.dtype))
             valid[site - 1] = True
         except ImageReadError as error:
             if on_bad_image != "drop":
@@ -83,15 +211,75 @@ def read_well_into(
     return valid, dropped
 
 
+def site_files(pattern: str, experiment: str, plate, well: str, site: int, channels: list[int]) -> list[str]:
+    """The files of one site: one per channel, or a single file (holding every channel)
+    where the pattern has no {channel}."""
+    return list(dict.fromkeys(image_path(pattern, experiment, plate, well, site, channel) for channel in channels))
+
+
 def site_paths_by_well(plate_sites, pattern: str, channels: list[int]) -> dict[str, list[tuple[int, str, list[str]]]]:
-    """Per well, in table order: (site, site_id, channel paths) of each of its sites.
+    """Per well, in table order: (site, site_id, files) of each of its sites (site_files).
     Built once per plate with plain lists (no per-well DataFrame work in the hot loop)."""
     by_well: dict[str, list] = {}
     columns = ("experiment", "plate", "well", "site", "site_id")
     for experiment, plate, well, site, site_id in zip(*(plate_sites[c].tolist() for c in columns)):
-        paths = [image_path(pattern, experiment, plate, well, site, channel) for channel in channels]
-        by_well.setdefault(well, []).append((int(site), site_id, paths))
+        by_well.setdefault(well, []).append((int(site), site_id, site_files(pattern, experiment, plate, well, site, channels)))
     return by_well
+
+
+def reference_wells(plate_sites, wells: list[str], n: int) -> list[str]:
+    """Up to ``n`` of the plate's untreated wells (treatment empty; all wells where there
+    is no such well or no treatment column), evenly spread over the plate order: the wells
+    whose pixels set a 16-bit plate's intensity rule."""
+    untreated = np.ones(len(wells), dtype=bool)
+    if "treatment" in plate_sites.columns:
+        treated = set(plate_sites.loc[plate_sites["treatment"].notna(), "well"])
+        untreated = np.array([well not in treated for well in wells], dtype=bool)
+        if not untreated.any():
+            untreated[:] = True
+    return [wells[i] for i in estimate_wells(untreated, n)]
+
+
+def well_histogram(well_sites, site_size: int, n_channels: int, channel_axis: int) -> np.ndarray:
+    """(channel, 65536) pixel counts of the readable 16-bit sites of one well (a site that
+    cannot be read is left out here; the stitching pass reports or drops it)."""
+    hist = np.zeros((n_channels, 65536), dtype=np.int64)
+    for _, _, paths in well_sites:
+        try:
+            site = read_site(paths, site_size, n_channels, channel_axis, np.uint16)
+        except ImageReadError:
+            continue
+        for channel, pixels in enumerate(site):
+            hist[channel] += np.bincount(pixels.ravel(), minlength=65536)
+    return hist
+
+
+def plate_intensity_rule(plate_sites, wells, by_well, site_size: int, n_channels: int, channel_axis: int, rescale: dict | None, on_bad_image: str, pool) -> IntensityRule:
+    """The plate's IntensityRule: its first readable site says whether its images are 8-bit
+    (stored as read: AS_READ) or 16-bit (rescale_rule over its reference_wells, with
+    ``rescale``'s low_percentile, high_percentile and reference_wells, the config's
+    store.rescale). A plate must not mix the two (read_site then names the odd file)."""
+    dtype = None
+    for well_sites in by_well.values():
+        for _, _, paths in well_sites:
+            try:
+                dtype = read_site(paths, site_size, n_channels, channel_axis).dtype
+                break
+            except ImageReadError:
+                if on_bad_image != "drop":
+                    raise
+        if dtype is not None:
+            break
+    if dtype is None or dtype == np.uint8:
+        return AS_READ
+    if rescale is None:
+        raise ValueError("the plate's images are 16-bit: stitching them needs a rescale rule (store.rescale)")
+    references = reference_wells(plate_sites, wells, rescale["reference_wells"])
+    parts = pool.map(lambda well: well_histogram(by_well.get(well, []), site_size, n_channels, channel_axis), references)
+    hist = sum(parts, np.zeros((n_channels, 65536), dtype=np.int64))
+    if (hist.sum(axis=1) == 0).any():
+        raise ImageReadError(f"no readable 16-bit site in the reference wells {references} to set the plate's intensity rule from")
+    return rescale_rule(hist, rescale["low_percentile"], rescale["high_percentile"], references)
 
 
 def stitch_plate(
@@ -103,25 +291,37 @@ def stitch_plate(
     batch_wells: int,
     pool,
     progress=None,
+    channel_axis: int = 0,
+    rescale: dict | None = None,
 ) -> list[dict]:
     """Decode, stitch and write every well of one plate into an open PlateStore.
 
-    Wells are decoded in parallel on ``pool`` (PNG decoding releases the GIL) into a batch
-    buffer, one batch ahead of this thread, which writes the previous batch (zarr
-    compresses its chunks meanwhile). Returns the QC records of dropped sites.
+    8-bit images are stored as read; 16-bit ones through the plate's rescale rule (kept
+    as read where the store is uint16)
+    (plate_intensity_rule, ``rescale``: low_percentile, high_percentile, reference_wells),
+    which is recorded in the store's ``intensity`` attribute. Wells are decoded in parallel
+    on ``pool`` (PNG and TIFF decoding release the GIL) into a batch buffer, one batch
+    ahead of this thread, which writes the previous batch (zarr compresses its chunks
+    meanwhile). Returns the QC records of dropped sites.
     """
     wells = store.wells
     by_well = site_paths_by_well(plate_sites, pattern, channels)
     layout, site_size = store.site_layout, store.site_size
-    valid_all = np.zeros((len(wells), len(layout) * len(layout[0])), dtype=bool)
+    if store.images.dtype == np.uint16:
+        rule = KEEP_16
+    else:
+        rule = plate_intensity_rule(plate_sites, wells, by_well, site_size, len(channels), channel_axis, rescale, on_bad_image, pool)
+    valid_all = np.zeros((len(wells), len(layout_sites(layout))), dtype=bool)
     dropped: list[dict] = []
     batches = [range(start, min(start + batch_wells, len(wells))) for start in range(0, len(wells), batch_wells)]
-    buffers = [np.empty((batch_wells,) + store.images.shape[1:], dtype=np.uint8) for _ in range(2)]
+    buffers = [np.empty((batch_wells,) + store.images.shape[1:], dtype=store.images.dtype) for _ in range(2)]
 
     def submit(k):
         buffer = buffers[k % 2]
         return [
-            pool.submit(read_well_into, buffer[offset], by_well.get(wells[index], []), layout, site_size, on_bad_image)
+            pool.submit(
+                read_well_into, buffer[offset], by_well.get(wells[index], []), layout, site_size, on_bad_image, channel_axis, rule
+            )
             for offset, index in enumerate(batches[k])
         ]
 
@@ -136,6 +336,7 @@ def stitch_plate(
         if progress is not None:
             progress(batch.stop, len(wells))
     store.group["site_valid"][:] = valid_all
+    store.group.attrs["intensity"] = rule.attrs
     return dropped
 
 
@@ -154,16 +355,16 @@ def image_manifest_digest(plate_sites, pattern: str, channels: list[int], thread
     """Hash of the size and modification time (ns) of every channel image of one plate's
     sites (the plate's own files only; a missing file counts as size and time -1).
 
-    A param of the stitch job, so a re-exported or repaired PNG reruns its plate without
+    A param of the stitch job, so a re-exported or repaired image reruns its plate without
     making the images O(sites) inputs of the DAG. Costs one os.stat per file, spread over
     ``threads`` threads (stat releases the GIL: on a network file system the latency of
     the calls overlaps).
     """
     columns = ("experiment", "plate", "well", "site")
     paths = [
-        image_path(pattern, experiment, plate, well, site, channel)
+        path
         for experiment, plate, well, site in zip(*(plate_sites[c].tolist() for c in columns))
-        for channel in channels
+        for path in site_files(pattern, experiment, plate, well, site, channels)
     ]
     step = max(1, -(-len(paths) // threads))
     with ThreadPoolExecutor(max_workers=threads) as pool:

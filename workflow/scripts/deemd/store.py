@@ -1,9 +1,11 @@
 """The per-plate image store that every step after stitching reads instead of the PNGs.
 
 One Zarr (v3) group per plate:
-  images      uint8 (well, channel, y, x), one Blosc-compressed chunk per well;
-  site_valid  bool (well, site): False where a site's PNG was dropped (on_bad_image: drop);
-  attrs       wells, channel names, site size and layout, and OME-NGFF-style axes.
+  images      uint8 (well, channel, y, x), one Blosc-compressed chunk per well, the sites
+              tiled by the layout (any grid; a gap of the layout stays zero);
+  site_valid  bool (well, site): False where a site's image was dropped (on_bad_image: drop);
+  attrs       wells, channel names, site size and layout, OME-NGFF-style axes, and (written
+              by the stitch step) ``intensity``, how 16-bit images became uint8.
 
 Why one 4-D array and not one OME-Zarr HCS image per well: zarr-python pays about 2-3 ms
 of metadata and call overhead per array, which at demo size costs more than decoding the
@@ -165,7 +167,7 @@ class PlateStore:
         return site_slices(self.site_layout, self.site_size)
 
     def read_site(self, well_index: int, site: int) -> np.ndarray:
-        """One site (channel, S, S) uint8 of the well in row ``well_index``, verified; only
+        """One site (channel, S, S) of the well in row ``well_index``, verified; only
         that well's chunk is read."""
         ys, xs = self.site_placement[int(site)]
         return self.images[int(well_index), :, ys, xs]
@@ -186,9 +188,13 @@ def create_plate_store(
     codec: str = "lz4",
     clevel: int = 5,
     attrs: dict | None = None,
+    dtype: str = "uint8",
 ) -> PlateStore:
-    """Create an empty store for ``len(wells)`` stitched wells of 2x2 sites."""
+    """Create an empty store for ``len(wells)`` stitched wells, each the grid of
+    ``site_layout`` (rows of site numbers, 0 for a gap) of ``site_size`` px sites.
+    ``dtype`` is uint8 in the workflow (benchmarks/stitch.py measures uint16)."""
     rows, cols = len(site_layout), len(site_layout[0])
+    n_sites = len(layout_sites(site_layout))
     shape = (len(wells), len(channel_names), rows * site_size, cols * site_size)
     group = zarr.open_group(str(path), mode="w")
     # The checksum comes after Blosc: it covers the stored bytes, so a truncated or
@@ -201,14 +207,14 @@ def create_plate_store(
         "images",
         shape=shape,
         chunks=(1,) + shape[1:],
-        dtype="uint8",
+        dtype=dtype,
         compressors=compressors,
         fill_value=0,
         chunk_key_encoding={"name": "default", "separator": "."},
         config={"write_empty_chunks": True},
     )
     group.create_array(
-        "site_valid", shape=(len(wells), rows * cols), chunks=(max(len(wells), 1), rows * cols), dtype="bool",
+        "site_valid", shape=(len(wells), n_sites), chunks=(max(len(wells), 1), n_sites), dtype="bool",
         fill_value=False, compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()],
         config={"write_empty_chunks": True},
     )
@@ -268,9 +274,16 @@ def store_paths_by_plate(paths) -> dict[str, str]:
 
 
 def site_slices(site_layout: list[list[int]], site_size: int) -> dict[int, tuple[slice, slice]]:
-    """Where each site lies in the stitched well image: site -> (y slice, x slice)."""
+    """Where each site lies in the stitched well image: site -> (y slice, x slice), in
+    site order; a 0 in the layout is a field that was not imaged (a gap, left zero)."""
     placement = {}
     for r, row in enumerate(site_layout):
         for c, site in enumerate(row):
-            placement[int(site)] = (slice(r * site_size, (r + 1) * site_size), slice(c * site_size, (c + 1) * site_size))
-    return placement
+            if int(site):
+                placement[int(site)] = (slice(r * site_size, (r + 1) * site_size), slice(c * site_size, (c + 1) * site_size))
+    return dict(sorted(placement.items()))
+
+
+def layout_sites(site_layout: list[list[int]]) -> list[int]:
+    """The site numbers of a layout (rows of site numbers, 0 for a gap), ascending."""
+    return sorted(int(site) for row in site_layout for site in row if int(site))

@@ -48,6 +48,10 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(top level)"
 
 
+# Keys that configs once had, and what replaced them (said beside "unknown key").
+REMOVED_KEYS = {"dataset.sites_per_well": "removed: the sites per well follow from dataset.site_layout"}
+
+
 def _error_messages(error: jsonschema.ValidationError) -> list[str]:
     """One or more sentences for a schema violation: an unknown key is named by its full
     path (with the nearest known key), an integral float gets a hint."""
@@ -60,6 +64,8 @@ def _error_messages(error: jsonschema.ValidationError) -> list[str]:
             full = str(key) if path == "(top level)" else f"{path}.{key}"
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
+            if full in REMOVED_KEYS:
+                hint = f" ({REMOVED_KEYS[full]})"
             messages.append(f"config key {full}: unknown key {key!r}{hint}; {where} takes {known}")
         return messages
     message = f"config key {path}: {error.message}"
@@ -79,10 +85,13 @@ def config_errors(config: dict, schema: dict) -> list[str]:
 
 
 # The fields of dataset.images and a sample value of each type (stitch.image_path fills
-# plate, site and channel as int, experiment and well as str).
-IMAGE_FIELDS = {"experiment": "HRCE-1", "plate": 1, "well": "A01", "site": 1, "channel": 1}
-# Without one of these, two plates (wells, sites, channels) would read the same file.
-REQUIRED_IMAGE_FIELDS = ("plate", "well", "site", "channel")
+# site and channel as int, experiment, well and row_letter as str, row and column as int
+# from the well's name, and plate as int or, for a barcode, str).
+IMAGE_FIELDS = {"experiment": "HRCE-1", "plate": 1, "well": "A01", "row": 1, "column": 1, "row_letter": "A", "site": 1, "channel": 1}
+# Without these, two plates (sites) would read the same file; a well is named by {well}, or
+# by its row ({row} or {row_letter}) and {column}. Without {channel}, one file holds every
+# channel of a site (a multi-page or multi-channel TIFF).
+REQUIRED_IMAGE_FIELDS = ("plate", "site")
 
 
 def image_pattern_errors(pattern: str, key: str = "dataset.images") -> list[str]:
@@ -103,30 +112,40 @@ def image_pattern_errors(pattern: str, key: str = "dataset.images") -> list[str]
     if unknown:
         messages.append(f"{prefix} has unknown field(s) {unknown}; the fields are {list(IMAGE_FIELDS)}")
     missing = [field for field in REQUIRED_IMAGE_FIELDS if field not in fields]
+    if "well" not in fields and not ({"row", "row_letter"} & set(fields) and "column" in fields):
+        missing.append("well")
     if missing:
         messages.append(
-            f"{prefix} lacks the field(s) {missing}: each plate, well, site and channel must have its own "
-            f"file (without {{plate}}, plates that share a plate map would read the same images)"
+            f"{prefix} lacks the field(s) {missing}: each plate, well and site must have its own "
+            f"file (without {{plate}}, plates that share a plate map would read the same images; a well is "
+            f"{{well}}, or {{row}} or {{row_letter}} with {{column}})"
         )
     if not messages:
         try:
             pattern.format(**IMAGE_FIELDS)
         except (ValueError, KeyError, IndexError, AttributeError, TypeError) as error:
             messages.append(
-                f"{prefix} cannot be filled in ({type(error).__name__}: {error}); plate, site and channel are "
-                f"integers (e.g. {{site:02d}}), experiment and well are text"
+                f"{prefix} cannot be filled in ({type(error).__name__}: {error}); site, channel, row and column "
+                f"are integers (e.g. {{site:02d}}), experiment, well and row_letter are text, plate is an integer "
+                f"or a barcode"
             )
     return messages
 
 
 def shared_image_errors(pattern: str, plates: pd.DataFrame, key: str = "dataset.images") -> list[str]:
     """Plates that ``pattern`` sends to the same files, e.g. two experiments' plate 1 when
-    the pattern has no {experiment}. ``plates``: one row per plate with experiment (str),
-    plate (int) and plate_id; each plate's path is filled with its own first well."""
+    the pattern has no {experiment}, or that it cannot name (a barcode plate given a number
+    format, ``{plate:03d}``). ``plates``: one row per plate with experiment (str), plate
+    (int or barcode str) and plate_id; each plate's path is filled with well A01."""
     first = {}
     messages = []
     for row in plates.itertuples(index=False):
-        path = pattern.format(experiment=row.experiment, plate=int(row.plate), well="A01", site=1, channel=1)
+        plate = row.plate if isinstance(row.plate, str) else int(row.plate)
+        try:
+            path = pattern.format(**dict(IMAGE_FIELDS, experiment=row.experiment, plate=plate))
+        except (ValueError, TypeError) as error:
+            messages.append(f"config key {key}: {pattern!r} cannot name the files of plate {row.plate_id} ({error})")
+            continue
         if path in first:
             messages.append(
                 f"config key {key}: {pattern!r} gives plates {first[path]} and {row.plate_id} the same files "
@@ -135,6 +154,20 @@ def shared_image_errors(pattern: str, plates: pd.DataFrame, key: str = "dataset.
         else:
             first[path] = row.plate_id
     return messages
+
+
+def site_layout_errors(layout: list[list[int]], key: str = "dataset.site_layout") -> list[str]:
+    """What is wrong with a layout of site numbers (rows of a grid, 0 for a field that
+    was not imaged): rows of unequal length, or site numbers that are not 1..n each once."""
+    if len({len(row) for row in layout}) != 1:
+        return [f"config key {key}: {layout} has rows of different lengths {[len(row) for row in layout]}; it is a grid"]
+    sites = sorted(site for row in layout for site in row if site)
+    if not sites or sites != list(range(1, len(sites) + 1)):
+        return [
+            f"config key {key}: {layout} must hold each site 1..n once (n = the number of fields imaged, "
+            f"0 for a field that was not), got sites {sites}"
+        ]
+    return []
 
 
 def fill_defaults(config: dict, schema: dict) -> dict:
@@ -168,11 +201,7 @@ def check_config(config: dict, schema: dict) -> None:
             messages.append(
                 f"config key dataset.nuclear_channel: {dataset['nuclear_channel']} is not one of dataset.channels {channels}"
             )
-        layout_sites = sorted(s for row in dataset["site_layout"] for s in row)
-        if layout_sites != list(range(1, dataset["sites_per_well"] + 1)):
-            messages.append(
-                f"config key dataset.site_layout: {dataset['site_layout']} must hold each site 1..{dataset['sites_per_well']} once"
-            )
+        messages.extend(site_layout_errors(dataset["site_layout"]))
         if dataset["source"] == "synthetic":
             demo = config.get("demo")
             if not demo:
