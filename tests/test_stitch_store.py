@@ -60,7 +60,7 @@ def test_read_site_errors_name_the_file(tmp_path):
         read_site([str(tmp_path / "missing.png")], 8)
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(good.read_bytes()[:40])
-    with pytest.raises(ImageReadError, match="truncated.png: corrupt or truncated"):
+    with pytest.raises(ImageReadError, match="truncated.png: corrupt or truncated PNG"):
         read_site([str(truncated)], 8)
     with pytest.raises(ImageReadError, match="good.png: size 8x8, expected 16x16"):
         read_site([str(good)], 16)
@@ -83,7 +83,7 @@ def test_read_site_16_bit_png_and_tiff_per_channel(tmp_path):
     with pytest.raises(ImageReadError, match="float.tif: pixel type float32, expected 8-bit"):
         read_site([str(tmp_path / "float.tif")], 8)
     (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
-    with pytest.raises(ImageReadError, match="bad.tif: corrupt or truncated"):
+    with pytest.raises(ImageReadError, match="bad.tif: corrupt or truncated TIFF"):
         read_site([str(tmp_path / "bad.tif")], 8)
 
 

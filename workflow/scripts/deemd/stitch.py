@@ -52,11 +52,12 @@ def read_image(path: str) -> np.ndarray:
     greyscale), a .tif/.tiff through tifffile (its first series: (y, x), or (pages, y, x)
     for a multi-page or multi-channel file). Every failure is an ImageReadError naming the
     file; never returns zeros in place of an image."""
+    kind = "TIFF" if path.lower().endswith(TIFF_SUFFIXES) else "PNG"
     try:
-        if path.lower().endswith(TIFF_SUFFIXES):
+        if kind == "TIFF":
             array = tifffile.imread(path)
             if array.size == 0:  # tifffile reads a damaged header as no pages
-                raise ImageReadError(f"{path}: corrupt or truncated image (no pixels)")
+                raise ImageReadError(f"{path}: corrupt or truncated TIFF (no pixels)")
             return array
         with Image.open(path) as image:
             image.load()
@@ -68,7 +69,7 @@ def read_image(path: str) -> np.ndarray:
     except ImageReadError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, zlib.error, ValueError, tifffile.TiffFileError) as error:
-        raise ImageReadError(f"{path}: corrupt or truncated image ({error})") from error
+        raise ImageReadError(f"{path}: corrupt or truncated {kind} ({error})") from error
 
 
 def as_channel_pages(array: np.ndarray, path: str, pages: int, channel_axis: int) -> np.ndarray:
