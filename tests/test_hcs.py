@@ -13,6 +13,8 @@ from ome_zarr.reader import Multiscales, Plate, Reader, Well
 from deemd.hcs import (
     channel_color,
     display_windows,
+    local_mean_pyramid,
+    multiscales_block,
     omero_metadata,
     plate_layout,
     pyramid_factors,
@@ -134,3 +136,26 @@ def test_napari_reader_opens_the_plate(store, tmp_path):
     assert reader is not None
     layers = reader(str(out))
     assert layers, "napari-ome-zarr found no layer in the plate"
+
+
+def test_local_mean_pyramid_halves_each_level_by_2x2_means():
+    pixels = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4)
+    pyramid = local_mean_pyramid(pixels, 2)
+    assert [level.shape for level in pyramid] == [(2, 4, 4), (2, 2, 2), (2, 1, 1)]
+    assert all(level.dtype == np.uint8 for level in pyramid)
+    assert pyramid[0] is pixels or np.array_equal(pyramid[0], pixels)
+    # Block (0, 0) of channel 0 holds 0, 1, 4, 5: mean 2.5, truncated to the dtype as ome-zarr-py does.
+    assert pyramid[1][0, 0, 0] == 2 and pyramid[2][0, 0, 0] == int(pyramid[1][0].mean())
+    assert local_mean_pyramid(pixels, 0)[0].shape == (2, 4, 4)
+
+
+def test_multiscales_block_scales_and_centres_each_level():
+    (block,) = multiscales_block([(5, 8, 8), (5, 4, 4)], "A01 site 1")
+    assert block["name"] == "A01 site 1" and block["version"] == "0.4"
+    assert [axis["name"] for axis in block["axes"]] == ["c", "y", "x"]
+    assert [axis["type"] for axis in block["axes"]] == ["channel", "space", "space"]
+    assert [d["path"] for d in block["datasets"]] == ["s0", "s1"]
+    scale, translation = block["datasets"][1]["coordinateTransformations"]
+    assert scale == {"type": "scale", "scale": [1.0, 2.0, 2.0]}
+    # A level-1 pixel covers level-0 pixels 0 and 1: its centre is at 0.5.
+    assert translation == {"type": "translation", "translation": [0.0, 0.5, 0.5]}

@@ -17,18 +17,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dask
+import numcodecs
 import numpy as np
 import zarr
+from ome_zarr.axes import Axes
 from ome_zarr.format import FormatV04
-from ome_zarr.scale import Methods
-from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
+from ome_zarr.writer import write_plate_metadata, write_well_metadata
+from skimage.transform import downscale_local_mean
 
 from deemd.figures import plate_shape, row_label, well_position
 from deemd.stains import channel_color
 from deemd.store import PlateStore
 
 NGFF_FORMAT = FormatV04
+# What ome-zarr-py's write_image gives a zarr v2 field (zstd), kept so the files are as before.
+FIELD_COMPRESSOR = numcodecs.Zstd(level=0)
+
 def display_windows(sample: np.ndarray, low: float = 0.1, high: float = 99.9) -> list[tuple[float, float]]:
     """Per channel (start, end) contrast limits: the ``low`` and ``high`` percentiles of
     ``sample`` (channel, ...), end at least start + 1."""
@@ -91,22 +95,42 @@ def imaged_sites(store: PlateStore) -> list[list[int]]:
     return [[site for position, site in enumerate(sites) if valid[well, position]] for well in range(len(store.wells))]
 
 
-def write_field(group: zarr.Group, pixels: np.ndarray, factors: list[int], omero: dict, origin: dict) -> None:
-    """One field (channel, y, x) as a multiscale image in ``group``: a pyramid of local
-    means, one chunk per level; ``origin`` (the store's well and site) goes to its
-    attributes under ``deemd``."""
-    write_image(
-        pixels,
-        group,
-        scale_factors=factors,
-        method=Methods.LOCAL_MEAN,
-        fmt=NGFF_FORMAT(),
-        axes="cyx",
-        storage_options={"chunks": pixels.shape},
-        name=f"{origin['well']} site {origin['site']}",
-        omero=omero,
-    )
-    group.attrs["deemd"] = origin
+def local_mean_pyramid(pixels: np.ndarray, levels: int) -> list[np.ndarray]:
+    """``pixels`` (channel, y, x) and ``levels`` halvings of it, each the 2 x 2 local mean
+    of the one before in the input dtype (as ome-zarr-py's LOCAL_MEAN method builds them)."""
+    pyramid = [np.asarray(pixels)]
+    for _ in range(levels):
+        pyramid.append(downscale_local_mean(pyramid[-1], (1, 2, 2)).astype(pyramid[0].dtype))
+    return pyramid
+
+
+def multiscales_block(shapes: list[tuple[int, ...]], name: str, fmt=None) -> list[dict]:
+    """The NGFF ``multiscales`` attribute of a (c, y, x) pyramid with these level shapes
+    (levels ``s0``, ``s1``, ...): axes and each level's scale and translation, made and
+    validated by ome-zarr-py's format."""
+    fmt = fmt or NGFF_FORMAT()
+    transforms = fmt.generate_coordinate_transformations(shapes)
+    fmt.validate_coordinate_transformations(len(shapes[0]), len(shapes), transforms)
+    datasets = [{"path": f"s{level}", "coordinateTransformations": t} for level, t in enumerate(transforms)]
+    return [{"axes": Axes(list("cyx"), fmt=fmt).to_list(fmt), "datasets": datasets, "name": name, "version": fmt.version}]
+
+
+def write_field(group: zarr.Group, name: str, pixels: np.ndarray, levels: int, omero: dict, origin: dict) -> None:
+    """One field (channel, y, x) as the multiscale image ``name`` under ``group``: a pyramid
+    of ``levels`` local-mean halvings, one chunk per level; ``origin`` (the store's well and
+    site) goes to its attributes under ``deemd``.
+
+    The group and its attributes are written in one step and each level in one more:
+    zarr's per-operation cost, not the bytes, is what a field of a few 100 kB costs."""
+    pyramid = local_mean_pyramid(pixels, levels)
+    attributes = {
+        "multiscales": multiscales_block([level.shape for level in pyramid], f"{origin['well']} site {origin['site']}"),
+        "omero": omero,
+        "deemd": origin,
+    }
+    field = group.create_group(name, attributes=attributes)
+    for level, data in enumerate(pyramid):
+        field.create_array(f"s{level}", data=data, chunks=data.shape, compressors=FIELD_COMPRESSOR)
 
 
 def write_hcs_plate(store: PlateStore, path: str | Path, plate_id: str, min_level_size: int = 64, sample_wells: int = 4) -> dict:
@@ -123,10 +147,7 @@ def write_hcs_plate(store: PlateStore, path: str | Path, plate_id: str, min_leve
     root = zarr.open_group(str(path), mode="w-", zarr_format=fmt.zarr_format)
     write_plate_metadata(root, row_names, column_names, well_paths, fmt=fmt,
                          field_count=max((len(s) for s in sites), default=0), name=plate_id)
-    # Each field is a few small arrays: dask's thread pool costs more than it saves here,
-    # and one thread keeps the job within its rule's threads.
-    with dask.config.set(scheduler="synchronous"):
-        n_fields = _write_wells(root, store, wells, well_paths, sites, factors, omero, fmt)
+    n_fields = _write_wells(root, store, wells, well_paths, sites, factors, omero, fmt)
     root.attrs["deemd"] = {"plate_id": plate_id, "source_store": Path(store.path).name}
     size = store.site_size
     return {"wells": len(wells), "fields": n_fields, "field_shape": [len(store.channel_names), size, size],
@@ -142,7 +163,7 @@ def _write_wells(root, store, wells, well_paths, sites, factors, omero, fmt) -> 
         write_well_metadata(well_group, [{"path": str(f)} for f in range(len(well_sites))], fmt=fmt)
         for field, site in enumerate(well_sites):
             pixels = np.asarray(store.read_site(index, site))
-            write_field(well_group.require_group(str(field)), pixels, factors, omero, {"well": well, "site": int(site)})
+            write_field(well_group, str(field), pixels, len(factors), omero, {"well": well, "site": int(site)})
             n_fields += 1
     return n_fields
 
