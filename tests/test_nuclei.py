@@ -46,15 +46,17 @@ def disk_field(radius, n, size=256, pairs=0, seed=0):
 
 
 def test_params_from_diameter_scales_lengths_and_areas():
-    small, large = params_from_diameter(10, 12), params_from_diameter(20, 12)
+    small, large = params_from_diameter(8, 12), params_from_diameter(16, 12)
     assert large.smoothing_sigma == pytest.approx(2 * small.smoothing_sigma)
     assert large.min_nucleus_area == pytest.approx(4 * small.min_nucleus_area)
     assert large.peak_min_distance == pytest.approx(2 * small.peak_min_distance)
     assert small.min_contrast == 12 and small.downsample == 1
     # Large nuclei are counted at reduced resolution, lengths in its pixels.
     reduced = params_from_diameter(60, 12)
-    assert reduced.downsample == 2 and reduced.smoothing_sigma == pytest.approx(params_from_diameter(30, 12, None).smoothing_sigma)
+    assert reduced.downsample == 6 and reduced.smoothing_sigma == pytest.approx(params_from_diameter(10, 12, None).smoothing_sigma)
     assert params_from_diameter(60, 12, None).downsample == 1
+    # Reduced so that nuclei are 9-18 px wide: RxRx19a's 18 px nuclei at half resolution.
+    assert [params_from_diameter(d, 12).downsample for d in (8, 17.9, 18, 20, 27)] == [1, 1, 2, 2, 3]
     with pytest.raises(ValueError, match="diameter"):
         params_from_diameter(float("nan"), 12)
 
@@ -113,10 +115,11 @@ def test_auto_counts_touching_disks_as_with_the_true_diameter(radius):
     assert ndi.label(foreground_mask(image, fixed))[1] < n - 4
 
 
-def test_reduced_resolution_counts_as_full_resolution():
-    image, n = disk_field(30, 10, 1200, pairs=6, seed=6)
-    reduced, full = params_from_diameter(60, 12), params_from_diameter(60, 12, None)
-    assert reduced.downsample == 2 and full.downsample == 1
+@pytest.mark.parametrize("radius,factor", [(10, 2), (30, 6)])
+def test_reduced_resolution_counts_as_full_resolution(radius, factor):
+    image, n = disk_field(radius, 10, 40 * radius, pairs=6, seed=6)
+    reduced, full = params_from_diameter(2 * radius, 12), params_from_diameter(2 * radius, 12, None)
+    assert reduced.downsample == factor and full.downsample == 1
     assert count_nuclei(image, reduced) == count_nuclei(image, full) == n
 
 

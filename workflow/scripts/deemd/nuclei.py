@@ -33,10 +33,13 @@ from deemd.store import site_slices
 SIGMA_PER_DIAMETER = 0.13
 MIN_AREA_PER_DIAMETER_SQ = 0.19
 PEAK_DISTANCE_PER_DIAMETER = 0.5
-# Counting is done at reduced resolution where nuclei are larger than this (px of the
-# working image): a nucleus this wide still has a distance transform with one clear peak,
-# and the cost of every step falls with the square of the factor.
-WORKING_DIAMETER = 24.0
+# Counting is done at reduced resolution where nuclei are at least twice this wide (px),
+# reduced by the integer d // WORKING_DIAMETER, so that they are 9-18 px wide there: the
+# sizes that the counts were checked at (nuclei of 5-13 px on 128 px sites count within a
+# few %), with a distance transform of one clear peak a nucleus. The cost of every step
+# falls with the square of the factor; RxRx19a's nuclei (about 18 px) are counted at half
+# resolution (benchmarks/scale.py, benchmarks/nuclei_scale.py).
+WORKING_DIAMETER = 9.0
 # The estimate: components whose area is at most this many times that of their inscribed
 # disk (radius: the maximum of the distance transform) are taken as single nuclei. Measured
 # on blurred, noisy digital disks of radius 2.5-12 px: singles 0.9-1.3 (an ellipse adds its
