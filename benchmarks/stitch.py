@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 from deemd.metadata import well_table  # noqa: E402
 from deemd.stitch import image_path, read_site, stitch_plate  # noqa: E402
+from deemd.validate import fill_defaults, load_schema  # noqa: E402
 from deemd.store import create_plate_store  # noqa: E402
 
 
@@ -44,6 +45,7 @@ def main() -> None:
         config.update(yaml.safe_load(Path(args.configfile).read_text()))
         command += ["--configfile", args.configfile]
     subprocess.run(command, cwd=REPO, check=True)
+    config = fill_defaults(config, load_schema(REPO / "workflow" / "schemas" / "config.schema.yaml"))
     dataset, store_cfg = config["dataset"], config["store"]
     sites = pd.read_parquet(REPO / "results" / dataset["name"] / "metadata" / "sites.parquet")
     plates = sorted(sites["plate_id"].unique())[: args.plates]
@@ -69,7 +71,8 @@ def main() -> None:
                 plate_sites = sites[sites["plate_id"] == plate]
                 wells = well_table(plate_sites)["well"].tolist()
                 store = create_plate_store(tmp / f"{plate}.zarr", wells, dataset["channel_names"], size,
-                                           dataset["site_layout"], store_cfg["codec"], store_cfg["clevel"])
+                                           dataset["site_layout"], store_cfg["codec"], store_cfg["clevel"],
+                                           shuffle=store_cfg["shuffle"])
                 stitch_plate(plate_sites, store, pattern, dataset["channels"], "error", store_cfg["batch_wells"], pool)
                 stores[plate] = store
 

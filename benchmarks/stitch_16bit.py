@@ -95,7 +95,8 @@ def main() -> None:
                 path = tmp / f"store{list(variants).index(name)}.zarr"
                 shutil.rmtree(path, ignore_errors=True)
                 store = create_plate_store(path, wells["well"].tolist(), dataset["channel_names"], dataset["site_size"],
-                                           dataset["site_layout"], store_cfg["codec"], store_cfg["clevel"], dtype=dtype)
+                                           dataset["site_layout"], store_cfg["codec"], store_cfg["clevel"], dtype=dtype,
+                                           shuffle=store_cfg["shuffle"])
                 stitch_plate(sites, store, pattern, dataset["channels"], "error", store_cfg["batch_wells"], pool,
                              rescale=store_cfg["rescale"])
                 stores[name] = (store, path)

@@ -226,6 +226,17 @@ def test_store_chunks_carry_checksums(tmp_path):
     assert np.array_equal(copy.images[2], store.images[2]) and copy.path == path
 
 
+@pytest.mark.parametrize("shuffle", ["bitshuffle", "shuffle", "noshuffle"])
+def test_store_codec_shuffle_is_as_asked_and_round_trips(tmp_path, shuffle):
+    store = create_plate_store(tmp_path / "P.zarr", ["A01", "A02"], ["a", "b"], 16, [[1, 2], [3, 4]], shuffle=shuffle)
+    blosc = store.group["images"].compressors[0]
+    assert blosc.cname.value == "lz4" and blosc.shuffle.value == shuffle
+    # Dark microscopy-like pixels: the high bits are empty, which bitshuffle packs.
+    pixels = np.random.default_rng(1).poisson(6, store.images.shape).astype(np.uint8)
+    store.images[:] = pixels
+    assert np.array_equal(store.images[:], pixels)
+
+
 @pytest.mark.parametrize("damage", ["deleted", "truncated", "flipped", "emptied"])
 def test_damaged_chunk_is_an_error_naming_store_and_well(damage, tmp_path):
     path = finished_store(tmp_path)

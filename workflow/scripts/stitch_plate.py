@@ -32,6 +32,7 @@ def main(sites_path, plate_id, output_store, output_qc, params, threads, log):
             dataset["site_layout"],
             codec=store_cfg["codec"],
             clevel=store_cfg["clevel"],
+            shuffle=store_cfg["shuffle"],
             attrs={"plate_id": plate_id},
         )
         step = max(1, len(wells) // 10)

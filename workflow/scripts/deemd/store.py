@@ -189,9 +189,11 @@ def create_plate_store(
     clevel: int = 5,
     attrs: dict | None = None,
     dtype: str = "uint8",
+    shuffle: str = "bitshuffle",
 ) -> PlateStore:
     """Create an empty store for ``len(wells)`` stitched wells, each the grid of
-    ``site_layout`` (rows of site numbers, 0 for a gap) of ``site_size`` px sites.
+    ``site_layout`` (rows of site numbers, 0 for a gap) of ``site_size`` px sites, Blosc
+    ``codec`` at ``clevel`` after ``shuffle`` (bitshuffle, shuffle or noshuffle).
     ``dtype`` is uint8 in the workflow (benchmarks/stitch.py measures uint16)."""
     rows, cols = len(site_layout), len(site_layout[0])
     n_sites = len(layout_sites(site_layout))
@@ -199,7 +201,7 @@ def create_plate_store(
     group = zarr.open_group(str(path), mode="w")
     # The checksum comes after Blosc: it covers the stored bytes, so a truncated or
     # altered chunk fails before Blosc decodes it (Blosc on a truncated chunk can crash).
-    compressors = [zarr.codecs.BloscCodec(cname=codec, clevel=clevel, shuffle="shuffle"), zarr.codecs.Crc32cCodec()]
+    compressors = [zarr.codecs.BloscCodec(cname=codec, clevel=clevel, shuffle=shuffle), zarr.codecs.Crc32cCodec()]
     # Flat chunk keys (no directory per chunk) and no all-fill-value test per chunk: both
     # cost more CPU than compressing a small well (benchmarks/stitch.py). Every chunk is
     # written, so a missing one means damage.
