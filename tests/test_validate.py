@@ -38,6 +38,19 @@ def test_shipped_configs_are_valid(name):
     check_config(merged, SCHEMA)
 
 
+def test_rxrx19a_config_replaces_the_demos_per_model_values():
+    """Snakemake merges a configfile into config/config.yaml key by key (update_config):
+    the demo's train.by_model must not survive into an RxRx19a run."""
+    from snakemake.utils import update_config
+
+    merged = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    update_config(merged, yaml.safe_load((REPO / "config" / "rxrx19a.yaml").read_text()))
+    train = merged["train"]
+    for model in train["models"]:
+        values = {**train, **train["by_model"].get(model, {})}
+        assert (values["epochs"], values["batch_size"]) == (150, 128), model
+
+
 def test_out_of_range_value_names_key_and_value(config):
     config["dataset"]["site_size"] = 100
     with pytest.raises(ConfigError, match=r"dataset\.site_size: 100 is not a multiple of 8"):
