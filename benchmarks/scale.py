@@ -1,0 +1,950 @@
+"""Real scale: an RxRx19a-sized plate, every stage timed against its physical floor, and a
+projection of an RxRx19a HRCE run (issue 12).
+
+Usage: python benchmarks/scale.py [--quick] [--threads N] [--repeats R] [--json PATH] [--keep]
+
+With no arguments (meant to take under 15 minutes on 2 idle cores):
+1. synthesises one plate with the demo generator (the synth_plate rule's own script, foci
+   world): 24 wells x 4 sites of 1024 px, 5 channels, HRCE-like at 0.65 um per pixel
+   (about 300 cells a site, nuclei 11 um = 17 px across, cells 34 um = 52 px);
+2. runs each stage in a fresh process (so that its peak RSS can be compared with the rule's
+   mem_mb), on the same N threads, as medians of interleaved repeats against its floor:
+     stitch     deemd.stitch.stitch_plate into a fresh store  vs  the bare PNG decode (PIL)
+     nuclei     the nuclei rule's diameter estimate and count_nuclei per stitched well
+     read       PlateStore.read_wells, batch_wells at a time  vs  the bare PNG decode
+     infer      deemd.inference.site_scores of model M (49 patches of 256 px a site, the
+                infer rule's batches, precision and layout)  vs  the bare ResNet34 forward
+                on random patches of the same batch shapes, dtype and layout
+     train      deemd.train.train_one_epoch of M (store reads, patch cut, augmentation,
+                forward, backward, Adam)  vs  forward + backward + Adam on random patches
+     gpu        where CUDA is present, infer and train at full size with bf16, channels-last,
+                DataLoader workers and pinned memory, and the data pipeline in GB/s; without
+                CUDA the same code path runs on the CPU at a tiny size (GPU figures
+                "unmeasured");
+3. prints the rates, the store size against the PNG size, peak memory against mem_mb and
+   the RxRx19a HRCE projection: this machine (its N cores), 16 cores (the per-core rate
+   times 16, linear) and the GPU. Every figure is marked [m] measured or [p] projected.
+
+The training values are those the workflow gives model M with config/rxrx19a.yaml merged
+over config/config.yaml (snakemake's merge; deemd's model_train_params). --quick: a 6-well
+plate of 256 px sites, 2 repeats (about a minute of CPU), for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+from deemd import synth  # noqa: E402
+from deemd.metadata import build_sites_table, read_metadata_csv, well_table  # noqa: E402
+from deemd.split import well_indices, well_labels  # noqa: E402
+from deemd.stitch import read_image, site_paths_by_well, stitch_plate  # noqa: E402
+from deemd.store import create_plate_store, open_plate_store  # noqa: E402
+from deemd.validate import fill_defaults, load_schema  # noqa: E402
+
+# HRCE in RxRx19a: 0.65 um per pixel; nuclei about 10-12 um, cells about 30-40 um across,
+# a few hundred cells in a 1024 px site.
+UM_PER_PX = 0.65
+NUCLEUS_UM = 11.0
+CELL_UM = 34.0
+CELLS_PER_1024_SITE = 300
+WELLS_PER_PLATE = 1536
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Work:
+    """An RxRx19a HRCE run: sites, wells and plates of the screen, and one MIL epoch's
+    training and validation sites; the patch grid and M's training batches."""
+
+    sites: int = 284_000
+    wells: int = 71_000
+    train_sites: int = 20_000
+    val_sites: int = 5_000
+    treated_sites: int = 250_000
+    n_patches: int = 49
+    train_k: int = 2
+    sites_per_step: int = 16
+    batchnorm_steps: int = 50
+    site_bytes: int = 5 * 1024 * 1024
+
+    @property
+    def plates(self) -> int:
+        return math.ceil(self.wells / WELLS_PER_PLATE)
+
+    @property
+    def train_steps(self) -> int:
+        return math.ceil(self.train_sites / self.sites_per_step)
+
+    @property
+    def epoch_read_sites(self) -> int:
+        """Sites an epoch reads: each training site twice (its patches scored, then
+        trained on), the validation sites once, and the BatchNorm recalibration's."""
+        return 2 * self.train_sites + self.val_sites + self.batchnorm_steps * self.sites_per_step
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Measured throughputs of one machine; None where a stage was not measured there."""
+
+    stitch_sites_s: float | None = None
+    nuclei_wells_s: float | None = None
+    estimate_s_plate: float | None = None
+    read_sites_s: float | None = None
+    infer_patches_s: float | None = None
+    train_steps_s: float | None = None
+
+    def scaled(self, factor: float) -> Rates:
+        """Every rate times ``factor`` (per-plate seconds divided by it): linear scaling."""
+        values = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                value = value / factor if f.name == "estimate_s_plate" else value * factor
+            values[f.name] = value
+        return Rates(**values)
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def scale_demo(site_size: int = 1024, quick: bool = False) -> dict:
+    """The demo config of the benchmark plate: HRCE geometry at UM_PER_PX whatever the site
+    size (lengths are fractions of the site in deemd.synth), cells per site in proportion
+    to the site's area; 24 wells (4 x 6) or, ``quick``, 6 (2 x 3). No failed well."""
+    demo = json.loads(json.dumps(synth.DEFAULT_DEMO))
+    cells = {
+        "per_site": max(1, round(CELLS_PER_1024_SITE * (site_size / 1024) ** 2)),
+        "nucleus_radius": NUCLEUS_UM / UM_PER_PX / 2 / site_size,
+        "cell_radius": CELL_UM / UM_PER_PX / 2 / site_size,
+    }
+    demo.update(site_size=site_size, plates=1, cells=cells, failed_wells_per_plate=0)
+    if quick:
+        demo.update(plate_rows=2, plate_columns=3, compounds=1, concentrations_um=[1.0, 10.0],
+                    controls_per_plate={synth.MOCK: 2, synth.INFECTED: 2})
+    else:
+        demo.update(plate_rows=4, plate_columns=6, compounds=2,
+                    controls_per_plate={synth.MOCK: 4, synth.UV: 2, synth.INFECTED: 6})
+    return demo
+
+
+def nucleus_diameter_px(demo: dict) -> float:
+    """The demo's nucleus diameter in px of a site."""
+    return 2 * demo["cells"]["nucleus_radius"] * demo["site_size"]
+
+
+def merged_config(overlay: Path | None = REPO / "config" / "rxrx19a.yaml") -> dict:
+    """config/config.yaml with ``overlay`` merged over it as snakemake merges a
+    --configfile, and the schema's defaults filled in."""
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    if overlay is not None:
+        update_config(config, yaml.safe_load(Path(overlay).read_text()))
+    return fill_defaults(config, load_schema(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+
+
+def model_train_values(train: dict, model: str) -> dict:
+    """One model's training values, as workflow/rules/common.smk's model_train_params
+    gives them: the shared ones with the model's by_model overrides."""
+    values = {k: v for k, v in train.items() if k not in ("models", "by_model")}
+    values.update((train.get("by_model") or {}).get(model) or {})
+    return values
+
+
+def rule_mem_mb(rules_dir: Path = REPO / "workflow" / "rules") -> dict[str, int]:
+    """{rule: mem_mb} of every rule in ``rules_dir``/*.smk that sets resources.mem_mb."""
+    found, rule = {}, None
+    for path in sorted(Path(rules_dir).glob("*.smk")):
+        for line in path.read_text().splitlines():
+            header = re.match(r"\s*(?:rule|checkpoint)\s+(\w+)\s*:", line)
+            if header:
+                rule = header.group(1)
+            mem = re.match(r"\s*mem_mb\s*=\s*(\d+)", line)
+            if mem and rule:
+                found[rule] = int(mem.group(1))
+    return found
+
+
+def batch_sizes(n: int, per_batch: int) -> list[int]:
+    """Sizes of the in-order batches of ``n`` items, ``per_batch`` at a time."""
+    return [min(per_batch, n - start) for start in range(0, n, per_batch)]
+
+
+def forward_shapes(n_sites: int, sites_per_batch: int, n_patches: int, chunk: int) -> list[int]:
+    """Patches per forward pass of deemd.inference.infer_patches over ``n_sites`` sites:
+    per loader batch its sites' patches, ``chunk`` at a time."""
+    return [size for sites in batch_sizes(n_sites, sites_per_batch) for size in batch_sizes(sites * n_patches, chunk)]
+
+
+def stage_seconds(rates: Rates, work: Work) -> dict[str, float | None]:
+    """Seconds of each stage of an RxRx19a run at ``rates`` (None where a rate is missing).
+    The MIL epoch of M: (a) every patch of the training sites scored, (b) the training
+    steps, (c) the BatchNorm recalibration (forwards, at the inference rate), (d) every
+    patch of the validation sites scored."""
+
+    def over(units, rate):
+        return None if rate is None else units / rate
+
+    seconds = {
+        "stitch": over(work.sites, rates.stitch_sites_s),
+        "nuclei": None,
+        "store read": over(work.sites, rates.read_sites_s),
+        "epoch: patch scoring": over(work.train_sites * work.n_patches, rates.infer_patches_s),
+        "epoch: training steps": over(work.train_steps, rates.train_steps_s),
+        "epoch: batchnorm": over(work.batchnorm_steps * work.sites_per_step * work.train_k, rates.infer_patches_s),
+        "epoch: validation": over(work.val_sites * work.n_patches, rates.infer_patches_s),
+        "inference": over(work.treated_sites * work.n_patches, rates.infer_patches_s),
+    }
+    if rates.nuclei_wells_s is not None and rates.estimate_s_plate is not None:
+        seconds["nuclei"] = work.wells / rates.nuclei_wells_s + work.plates * rates.estimate_s_plate
+    parts = [seconds[k] for k in seconds if k.startswith("epoch: ")]
+    seconds["MIL epoch"] = None if None in parts else sum(parts)
+    return seconds
+
+
+def format_duration(seconds: float | None) -> str:
+    """'12 s', '3.4 min', '5.1 h' or '2.3 d'; '-' for None."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.2f} s"
+
+
+def text_table(rows: list[list[str]], header: list[str]) -> str:
+    """Rows of strings as a plain text table, columns padded to their widest cell."""
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def projection_rows(columns: dict[str, Rates | None], work: Work) -> list[list[str]]:
+    """One row per stage of the RxRx19a projection: its work, then its time in each of
+    ``columns`` ({title: rates}; None: unmeasured there), each marked [p] projected."""
+    described = {
+        "stitch": f"{work.sites:,} sites",
+        "nuclei": f"{work.wells:,} wells, {work.plates} diameter estimates",
+        "store read": f"{work.sites:,} sites read once",
+        "MIL epoch": f"{work.train_sites:,} training + {work.val_sites:,} validation sites",
+        "epoch: patch scoring": f"{work.train_sites * work.n_patches:,} patches",
+        "epoch: training steps": f"{work.train_steps:,} steps of {work.sites_per_step * work.train_k} patches",
+        "epoch: batchnorm": f"{work.batchnorm_steps} steps, forward only",
+        "epoch: validation": f"{work.val_sites * work.n_patches:,} patches",
+        "inference": f"{work.treated_sites:,} treated sites x {work.n_patches} patches, per model",
+    }
+    times = {title: (None if rates is None else stage_seconds(rates, work)) for title, rates in columns.items()}
+    rows = []
+    for stage, what in described.items():
+        cells = []
+        for title in columns:
+            value = None if times[title] is None else times[title][stage]
+            cells.append("unmeasured" if times[title] is None else ("-" if value is None else f"{format_duration(value)} [p]"))
+        rows.append([("  " + stage.removeprefix("epoch: ")) if stage.startswith("epoch: ") else stage, what, *cells])
+    return rows
+
+
+def median_times(times: dict[str, list[float]]) -> dict[str, float]:
+    """Median seconds of each step's repeats."""
+    return {f"{name}_s": statistics.median(values) for name, values in times.items()}
+
+
+def interleaved(steps: dict, repeats: int, sync=None, warmup: bool = False) -> dict[str, list[float]]:
+    """Wall seconds of each step (name -> callable), the steps taking turns ``repeats``
+    times, so that a passing load on the machine hits all alike; ``sync`` (e.g. CUDA's)
+    is called before every clock reading. ``warmup``: every step runs once untimed first
+    (torch builds its kernels for each new shape on the first call)."""
+    times = {name: [] for name in steps}
+    for step in steps.values() if warmup else ():
+        step()
+    for _ in range(repeats):
+        for name, step in steps.items():
+            if sync is not None:
+                sync()
+            started = time.perf_counter()
+            step()
+            if sync is not None:
+                sync()
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+class BatchClock:
+    """A progress callback (``progress(done, total)`` of site_scores and train_one_epoch)
+    that notes when each batch is done, so that a pass's steady rate leaves out the
+    DataLoader's start (its worker processes) and the first batch."""
+
+    def __init__(self):
+        self.marks: list[float] = []
+        self.passes: list[float] = []
+
+    def __call__(self, done=None, total=None) -> None:
+        self.marks.append(time.perf_counter())
+
+    def wrap(self, step):
+        """``step`` (called with this clock), recording its steady seconds: from its first
+        batch done to its last."""
+
+        def run():
+            self.marks = []
+            step(self)
+            if len(self.marks) > 1:
+                self.passes.append(self.marks[-1] - self.marks[0])
+
+        return run
+
+
+def steady_rate(units: list[int], passes: list[float], whole_s: float) -> float:
+    """Units per second after the first batch (``units``: per batch; ``passes``: steady
+    seconds of each timed pass, warm-up first); the whole pass's rate where a pass
+    has a single batch."""
+    timed = passes[1:] if len(passes) > 1 else passes
+    if len(units) < 2 or not timed:
+        return sum(units) / whole_s
+    return sum(units[1:]) / statistics.median(timed)
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of all files below ``path``."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size, MB: VmHWM of /proc/self/status (Linux), which
+    starts afresh at exec; elsewhere ru_maxrss (which on Linux would also hold the parent's
+    RSS at the fork)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
+def png_paths(sites: pd.DataFrame, pattern: str, channels: list[int]) -> list[str]:
+    """Every image file of the sites, in plate order."""
+    return [p for by_site in site_paths_by_well(sites, pattern, channels).values() for _, _, paths in by_site for p in paths]
+
+
+def drain(iterable) -> None:
+    """Consume an iterator without keeping what it yields."""
+    collections.deque(iterable, maxlen=0)
+
+
+# --------------------------------------------------------------------------- the plate
+
+
+def synthesise(work: Path, demo: dict) -> dict:
+    """One plate of ``demo`` written by the synth_plate rule's script (PNGs in the
+    demo's path pattern, metadata.csv, truth); returns the paths."""
+    import synth_plate
+
+    out = {"images": str(work / "images" / demo["experiment"] / "Plate1"), "metadata": str(work / "metadata.csv"),
+           "truth": str(work / "truth.parquet"), "masks": str(work / "masks.npz")}
+    synth_plate.main({"demo": demo}, {"experiment": demo["experiment"], "plate": 1}, out, str(work / "logs" / "synth.log"))
+    return dict(out, pattern=str(work / "images" / "{experiment}" / "Plate{plate}" / "{well}_s{site}_w{channel}.png"))
+
+
+def sites_table(metadata: str, site_layout: list[list[int]]) -> pd.DataFrame:
+    """The sites table (as the sites_table rule builds it) with each well's store row,
+    label (untreated wells), and set: untreated sites "train", treated ones "treated"."""
+    raw = read_metadata_csv(metadata)
+    sites = build_sites_table(raw, load_schema(REPO / "workflow" / "schemas" / "metadata.schema.yaml"), metadata, site_layout=site_layout)
+    wells = well_table(sites)
+    labels = pd.Series(well_labels(wells).to_numpy(), index=wells["well_id"].to_numpy())
+    return sites.assign(
+        well_index=sites["well_id"].map(well_indices(sites)).astype(np.int64),
+        label=sites["well_id"].map(labels).astype("Int64"),
+        set=np.where(sites["treatment"].isna(), "train", "treated"),
+    )
+
+
+def write_model_file(path: Path, spec: dict) -> None:
+    """A model file as the train rule writes it (random weights: timing does not depend
+    on them), so that the inference stage loads it as the infer rule does."""
+    import torch
+    from deemd.mil import build_resnet34
+    from train_model import make_setup
+
+    channels = len(spec["dataset"]["channels"])
+    setup = make_setup("M", spec["train"], spec["dataset"]["site_size"], channels)
+    torch.manual_seed(0)
+    saved = {"kind": "M", "state_dict": build_resnet34(channels).state_dict(), "setup": setup.to_dict(), "best_epoch": 0,
+             "best_val_ap": float("nan"), "channel_names": spec["dataset"]["channel_names"], "mean": spec["stats"]["mean"],
+             "std": spec["stats"]["std"]}
+    torch.save(saved, path)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def stitch_stage(spec: dict) -> dict:
+    """The stitch rule's work (stitch_plate into a fresh store, as stitch_plate.py calls
+    it) against the bare decode of the same PNGs (read_image), on one thread pool."""
+    sites, dataset, store_cfg = pd.read_parquet(spec["sites"]), spec["dataset"], spec["store"]
+    paths = png_paths(sites, spec["pattern"], dataset["channels"])
+    wells = well_table(sites)["well"].tolist()
+
+    def stitch(pool):
+        store = create_plate_store(spec["store_path"], wells, dataset["channel_names"], dataset["site_size"], dataset["site_layout"],
+                                   codec=store_cfg["codec"], clevel=store_cfg["clevel"], attrs={"plate_id": spec["plate_id"]})
+        stitch_plate(sites, store, spec["pattern"], dataset["channels"], "error", store_cfg["batch_wells"], pool, None,
+                     dataset["channel_axis"], store_cfg["rescale"])
+        store.group.attrs["complete"] = True
+
+    with ThreadPoolExecutor(spec["threads"]) as pool:
+        drain(pool.map(read_image, paths))  # the page cache
+        times = interleaved({"decode": lambda: drain(pool.map(read_image, paths)), "stitch": lambda: stitch(pool)}, spec["repeats"])
+    ratios = sorted(d / s for d, s in zip(times["decode"], times["stitch"]))
+    return {"sites": len(sites), "files": len(paths), **median_times(times), "ratio_range": [ratios[0], ratios[-1]],
+            "png_bytes": sum(os.path.getsize(p) for p in paths), "store_bytes": tree_bytes(Path(spec["store_path"]))}
+
+
+def nuclei_stage(spec: dict) -> dict:
+    """The nuclei rule's work on the stitched plate: the plate's diameter estimate
+    (nuclei_plate.plate_diameter), then count_nuclei of every well on ``threads`` threads
+    (its pool), repeated; the counts against the synthetic truth."""
+    from deemd.nuclei import count_nuclei, nucleus_params, valid_pixels
+    from nuclei_plate import plate_diameter
+
+    store, cfg = open_plate_store(spec["store_path"]), spec["nuclei"]
+    channel = spec["dataset"]["channels"].index(spec["dataset"]["nuclear_channel"])
+    site_valid, layout, size, wells = store.site_valid, store.site_layout, store.site_size, store.wells
+    table = well_table(pd.read_parquet(spec["sites"])).set_index("well").loc[wells].reset_index()
+    read = lambda i: store.images[i, channel]  # noqa: E731
+    valid = lambda i: valid_pixels(site_valid[i], layout, size)  # noqa: E731
+    started = time.perf_counter()
+    diameter, _ = plate_diameter(read, valid, table["treatment"].isna().to_numpy(), cfg, spec["plate_id"])
+    estimate_s = time.perf_counter() - started
+    params = nucleus_params(cfg, diameter)
+    counts = []
+    with ThreadPoolExecutor(spec["threads"]) as pool:
+        times = interleaved({"count": lambda: counts.append(list(pool.map(lambda i: count_nuclei(read(i), params, valid(i)), range(len(wells)))))},
+                            min(3, spec["repeats"]))
+    truth = pd.read_parquet(spec["truth"]).groupby("well")["n_nuclei"].sum().loc[wells]
+    return {"wells": len(wells), "estimate_s": estimate_s, "estimate_wells": min(8, int(table["treatment"].isna().sum())),
+            **median_times(times), "diameter_px": diameter, "downsample": params.downsample, "counted": int(sum(counts[-1])),
+            "truth": int(truth.sum())}
+
+
+def read_stage(spec: dict) -> dict:
+    """PlateStore.read_wells, batch_wells wells at a time as the later steps read, against
+    the bare decode of the same PNGs."""
+    sites, store = pd.read_parquet(spec["sites"]), open_plate_store(spec["store_path"])
+    paths = png_paths(sites, spec["pattern"], spec["dataset"]["channels"])
+    step = spec["store"]["batch_wells"]
+
+    def read():
+        for start in range(0, len(store.wells), step):
+            store.read_wells(start, start + step)
+
+    with ThreadPoolExecutor(spec["threads"]) as pool:
+        drain(pool.map(read_image, paths))
+        times = interleaved({"decode": lambda: drain(pool.map(read_image, paths)), "read": read}, spec["repeats"])
+    return {"sites": len(sites), **median_times(times)}
+
+
+def torch_setup(spec: dict):
+    """torch threads as the torch rules set them; returns the torch module."""
+    import torch
+
+    torch.set_num_threads(max(1, spec["threads"]))
+    return torch
+
+
+def cuda_sync(device_precision):
+    """A clock barrier for ``interleaved``: CUDA's synchronize, None on a CPU."""
+    import torch
+
+    return torch.cuda.synchronize if device_precision.cuda else None
+
+
+def random_patches(device_precision, n: int, channels: int, patch_size: int, inference: bool):
+    """n random float patches on the device, laid out as the network's inputs are."""
+    import torch
+
+    batch = torch.randn(n, channels, patch_size, patch_size, device=device_precision.device)
+    return device_precision.layout(batch, inference=inference)
+
+
+def bare_forward(network, device_precision, shapes: list[int], batch) -> None:
+    """The floor of inference: the network's forward alone, autocast as infer_patches
+    does, on ``batch`` (random_patches) cut to each of ``shapes`` patches."""
+    import torch
+
+    with torch.inference_mode():
+        for n in shapes:
+            with device_precision.autocast():
+                network(batch[:n]).float()
+
+
+def bare_steps(network, device_precision, shapes: list[int], images, optimizer, weights) -> None:
+    """The floor of training: forward, class-weighted BCE, backward and Adam on ``images``
+    (random_patches) cut to each step's patches (``shapes``), autocast as train_one_epoch."""
+    import torch
+    from deemd.mil import weighted_bce
+
+    network.train()
+    targets = (torch.arange(len(images), device=device_precision.device) % 2).float()
+    for n in shapes:
+        with device_precision.autocast():
+            logits = network(images[:n]).float().view(-1)
+        loss = weighted_bce(logits, targets[:n], weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def infer_sites(spec: dict, setup) -> pd.DataFrame:
+    """The treated sites the inference stage scores: a whole number of inference batches,
+    at least ``spec['infer_sites']`` where the plate has them."""
+    from deemd.inference import inference_sites_per_batch
+
+    treated = pd.read_parquet(spec["sites"]).query("set == 'treated'").reset_index(drop=True)
+    per_batch = inference_sites_per_batch(setup)
+    n = min(len(treated), max(per_batch, math.ceil(spec["infer_sites"] / per_batch) * per_batch))
+    return repeated(treated.head(n), spec.get("site_repeat", 1))
+
+
+def repeated(sites: pd.DataFrame, times: int) -> pd.DataFrame:
+    """The rows ``times`` over (a longer pass over the same sites: on a GPU, so that the
+    DataLoader workers' start at every pass does not dominate a short one)."""
+    return pd.concat([sites] * max(1, int(times)), ignore_index=True)
+
+
+def infer_stage(spec: dict, device_name: str = "cpu", precision: str | None = None, workers: int | None = None) -> dict:
+    """Model M's site scores as the infer rule computes them (the model file loaded by
+    load_trained, the rule's loader batches, site_scores) against the bare forward."""
+    torch = torch_setup(spec)
+    from deemd.data import SiteDataset, site_loader
+    from deemd.inference import (
+        inference_patches_per_forward,
+        inference_sites_per_batch,
+        load_trained,
+        site_scores,
+    )
+
+    network, setup, dp = load_trained(spec["model"], torch.device(device_name), precision or spec["train"]["precision"])
+    sites = infer_sites(spec, setup)
+    loader = site_loader(SiteDataset(sites, {spec["plate_id"]: spec["store_path"]}), inference_sites_per_batch(setup),
+                         spec["workers"] if workers is None else workers, None, pin_memory=dp.cuda)
+    shapes = forward_shapes(len(sites), inference_sites_per_batch(setup), setup.grid.n_patches, inference_patches_per_forward(setup))
+    batch = random_patches(dp, max(shapes), len(spec["dataset"]["channels"]), setup.grid.patch_size, inference=True)
+    clock = BatchClock()
+    times = interleaved({"infer": clock.wrap(lambda progress: site_scores(setup, network, loader, dp, progress)),
+                         "bare": lambda: bare_forward(network, dp, shapes, batch)},
+                        spec["torch_repeats"], cuda_sync(dp), warmup=True)
+    per_batch = [n * setup.grid.n_patches for n in batch_sizes(len(sites), inference_sites_per_batch(setup))]
+    return {"sites": len(sites), "patches": sum(shapes), "forwards": len(shapes), "patch_size": setup.grid.patch_size,
+            "precision": dp.precision, "channels_last": dp.channels_last(True), **median_times(times),
+            "patches_s": steady_rate(per_batch, clock.passes, statistics.median(times["infer"])),
+            "bare_patches_s": sum(shapes) / statistics.median(times["bare"])}
+
+
+def training_objects(setup, device_precision, labels):
+    """Network, class weights, Adam and the one-cycle schedule as deemd.train.fit makes
+    them (the schedule long enough for any number of timed steps)."""
+    import torch
+    from deemd.mil import build_resnet34, class_weights
+
+    torch.manual_seed(setup.seed)
+    network = device_precision.place(build_resnet34(setup.in_channels))
+    weights = torch.as_tensor(class_weights(labels), dtype=torch.float32, device=device_precision.device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=setup.lr, betas=setup.betas, weight_decay=setup.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=setup.lr, total_steps=100_000, anneal_strategy="cos", cycle_momentum=False)
+    return network, weights, optimizer, scheduler
+
+
+def train_stage(spec: dict, device_precision=None, workers: int | None = None, max_sites: int | None = None) -> dict:
+    """Model M's training steps (train_one_epoch over the plate's untreated sites, a
+    random k patches of each selected: the epoch's patch scoring is the inference stage)
+    against forward + backward + Adam on random patches of the same step shapes."""
+    torch = torch_setup(spec)
+    from deemd.data import SiteDataset, site_loader
+    from deemd.device import DevicePrecision
+    from deemd.train import sites_per_step, train_one_epoch
+    from train_model import make_setup
+
+    channels = len(spec["dataset"]["channels"])
+    setup = make_setup("M", spec["train"], spec["dataset"]["site_size"], channels)
+    dp = device_precision or DevicePrecision(torch.device("cpu"), spec["stats"]["mean"], spec["stats"]["std"], spec["train"]["precision"])
+    torch.use_deterministic_algorithms(dp.device.type == "cpu", warn_only=True)
+    train = pd.read_parquet(spec["sites"]).query("set == 'train'").reset_index(drop=True)
+    train = repeated(balanced_head(train, max_sites), spec.get("site_repeat", 1))
+    data = SiteDataset(train, {spec["plate_id"]: spec["store_path"]})
+    network, weights, optimizer, scheduler = training_objects(setup, dp, data.label)
+    rng = np.random.default_rng(0)
+    selected = np.stack([rng.choice(setup.grid.n_patches, setup.train_k, replace=False) for _ in range(len(data))])
+    per_step = sites_per_step(setup)
+    shapes = [n * setup.train_k for n in batch_sizes(len(data), per_step)]
+    loader = site_loader(data, per_step, spec["workers"] if workers is None else workers, 1, pin_memory=dp.cuda)
+    images = random_patches(dp, max(shapes), channels, setup.grid.patch_size, inference=False)
+    clock = BatchClock()
+    times = interleaved({"train": clock.wrap(lambda progress: train_one_epoch(setup, network, loader, selected, dp, weights, optimizer,
+                                                                                scheduler, progress, augment_seed=1)),
+                         "bare": lambda: bare_steps(network, dp, shapes, images, optimizer, weights)},
+                        spec["torch_repeats"], cuda_sync(dp), warmup=True)
+    return {"sites": len(data), "steps": len(shapes), "patches": sum(shapes), "step_patches": per_step * setup.train_k,
+            "patch_size": setup.grid.patch_size, "precision": dp.precision, "channels_last": dp.channels_last(False), **median_times(times),
+            "steps_s": steady_rate([1] * len(shapes), clock.passes, statistics.median(times["train"])),
+            "bare_steps_s": len(shapes) / statistics.median(times["bare"])}
+
+
+def balanced_head(sites: pd.DataFrame, n: int | None) -> pd.DataFrame:
+    """Up to ``n`` sites, half of each label (all where ``n`` is None)."""
+    if n is None:
+        return sites
+    return pd.concat([rows.head(max(1, n // 2)) for _, rows in sites.groupby("label")]).reset_index(drop=True)
+
+
+def pipeline_stage(spec: dict, device, workers: int, sites_per_batch: int, max_sites: int | None = None) -> dict:
+    """The data pipeline alone: every site (up to ``max_sites``) read by the DataLoader's
+    workers into pinned memory and copied to ``device``; GB/s of uint8 pixels delivered
+    (median of repeats)."""
+    import torch
+    from deemd.data import SiteDataset, site_loader
+
+    sites = pd.read_parquet(spec["sites"])
+    sites = repeated(sites if max_sites is None else sites.head(max_sites), spec.get("site_repeat", 1))
+    loader = site_loader(SiteDataset(sites, {spec["plate_id"]: spec["store_path"]}), sites_per_batch, workers, None, pin_memory=True)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def run(clock):
+        for batch, _, _ in loader:
+            batch.to(device, non_blocking=True)
+            sync()
+            clock()
+
+    clock = BatchClock()
+    times = interleaved({"pipeline": clock.wrap(run)}, max(2, spec["torch_repeats"]), None, warmup=True)
+    site_bytes = len(spec["dataset"]["channels"]) * spec["dataset"]["site_size"] ** 2
+    per_batch = [n * site_bytes for n in batch_sizes(len(sites), sites_per_batch)]
+    return {"sites": len(sites), "workers": workers, **median_times(times),
+            "gb_s": steady_rate(per_batch, clock.passes, statistics.median(times["pipeline"])) / 1e9}
+
+
+def gpu_stage(spec: dict) -> dict:
+    """The GPU path: bf16 autocast, channels-last, DataLoader workers and pinned memory.
+    With CUDA: the data pipeline, inference and training at full size on the GPU. Without:
+    the same calls on the CPU at a tiny size (2 DataLoader workers, pinning a no-op, bf16
+    and channels-last in training too), to show that the path runs; no GPU figure."""
+    torch = torch_setup(spec)
+    from deemd.device import DevicePrecision
+
+    class GpuLayoutOnCpu(DevicePrecision):
+        """A CUDA run's layout on a CPU: channels-last in training as well."""
+
+        def channels_last(self, inference: bool) -> bool:
+            return True
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    workers = spec["gpu_workers"] if cuda else 2
+    mean, std = spec["stats"]["mean"], spec["stats"]["std"]
+    dp = DevicePrecision(device, mean, std, "auto") if cuda else GpuLayoutOnCpu(device, mean, std, "bf16")
+    # CUDA: every site of the plate, 10 times over; CPU: one batch, once.
+    sized = {"infer_sites": 10**6, "site_repeat": 10} if cuda else {"infer_sites": 1, "torch_repeats": 1}
+    result = {"cuda": cuda, "device": torch.cuda.get_device_name() if cuda else "cpu (tiny exercise)", "workers": workers}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*pin_memory.*")
+        result["pipeline"] = pipeline_stage(dict(spec, **sized), device, workers, 10 if cuda else 2, None if cuda else 4)
+        result["infer"] = infer_stage(dict(spec, **sized), device.type, "auto" if cuda else "bf16", workers)
+        result["train"] = train_stage(dict(spec, **sized), dp, workers, None if cuda else 2)
+    if cuda:
+        result["max_memory_allocated_gb"] = torch.cuda.max_memory_allocated() / GIB
+    return result
+
+
+STAGES = {"stitch": stitch_stage, "nuclei": nuclei_stage, "read": read_stage, "infer": infer_stage, "train": train_stage, "gpu": gpu_stage}
+# The rule whose mem_mb a stage's peak memory is held against (store reads happen inside
+# the torch rules).
+STAGE_RULES = {"stitch": "stitch", "nuclei": "nuclei", "read": None, "infer": "infer", "train": "train", "gpu": "train"}
+
+
+def run_stage(name: str, spec: dict, work: Path) -> dict:
+    """Stage ``name`` in a fresh Python process (this file, --stage), so that its peak
+    RSS is its own; its result dict, or {"failed": why} when the process failed."""
+    spec_path, out = work / f"{name}.spec.json", work / f"{name}.result.json"
+    spec_path.write_text(json.dumps(dict(spec, out=str(out))))
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
+    started = time.perf_counter()
+    process = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--stage", name, "--spec", str(spec_path)], check=False, env=env)
+    if process.returncode or not out.exists():
+        return {"failed": f"exit status {process.returncode}", "wall_s": time.perf_counter() - started}
+    return dict(json.loads(out.read_text()), wall_s=time.perf_counter() - started)
+
+
+def stage_main(name: str, spec_path: str) -> None:
+    """The child side of run_stage: run the stage, add its peak RSS, write the result."""
+    spec = json.loads(Path(spec_path).read_text())
+    result = STAGES[name](spec)
+    result["peak_rss_mb"] = peak_rss_mb()
+    Path(spec["out"]).write_text(json.dumps(result))
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def prepare(args, work: Path) -> dict:
+    """Synthesise the plate, build its sites table and return the stages' common spec."""
+    config = merged_config()
+    demo = scale_demo(256 if args.quick else 1024, args.quick)
+    started = time.perf_counter()
+    files = synthesise(work, demo)
+    print(f"synthesised {len(pd.read_parquet(files['truth']))} sites in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    dataset = dict(config["dataset"], site_size=demo["site_size"])
+    sites = sites_table(files["metadata"], dataset["site_layout"])
+    sites.to_parquet(work / "sites.parquet")
+    return {
+        "threads": args.threads, "repeats": args.repeats, "torch_repeats": args.torch_repeats, "workers": args.workers,
+        "gpu_workers": max(1, min(int(config["train"]["workers"]), os.cpu_count() or 1)),
+        "infer_sites": 4 if args.quick else 8, "plate_id": sites["plate_id"].iloc[0], "sites": str(work / "sites.parquet"),
+        "truth": files["truth"], "pattern": files["pattern"], "store_path": str(work / "store.zarr"), "model": str(work / "model.pt"),
+        "dataset": {k: dataset[k] for k in ("site_size", "site_layout", "channels", "channel_names", "nuclear_channel", "channel_axis")},
+        "store": config["store"], "nuclei": config["nuclei"], "train": model_train_values(config["train"], "M"), "demo": demo,
+        "by_model_M": (config["train"].get("by_model") or {}).get("M") or {}, "quick": args.quick,
+    }
+
+
+def channel_stats(spec: dict) -> dict:
+    """The training sites' channel statistics (the split rule's deemd.channel_stats)."""
+    from deemd.channel_stats import training_channel_stats
+
+    store = open_plate_store(spec["store_path"])
+    return training_channel_stats(pd.read_parquet(spec["sites"]), {spec["plate_id"]: store})
+
+
+def run_all(args, work: Path) -> dict:
+    """Every stage in turn (stitch first: the others read its store); the results."""
+    spec = prepare(args, work)
+    print("stage stitch", file=sys.stderr, flush=True)
+    results = {"stitch": run_stage("stitch", spec, work)}
+    if "failed" in results["stitch"]:
+        return {"spec": spec, "results": results}
+    spec["stats"] = channel_stats(spec)
+    write_model_file(Path(spec["model"]), spec)
+    for name in ("nuclei", "read", "infer", "train", "gpu"):
+        print(f"stage {name}", file=sys.stderr, flush=True)
+        results[name] = run_stage(name, spec, work)
+    return {"spec": spec, "results": results}
+
+
+def ok(result: dict | None) -> bool:
+    """Whether a stage ran and gave its figures."""
+    return bool(result) and "failed" not in result
+
+
+def measured_rates(results: dict) -> Rates:
+    """The CPU stages' rates on this machine."""
+    s, n, r, i, t = (results.get(k, {}) for k in ("stitch", "nuclei", "read", "infer", "train"))
+    return Rates(
+        stitch_sites_s=s["sites"] / s["stitch_s"] if ok(s) else None,
+        nuclei_wells_s=n["wells"] / n["count_s"] if ok(n) else None,
+        estimate_s_plate=n["estimate_s"] if ok(n) else None,
+        read_sites_s=r["sites"] / r["read_s"] if ok(r) else None,
+        infer_patches_s=i["patches_s"] if ok(i) else None,
+        train_steps_s=t["steps_s"] if ok(t) else None,
+    )
+
+
+def gpu_rates(gpu: dict) -> Rates | None:
+    """The GPU's inference and training rates; None where no CUDA device ran."""
+    if not ok(gpu) or not gpu["cuda"]:
+        return None
+    return Rates(infer_patches_s=gpu["infer"]["patches_s"], train_steps_s=gpu["train"]["steps_s"])
+
+
+def work_for(spec: dict, results: dict) -> Work:
+    """The RxRx19a run with M's training batches of this config."""
+    t = results.get("train", {})
+    k = int(spec["train"]["k"])
+    per_step = t["step_patches"] // k if ok(t) else max(1, int(spec["train"]["batch_size"]) // k)
+    return Work(train_k=k, sites_per_step=per_step, batchnorm_steps=int(spec["train"]["batchnorm_steps"]))
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def describe_failure(result: dict) -> str:
+    return f"failed ({result.get('failed', 'not run')})"
+
+
+def rate_rows(results: dict, threads: int) -> list[list[str]]:
+    """Each stage's measured rate, its floor and their ratio."""
+    rows = []
+    s, n, r, i, t = (results.get(k, {}) for k in ("stitch", "nuclei", "read", "infer", "train"))
+    if ok(s):
+        decode = s["sites"] / s["decode_s"]
+        rows.append(["stitch", f"{s['sites'] / s['stitch_s']:.1f} sites/s [m]", f"{decode:.1f} sites/s [m] bare PNG decode",
+                     f"{s['decode_s'] / s['stitch_s']:.2f} [m] (range {s['ratio_range'][0]:.2f}-{s['ratio_range'][1]:.2f})"])
+    if ok(n):
+        rows.append(["nuclei", f"{n['count_s'] / n['wells']:.2f} s a well [m] ({threads} threads)", "-",
+                     f"{n['counted']} nuclei of {n['truth']} true ({n['counted'] / max(n['truth'], 1) - 1:+.1%}) [m]"])
+        rows.append(["  diameter estimate", f"{n['estimate_s']:.2f} s a plate [m] ({n['estimate_wells']} wells)", "-",
+                     f"{n['diameter_px']:.1f} px, counted at 1/{n['downsample']} [m]"])
+    if ok(r):
+        rows.append(["store read", f"{r['sites'] / r['read_s']:.1f} sites/s [m]", f"{r['sites'] / r['decode_s']:.1f} sites/s [m] bare PNG decode",
+                     f"{r['decode_s'] / r['read_s']:.1f}x the decode [m]"])
+    if ok(i):
+        rows.append([f"inference (M, {i['precision']})", f"{i['patches_s']:.1f} patches/s [m] (whole pass {i['patches'] / i['infer_s']:.1f})",
+                     f"{i['bare_patches_s']:.1f} patches/s [m] bare forward", f"{i['patches_s'] / i['bare_patches_s']:.2f} [m]"])
+    if ok(t):
+        rows.append([f"training (M, {t['precision']})", f"{t['steps_s']:.3f} steps/s [m] of {t['step_patches']} patches (whole pass {t['steps'] / t['train_s']:.3f})",
+                     f"{t['bare_steps_s']:.3f} steps/s [m] bare fwd+bwd+Adam", f"{t['steps_s'] / t['bare_steps_s']:.2f} [m]"])
+    for name in ("stitch", "nuclei", "read", "infer", "train"):
+        if not ok(results.get(name)):
+            rows.append([name, describe_failure(results.get(name, {})), "", ""])
+    return rows
+
+
+def size_lines(stitch: dict, work: Work) -> list[str]:
+    """Store size against the PNGs, on this plate and per RxRx19a site."""
+    if not ok(stitch):
+        return ["size: not measured (stitch failed)"]
+    png, store, sites = stitch["png_bytes"], stitch["store_bytes"], stitch["sites"]
+    per_site = work.sites / sites / 1e9
+    return [f"size: PNGs {png / 1e6:.1f} MB, store {store / 1e6:.1f} MB: {store / png:.2f}x the PNGs [m]",
+            f"      RxRx19a ({work.sites:,} sites at this plate's bytes a site): PNGs {png * per_site:.0f} GB, store {store * per_site:.0f} GB [p]"]
+
+
+def memory_rows(results: dict, mem_mb: dict[str, int]) -> list[list[str]]:
+    """Each stage's peak RSS against its rule's mem_mb."""
+    rows = []
+    for name, rule in STAGE_RULES.items():
+        result = results.get(name, {})
+        if not ok(result):
+            continue
+        limit = mem_mb.get(rule) if rule else None
+        share = f"{result['peak_rss_mb'] / limit:.2f}" if limit else "-"
+        rows.append([name, f"{result['peak_rss_mb']:.0f} MB [m]", rule or "(inside train/infer)", str(limit or "-"), share])
+    return rows
+
+
+def gpu_lines(gpu: dict, work: Work) -> list[str]:
+    """The GPU part: its measured figures, or why there are none and what ran instead."""
+    if not ok(gpu):
+        return [f"GPU part: {describe_failure(gpu)}"]
+    p, i, t = gpu["pipeline"], gpu["infer"], gpu["train"]
+    if not gpu["cuda"]:
+        return ["GPU: unmeasured (no CUDA device: torch.cuda.is_available() is False). The GPU code path ran on the CPU at a tiny size:",
+                f"  data pipeline: {p['sites']} sites through {p['workers']} DataLoader workers, pin_memory requested (a no-op without CUDA)",
+                f"  inference: {i['patches']} patches, {i['precision']} autocast, channels-last {i['channels_last']}",
+                f"  training: {t['steps']} step(s) of {t['step_patches']} patches, {t['precision']} autocast, channels-last {t['channels_last']}",
+                "  (its speeds on the CPU are no GPU figure and are left out)"]
+    epoch_gb = work.epoch_read_sites * work.site_bytes / 1e9
+    epoch = stage_seconds(gpu_rates(gpu), work)["MIL epoch"]
+    return [f"GPU {gpu['device']}: {gpu['workers']} DataLoader workers, pinned memory, {i['precision']}, channels-last",
+            f"  data pipeline {p['gb_s']:.2f} GB/s [m]; an epoch reads {epoch_gb:.0f} GB: {format_duration(epoch_gb / p['gb_s'])} at that rate [p]",
+            f"  inference {i['patches_s']:.0f} patches/s [m], bare forward {i['bare_patches_s']:.0f} [m], ratio {i['patches_s'] / i['bare_patches_s']:.2f}",
+            (f"  training {t['steps_s']:.2f} steps/s [m] of {t['step_patches']} patches, bare {t['bare_steps_s']:.2f} [m], "
+             f"ratio {t['steps_s'] / t['bare_steps_s']:.2f}"),
+            f"  projected MIL epoch of M over {work.train_sites:,} sites: {format_duration(epoch)} [p] (target < 2 min on an H100-class GPU)",
+            f"  peak GPU memory allocated {gpu['max_memory_allocated_gb']:.1f} GiB [m]"]
+
+
+def header_notes(spec: dict) -> list[str]:
+    """Caveats of the run: M's by_model values in force, and --quick's small sites."""
+    notes = []
+    if spec.get("by_model_M"):
+        notes.append(f"note: train.by_model.M {spec['by_model_M']} applies (config/config.yaml's; config/rxrx19a.yaml does not replace it)")
+    if spec.get("quick"):
+        notes.append(f"note: --quick: {spec['demo']['site_size']} px sites, patches of {spec['demo']['site_size'] // 4} px: the rates are not "
+                     "those of 1024 px sites, and the projection below only shows its arithmetic")
+    return notes
+
+
+def report(run: dict, threads: int, target_cores: int = 16) -> str:
+    """The whole plain text report."""
+    spec, results = run["spec"], run["results"]
+    demo, train, work = spec["demo"], spec["train"], work_for(spec, results)
+    wells = demo["plate_rows"] * demo["plate_columns"]
+    rates, gpu = measured_rates(results), results.get("gpu", {})
+    gpu_title = f"GPU ({gpu['device']})" if ok(gpu) and gpu["cuda"] else "GPU"
+    columns = {f"this machine ({threads} cores)": rates, f"{target_cores} cores (linear)": rates.scaled(target_cores / threads),
+               gpu_title: gpu_rates(gpu)}
+    lines = [
+        (f"deemd scale benchmark: 1 plate, {wells} wells x 4 sites of {demo['site_size']} px, {len(spec['dataset']['channels'])} channels, "
+         f"{demo['cells']['per_site']} cells a site, nuclei {nucleus_diameter_px(demo):.0f} px (HRCE-like at {UM_PER_PX} um/px)"),
+        (f"{threads} threads a stage, medians of {spec['repeats']} (torch stages {spec['torch_repeats']}) interleaved repeats; "
+         f"model M as config/rxrx19a.yaml over config/config.yaml trains it: k {train['k']}, batch_size {train['batch_size']}, "
+         f"sites_per_step {train['sites_per_step']} (0: batch_size // k), precision {train['precision']}, {spec['workers']} CPU DataLoader workers"),
+        *header_notes(spec),
+        "[m] measured in this run on this machine; [p] projected from measured rates", "",
+        text_table(rate_rows(results, threads), ["stage", "rate", "floor", "ratio"]),
+        "(inference and training: the steady rate, from a pass's first batch done to its last; the whole pass adds the loader's start)", "",
+        *size_lines(results.get("stitch", {}), work), "",
+        text_table(memory_rows(results, rule_mem_mb()), ["stage", "peak RSS", "rule", "mem_mb", "peak/mem_mb"]),
+        "(peak RSS of a fresh process doing one plate's stage; the stages hold a batch of wells or sites, not a plate)", "",
+        f"RxRx19a HRCE projection ({work.sites:,} sites of 1024 px, {work.wells:,} wells on ~{work.plates} plates of {WELLS_PER_PLATE})",
+        text_table(projection_rows(columns, work), ["stage", "work", *columns]), "",
+        *gpu_lines(gpu, work),
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a 6-well plate of 256 px sites, fewer repeats (for tests)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="threads a stage (default: this machine's cores)")
+    parser.add_argument("--repeats", type=int, default=None, help="repeats of the cheap stages (default 5; --quick 2)")
+    parser.add_argument("--torch-repeats", type=int, default=None, help="repeats of inference and training (default 3; --quick 2)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the CPU stages (default 0, as the demo)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the plate is written (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the plate, store and results folder")
+    parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.repeats = args.repeats or (2 if args.quick else 5)
+    args.torch_repeats = args.torch_repeats or (2 if args.quick else 3)
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.stage:
+        stage_main(args.stage, args.spec)
+        return
+    work = Path(tempfile.mkdtemp(prefix="deemd-scale-", dir=args.workdir))
+    started = time.perf_counter()
+    try:
+        run = run_all(args, work)
+        text = report(run, args.threads)
+        print(text)
+        print(f"\nwall time {format_duration(time.perf_counter() - started)} (plate in {work}{'' if args.keep else ', removed'})")
+        if args.json:
+            rates = measured_rates(run["results"])
+            args.json.write_text(json.dumps({**run, "rates": asdict(rates), "work": asdict(work_for(run["spec"], run["results"])),
+                                             "mem_mb": rule_mem_mb(), "report": text}, indent=1, default=str))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""benchmarks/scale.py: its pure helpers (plate geometry, the RxRx19a projection, the
+rules' mem_mb, the report's tables) and its CPU stages on a tiny plate. No timing is
+asserted: the figures depend on the machine."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def scale():
+    spec = importlib.util.spec_from_file_location("deemd_bench_scale", REPO / "benchmarks" / "scale.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plate_is_hrce_like_at_any_site_size(scale):
+    full, quick = scale.scale_demo(1024), scale.scale_demo(256, quick=True)
+    # 11 um nuclei at 0.65 um/px: about 17 px across whatever the site size.
+    assert scale.nucleus_diameter_px(full) == pytest.approx(16.9, abs=0.1)
+    assert scale.nucleus_diameter_px(quick) == pytest.approx(scale.nucleus_diameter_px(full))
+    assert full["cells"]["per_site"] == 300 and quick["cells"]["per_site"] == round(300 / 16)
+    assert full["plate_rows"] * full["plate_columns"] == 24 and quick["plate_rows"] * quick["plate_columns"] == 6
+    # Every well of the plate is used: controls + compounds x concentrations.
+    for demo in (full, quick):
+        used = sum(demo["controls_per_plate"].values()) + demo["compounds"] * len(demo["concentrations_um"])
+        assert used == demo["plate_rows"] * demo["plate_columns"]
+
+
+def test_rates_scale_linearly(scale):
+    rates = scale.Rates(stitch_sites_s=10.0, estimate_s_plate=4.0, infer_patches_s=30.0)
+    eight = rates.scaled(8)
+    assert eight.stitch_sites_s == 80.0 and eight.infer_patches_s == 240.0
+    assert eight.estimate_s_plate == 0.5  # seconds, not a rate
+    assert eight.train_steps_s is None
+
+
+def test_stage_seconds_arithmetic(scale):
+    work = scale.Work(sites=1000, wells=250, train_sites=100, val_sites=20, treated_sites=500, n_patches=49, train_k=2,
+                      sites_per_step=16, batchnorm_steps=5)
+    assert work.plates == 1 and work.train_steps == 7
+    rates = scale.Rates(stitch_sites_s=10.0, nuclei_wells_s=5.0, estimate_s_plate=3.0, read_sites_s=100.0,
+                        infer_patches_s=49.0, train_steps_s=0.5)
+    seconds = scale.stage_seconds(rates, work)
+    assert seconds["stitch"] == 100.0 and seconds["store read"] == 10.0
+    assert seconds["nuclei"] == 250 / 5.0 + 1 * 3.0
+    assert seconds["epoch: patch scoring"] == 100.0 and seconds["epoch: validation"] == 20.0
+    assert seconds["epoch: training steps"] == 14.0
+    assert seconds["epoch: batchnorm"] == pytest.approx(5 * 16 * 2 / 49.0)
+    assert seconds["MIL epoch"] == pytest.approx(100.0 + 14.0 + 20.0 + 5 * 16 * 2 / 49.0)
+    assert seconds["inference"] == 500.0
+    missing = scale.stage_seconds(scale.Rates(infer_patches_s=49.0), work)
+    assert missing["stitch"] is None and missing["nuclei"] is None and missing["MIL epoch"] is None
+
+
+def test_rxrx19a_work(scale):
+    work = scale.Work()
+    assert work.plates == math.ceil(71_000 / 1536)
+    assert work.train_sites * work.n_patches == 980_000
+    assert work.epoch_read_sites == 2 * 20_000 + 5_000 + 50 * 16
+
+
+def test_batch_and_forward_shapes(scale):
+    assert scale.batch_sizes(10, 4) == [4, 4, 2] and scale.batch_sizes(0, 4) == []
+    # 5 sites, 2 a batch, 49 patches a site, forwards of at most 64 patches.
+    assert scale.forward_shapes(5, 2, 49, 64) == [64, 34, 64, 34, 49]
+    assert sum(scale.forward_shapes(7, 3, 49, 512)) == 7 * 49
+
+
+def test_steady_rate_leaves_out_the_first_batch(scale):
+    # 3 batches of 10, 2 and 2 units; steady passes: warm-up 9 s, then 1 s and 3 s.
+    assert scale.steady_rate([10, 2, 2], [9.0, 1.0, 3.0], 100.0) == pytest.approx(4 / 2.0)
+    assert scale.steady_rate([10], [], 5.0) == 2.0  # one batch: the whole pass
+    clock = scale.BatchClock()
+    run = clock.wrap(lambda progress: [progress(k, 3) for k in range(3)])
+    run()
+    run()
+    assert len(clock.passes) == 2 and all(p >= 0 for p in clock.passes)
+    clock.wrap(lambda progress: progress(1, 1))()
+    assert len(clock.passes) == 2  # a single batch has no steady part
+
+
+def test_format_duration(scale):
+    assert scale.format_duration(None) == "-" and scale.format_duration(float("nan")) == "-"
+    assert scale.format_duration(5) == "5.00 s" and scale.format_duration(90) == "90 s"
+    assert scale.format_duration(600) == "10.0 min" and scale.format_duration(3 * 3600) == "3.0 h"
+    assert scale.format_duration(5 * 86400) == "5.0 d"
+
+
+def test_rule_mem_mb_reads_the_rules(scale, tmp_path):
+    found = scale.rule_mem_mb()
+    assert {"stitch", "nuclei", "infer", "train"} <= set(found)
+    assert all(isinstance(v, int) and v > 0 for v in found.values())
+    (tmp_path / "a.smk").write_text("rule one:\n    resources:\n        mem_mb=123,\n\n\ncheckpoint two:\n    threads: 1\n")
+    assert scale.rule_mem_mb(tmp_path) == {"one": 123}
+
+
+def test_model_train_values_apply_by_model(scale):
+    train = {"k": 2, "batch_size": 128, "models": ["M", "W"], "by_model": {"M": {"batch_size": 32}}}
+    assert scale.model_train_values(train, "M") == {"k": 2, "batch_size": 32}
+    assert scale.model_train_values(train, "W") == {"k": 2, "batch_size": 128}
+
+
+def test_projection_marks_every_figure(scale):
+    work = scale.Work()
+    rates = scale.Rates(stitch_sites_s=25.0, nuclei_wells_s=3.0, estimate_s_plate=2.0, read_sites_s=200.0,
+                        infer_patches_s=30.0, train_steps_s=0.3)
+    columns = {"this machine (2 cores)": rates, "16 cores (linear)": rates.scaled(8), "GPU": None}
+    rows = scale.projection_rows(columns, work)
+    assert [r[0] for r in rows][:3] == ["stitch", "nuclei", "store read"]
+    for row in rows:
+        assert row[2].endswith("[p]") and row[3].endswith("[p]") and row[4] == "unmeasured"
+    text = scale.text_table(rows, ["stage", "work", *columns])
+    assert "unmeasured" in text and "16 cores (linear)" in text
+    gpu = scale.Rates(infer_patches_s=5000.0, train_steps_s=20.0)
+    epoch = scale.stage_seconds(gpu, work)
+    assert epoch["MIL epoch"] < scale.stage_seconds(rates, work)["MIL epoch"] and epoch["stitch"] is None
+
+
+def test_stages_on_a_tiny_plate(scale, tmp_path):
+    """Synthesis, sites table, stitch, nuclei and read stages in this process, on a 2 x 3
+    plate of 64 px sites, one repeat; then the report's tables from their results."""
+    demo = scale.scale_demo(64, quick=True)
+    files = scale.synthesise(tmp_path, demo)
+    config = scale.merged_config()
+    dataset = dict(config["dataset"], site_size=64)
+    sites = scale.sites_table(files["metadata"], dataset["site_layout"])
+    assert len(sites) == 24 and set(sites["set"]) == {"train", "treated"}
+    assert sites.loc[sites["set"] == "train", "label"].notna().all()
+    sites.to_parquet(tmp_path / "sites.parquet")
+    spec = {"threads": 1, "repeats": 1, "torch_repeats": 1, "plate_id": sites["plate_id"].iloc[0],
+            "sites": str(tmp_path / "sites.parquet"), "truth": files["truth"], "pattern": files["pattern"],
+            "store_path": str(tmp_path / "store.zarr"), "store": config["store"], "nuclei": config["nuclei"],
+            "dataset": {k: dataset[k] for k in ("site_size", "site_layout", "channels", "channel_names", "nuclear_channel", "channel_axis")}}
+    results = {"stitch": scale.stitch_stage(spec), "nuclei": scale.nuclei_stage(spec), "read": scale.read_stage(spec)}
+    assert results["stitch"]["sites"] == 24 and results["stitch"]["files"] == 120
+    assert results["stitch"]["png_bytes"] > 0 and results["stitch"]["store_bytes"] > 0
+    assert results["nuclei"]["wells"] == 6 and results["nuclei"]["truth"] > 0 and results["nuclei"]["counted"] > 0
+    for result in results.values():
+        result["peak_rss_mb"] = scale.peak_rss_mb()
+    rates = scale.measured_rates(results)
+    assert rates.stitch_sites_s > 0 and rates.read_sites_s > 0 and rates.infer_patches_s is None
+    rows = scale.rate_rows(results, 1)
+    assert any(r[0] == "stitch" and r[1].endswith("[m]") for r in rows)
+    assert any(r[0] == "infer" and r[1].startswith("failed") for r in rows)
+    memory = scale.memory_rows(results, {"stitch": 4000, "nuclei": 4000})
+    assert [r[0] for r in memory] == ["stitch", "nuclei", "read"]
+    assert scale.size_lines(results["stitch"], scale.Work())[0].startswith("size: PNGs")
+    assert scale.gpu_lines({}, scale.Work())[0].startswith("GPU part: failed")
+    assert np.isfinite(pd.read_parquet(files["truth"])["n_nuclei"].sum())
