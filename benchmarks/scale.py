@@ -727,7 +727,9 @@ def prepare(args, work: Path) -> dict:
         "truth": files["truth"], "pattern": files["pattern"], "store_path": str(work / "store.zarr"), "model": str(work / "model.pt"),
         "dataset": {k: dataset[k] for k in ("site_size", "site_layout", "channels", "channel_names", "nuclear_channel", "channel_axis")},
         "store": config["store"], "nuclei": config["nuclei"], "train": model_train_values(config["train"], "M"), "demo": demo,
-        "by_model_M": (config["train"].get("by_model") or {}).get("M") or {}, "quick": args.quick,
+        "by_model_M": {key: value for key, value in ((config["train"].get("by_model") or {}).get("M") or {}).items()
+                       if config["train"].get(key) != value},
+        "quick": args.quick,
     }
 
 
@@ -868,10 +870,11 @@ def gpu_lines(gpu: dict, work: Work) -> list[str]:
 
 
 def header_notes(spec: dict) -> list[str]:
-    """Caveats of the run: M's by_model values in force, and --quick's small sites."""
+    """Caveats of the run: M's by_model values that differ from the shared ones, and
+    --quick's small sites."""
     notes = []
     if spec.get("by_model_M"):
-        notes.append(f"note: train.by_model.M {spec['by_model_M']} applies (config/config.yaml's; config/rxrx19a.yaml does not replace it)")
+        notes.append(f"note: train.by_model.M {spec['by_model_M']} replaces train's shared values for M")
     if spec.get("quick"):
         notes.append(f"note: --quick: {spec['demo']['site_size']} px sites, patches of {spec['demo']['site_size'] // 4} px: the rates are not "
                      "those of 1024 px sites, and the projection below only shows its arithmetic")
