@@ -34,6 +34,9 @@ RESOURCES = f"resources/{DATASET}"
 RESULTS = f"results/{DATASET}"
 LOGS = f"logs/{DATASET}"
 BENCH = f"benchmarks/results/{DATASET}"
+# Jobs on the way to the hit calls (stitch to efficacy) go first when cores are short; the
+# viewer export and the figures (Snakemake's default priority, 0) fill the cores they leave.
+SCIENCE_PATH_PRIORITY = 1
 
 # A synthetic screen is written where the dataset config says it is read from.
 if SOURCE == "synthetic":

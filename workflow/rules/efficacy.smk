@@ -17,6 +17,7 @@ rule efficacy:
         f"{LOGS}/efficacy/{{model}}.log",
     benchmark:
         f"{BENCH}/efficacy/{{model}}.tsv"
+    priority: SCIENCE_PATH_PRIORITY
     conda:
         "../../envs/r.yaml"
     threads: 1

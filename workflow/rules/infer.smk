@@ -15,6 +15,7 @@ rule infer:
         f"{LOGS}/infer/{{model}}/{{plate_id}}.part{{part}}.log",
     benchmark:
         f"{BENCH}/infer/{{model}}/{{plate_id}}.part{{part}}.tsv"
+    priority: SCIENCE_PATH_PRIORITY
     conda:
         "../../envs/torch.yaml"
     threads: 4

@@ -11,6 +11,7 @@ rule nuclei:
         f"{LOGS}/nuclei/{{plate_id}}.log",
     benchmark:
         f"{BENCH}/nuclei/{{plate_id}}.tsv"
+    priority: SCIENCE_PATH_PRIORITY
     conda:
         "../../envs/imaging.yaml"
     threads: 2
@@ -42,6 +43,7 @@ rule nuclei_summary:
         f"{LOGS}/nuclei/summary.log",
     benchmark:
         f"{BENCH}/nuclei/summary.tsv"
+    priority: SCIENCE_PATH_PRIORITY
     conda:
         "../../envs/plots.yaml"
     threads: 1

@@ -18,6 +18,7 @@ rule split_sets:
         f"{LOGS}/split/split_sets.log",
     benchmark:
         f"{BENCH}/split/split_sets.tsv"
+    priority: SCIENCE_PATH_PRIORITY
     conda:
         "../../envs/imaging.yaml"
     threads: 1
@@ -40,6 +41,7 @@ rule channel_stats:
         f"{LOGS}/split/channel_stats.log",
     benchmark:
         f"{BENCH}/split/channel_stats.tsv"
+    priority: SCIENCE_PATH_PRIORITY
     conda:
         "../../envs/imaging.yaml"
     threads: 4

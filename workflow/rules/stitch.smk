@@ -13,6 +13,7 @@ rule stitch:
         f"{LOGS}/stitch/{{plate_id}}.log",
     benchmark:
         f"{BENCH}/stitch/{{plate_id}}.tsv"
+    priority: SCIENCE_PATH_PRIORITY
     conda:
         "../../envs/imaging.yaml"
     threads: 2

@@ -21,6 +21,7 @@ rule train:
         f"{LOGS}/train/{{model}}.log",
     benchmark:
         f"{BENCH}/train/{{model}}.tsv"
+    priority: SCIENCE_PATH_PRIORITY
     conda:
         "../../envs/torch.yaml"
     threads: 4
@@ -54,6 +55,7 @@ rule evaluate:
         f"{LOGS}/evaluate/evaluate.log",
     benchmark:
         f"{BENCH}/evaluate/evaluate.tsv"
+    priority: SCIENCE_PATH_PRIORITY
     conda:
         "../../envs/torch.yaml"
     threads: 4
