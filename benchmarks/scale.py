@@ -9,7 +9,7 @@ With no arguments (meant to take under 15 minutes on 2 idle cores):
    (about 300 cells a site, nuclei 11 um = 17 px across, cells 34 um = 52 px);
 2. runs each stage in a fresh process (so that its peak RSS can be compared with the rule's
    mem_mb), on the same N threads, as medians of interleaved repeats against its floor:
-     stitch     deemd.stitch.stitch_plate into a fresh store  vs  the bare PNG decode (PIL)
+     stitch     deemd.stitch.stitch_plate into a fresh store  vs  the bare PNG decode (read_image)
      nuclei     the nuclei rule's diameter estimate and count_nuclei per stitched well
      read       PlateStore.read_wells, batch_wells at a time  vs  the bare PNG decode
      infer      deemd.inference.site_scores of model M (49 patches of 256 px a site, the
@@ -272,16 +272,19 @@ def median_times(times: dict[str, list[float]]) -> dict[str, float]:
     return {f"{name}_s": statistics.median(values) for name, values in times.items()}
 
 
-def interleaved(steps: dict, repeats: int, sync=None, warmup: bool = False) -> dict[str, list[float]]:
+def interleaved(steps: dict, repeats: int, sync=None, warmup: bool = False, before: dict | None = None) -> dict[str, list[float]]:
     """Wall seconds of each step (name -> callable), the steps taking turns ``repeats``
     times, so that a passing load on the machine hits all alike; ``sync`` (e.g. CUDA's)
     is called before every clock reading. ``warmup``: every step runs once untimed first
-    (torch builds its kernels for each new shape on the first call)."""
+    (torch builds its kernels for each new shape on the first call). ``before`` (name ->
+    callable) runs untimed before each repeat of that step (e.g. removing its output)."""
     times = {name: [] for name in steps}
     for step in steps.values() if warmup else ():
         step()
     for _ in range(repeats):
         for name, step in steps.items():
+            if before and name in before:
+                before[name]()
             if sync is not None:
                 sync()
             started = time.perf_counter()
@@ -413,13 +416,16 @@ def stitch_stage(spec: dict) -> dict:
     def stitch(pool):
         store = create_plate_store(spec["store_path"], wells, dataset["channel_names"], dataset["site_size"], dataset["site_layout"],
                                    codec=store_cfg["codec"], clevel=store_cfg["clevel"], attrs={"plate_id": spec["plate_id"]})
-        stitch_plate(sites, store, spec["pattern"], dataset["channels"], "error", store_cfg["batch_wells"], pool, None,
+        stitch_plate(sites, store, spec["pattern"], dataset["channels"], "error", pool, None,
                      dataset["channel_axis"], store_cfg["rescale"])
         store.group.attrs["complete"] = True
 
     with ThreadPoolExecutor(spec["threads"]) as pool:
         drain(pool.map(read_image, paths))  # the page cache
-        times = interleaved({"decode": lambda: drain(pool.map(read_image, paths)), "stitch": lambda: stitch(pool)}, spec["repeats"])
+        # The rule writes into a fresh folder: removing the last repeat's store is not its work.
+        remove_store = {"stitch": lambda: shutil.rmtree(spec["store_path"], ignore_errors=True)}
+        times = interleaved({"decode": lambda: drain(pool.map(read_image, paths)), "stitch": lambda: stitch(pool)}, spec["repeats"],
+                            before=remove_store)
     ratios = sorted(d / s for d, s in zip(times["decode"], times["stitch"]))
     return {"sites": len(sites), "files": len(paths), **median_times(times), "ratio_range": [ratios[0], ratios[-1]],
             "png_bytes": sum(os.path.getsize(p) for p in paths), "store_bytes": tree_bytes(Path(spec["store_path"]))}

@@ -4,8 +4,8 @@ throughput of the per-plate store against decoding the PNGs.
 Usage: python benchmarks/stitch.py [--configfile CONFIG] [--threads N] [--plates K]
 Runs `snakemake --until sites_table` for the config first (on the demo that synthesises
 the plates), then times, on the same N threads (medians of interleaved repeats):
-  decode  every channel PNG of every site decoded (PIL), nothing else;
-  stitch  the stitch step itself (decode + 2x2 tiling + Blosc compression + zarr write);
+  decode  every channel PNG of every site decoded (read_site, as the stitch step decodes), nothing else;
+  stitch  the stitch step itself (decode into the well, Blosc compression, checksum, write);
   read    every well read back from the per-plate store.
 """
 
@@ -73,7 +73,7 @@ def main() -> None:
                 store = create_plate_store(tmp / f"{plate}.zarr", wells, dataset["channel_names"], size,
                                            dataset["site_layout"], store_cfg["codec"], store_cfg["clevel"],
                                            shuffle=store_cfg["shuffle"])
-                stitch_plate(plate_sites, store, pattern, dataset["channels"], "error", store_cfg["batch_wells"], pool)
+                stitch_plate(plate_sites, store, pattern, dataset["channels"], "error", pool)
                 stores[plate] = store
 
         def read_all():

@@ -97,7 +97,7 @@ def main() -> None:
                 store = create_plate_store(path, wells["well"].tolist(), dataset["channel_names"], dataset["site_size"],
                                            dataset["site_layout"], store_cfg["codec"], store_cfg["clevel"], dtype=dtype,
                                            shuffle=store_cfg["shuffle"])
-                stitch_plate(sites, store, pattern, dataset["channels"], "error", store_cfg["batch_wells"], pool,
+                stitch_plate(sites, store, pattern, dataset["channels"], "error", pool,
                              rescale=store_cfg["rescale"])
                 stores[name] = (store, path)
             return run

@@ -23,6 +23,9 @@ PROVIDERS = {
     "numcodecs": {"numcodecs"},
     "PIL": {"pillow"},
     "tifffile": {"tifffile"},
+    "imagecodecs": {"imagecodecs"},
+    # zarr's own dependency (its crc32c codec): deemd.store computes the same checksum.
+    "google_crc32c": {"zarr"},
     "matplotlib": {"matplotlib", "matplotlib-base"},
     "jsonschema": {"jsonschema"},
     "yaml": {"pyyaml"},

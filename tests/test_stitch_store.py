@@ -25,6 +25,7 @@ from deemd.stitch import (
     well_fields,
 )
 from deemd.store import (
+    ChunkEncoder,
     StoreIntegrityError,
     create_plate_store,
     damage_marker,
@@ -85,6 +86,23 @@ def test_read_site_16_bit_png_and_tiff_per_channel(tmp_path):
     (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
     with pytest.raises(ImageReadError, match="bad.tif: corrupt or truncated TIFF"):
         read_site([str(tmp_path / "bad.tif")], 8)
+
+
+def test_read_site_into_a_strided_well_decodes_pngs_in_place(tmp_path):
+    png = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    write_png(tmp_path / "a.png", png)
+    tifffile.imwrite(tmp_path / "b.tif", png + 1)
+    well = np.zeros((2, 16, 16), np.uint8)
+    place = well[:, 8:, :8]  # site 3 of a 2 x 2 layout: a strided view
+    assert read_site([str(tmp_path / "a.png"), str(tmp_path / "b.tif")], 8, out=place) is place
+    assert (well[0, 8:, :8] == png).all() and (well[1, 8:, :8] == png + 1).all()
+    assert not well[:, :8].any() and not well[:, :, 8:].any()
+    # A file that does not fit its place is decoded afresh, and the checks name it.
+    write_png(tmp_path / "wide.png", png.astype(np.uint16) * 1000)
+    with pytest.raises(ImageReadError, match="wide.png: pixel type uint16, but the plate's other images are uint8"):
+        read_site([str(tmp_path / "wide.png")], 8, 1, dtype=np.uint8, out=np.zeros((1, 8, 8), np.uint8))
+    with pytest.raises(ImageReadError, match="a.png: size 8x8, expected 16x16"):
+        read_site([str(tmp_path / "a.png")], 16, 1, dtype=np.uint8, out=np.zeros((1, 16, 16), np.uint8))
 
 
 def test_read_site_multi_page_and_channels_last_tiff(tmp_path):
@@ -153,7 +171,7 @@ def test_stitch_plate_round_trip_through_store(tmp_path):
     sites, pattern = make_plate(tmp_path)
     store = create_plate_store(tmp_path / "p.zarr", ["A01", "A02", "B01"], ["a", "b"], 8, LAYOUT)
     with ThreadPoolExecutor(2) as pool:
-        dropped = stitch_plate(sites, store, pattern, [1, 2], "error", 2, pool)
+        dropped = stitch_plate(sites, store, pattern, [1, 2], "error", pool)
     assert dropped == []
     with pytest.raises(ValueError, match="not finished"):
         open_plate_store(tmp_path / "p.zarr")
@@ -173,9 +191,9 @@ def test_bad_png_stops_or_is_dropped_and_listed(tmp_path):
     (tmp_path / "E" / "Plate1" / "A02_s3_w2.png").write_bytes(b"not a png")
     store = create_plate_store(tmp_path / "p.zarr", ["A01", "A02", "B01"], ["a", "b"], 8, LAYOUT)
     with ThreadPoolExecutor(2) as pool, pytest.raises(ImageReadError, match="A02_s3_w2.png"):
-        stitch_plate(sites, store, pattern, [1, 2], "error", 2, pool)
+        stitch_plate(sites, store, pattern, [1, 2], "error", pool)
     with ThreadPoolExecutor(2) as pool:
-        dropped = stitch_plate(sites, store, pattern, [1, 2], "drop", 2, pool)
+        dropped = stitch_plate(sites, store, pattern, [1, 2], "drop", pool)
     assert [(d["well"], d["site"]) for d in dropped] == [("A02", 3)]
     assert "A02_s3_w2.png" in dropped[0]["reason"]
     valid = store.site_valid
@@ -210,7 +228,7 @@ def finished_store(tmp_path):
     sites, pattern = make_plate(tmp_path)
     store = create_plate_store(tmp_path / "p.zarr", ["A01", "A02", "B01"], ["a", "b"], 8, LAYOUT)
     with ThreadPoolExecutor(2) as pool:
-        stitch_plate(sites, store, pattern, [1, 2], "error", 2, pool)
+        stitch_plate(sites, store, pattern, [1, 2], "error", pool)
     store.group.attrs["complete"] = True
     return tmp_path / "p.zarr"
 
@@ -235,6 +253,35 @@ def test_store_codec_shuffle_is_as_asked_and_round_trips(tmp_path, shuffle):
     pixels = np.random.default_rng(1).poisson(6, store.images.shape).astype(np.uint8)
     store.images[:] = pixels
     assert np.array_equal(store.images[:], pixels)
+
+
+@pytest.mark.parametrize("codec,shuffle,dtype", [("lz4", "bitshuffle", "uint8"), ("zstd", "shuffle", "uint8"), ("lz4", "bitshuffle", "uint16")])
+def test_write_well_stores_the_bytes_zarr_writes(tmp_path, codec, shuffle, dtype):
+    pixels = np.random.default_rng(2).poisson(6, (3, 2, 32, 32)).astype(dtype)
+    paths = {}
+    for how in ("zarr", "write_well"):
+        paths[how] = tmp_path / f"{how}.zarr"
+        store = create_plate_store(paths[how], ["A01", "A02", "B01"], ["a", "b"], 16, [[1, 2], [3, 4]], codec=codec, shuffle=shuffle, dtype=dtype)
+        for index, well in enumerate(pixels):
+            if how == "zarr":
+                store.images[index] = well
+            else:
+                store.write_well(index, well)
+    for index in range(3):
+        chunk = f"images/c.{index}.0.0.0"
+        assert (paths["zarr"] / chunk).read_bytes() == (paths["write_well"] / chunk).read_bytes()
+    reread = zarr.open_group(str(paths["write_well"]), mode="r")["images"][:]
+    assert np.array_equal(reread, pixels)
+
+
+def test_chunk_encoder_refuses_other_codecs_and_shapes(tmp_path):
+    plain = zarr.create_array(str(tmp_path / "plain.zarr"), shape=(2, 4), chunks=(1, 4), dtype="uint8", compressors=[zarr.codecs.ZstdCodec()])
+    assert not ChunkEncoder.supports(plain)
+    with pytest.raises(ValueError, match="only bytes, Blosc, CRC-32C"):
+        ChunkEncoder(plain)
+    store = create_plate_store(tmp_path / "P.zarr", ["A01"], ["a"], 8, [[1]])
+    with pytest.raises(ValueError, match="chunks are"):
+        ChunkEncoder(store.group["images"]).encode(np.zeros((1, 1, 8, 9), np.uint8))
 
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated", "flipped", "emptied"])
@@ -321,7 +368,7 @@ def test_16_bit_tiffs_in_a_3x3_layout_with_a_gap_stitch_to_8_bits(tmp_path):
     store = create_plate_store(tmp_path / "p.zarr", ["B02", "B03"], ["a", "b", "c"], 8, NINE)
     rescale = {"low_percentile": 0.0, "high_percentile": 100.0, "reference_wells": 8}
     with ThreadPoolExecutor(2) as pool:
-        assert stitch_plate(sites, store, pattern, [1, 2, 3], "error", 1, pool, rescale=rescale) == []
+        assert stitch_plate(sites, store, pattern, [1, 2, 3], "error", pool, rescale=rescale) == []
     images = store.images[:]
     assert images.shape == (2, 3, 24, 24) and images.dtype == np.uint8
     assert (images[:, :, 8:16, 8:16] == 0).all()  # the gap
@@ -333,7 +380,7 @@ def test_16_bit_tiffs_in_a_3x3_layout_with_a_gap_stitch_to_8_bits(tmp_path):
     expected = np.clip(np.rint((raw - low[:, None, None]) * 255 / (high - low)[:, None, None]), 0, 255)
     assert (images[1, :, 8:16, 16:24] == expected).all()
     with ThreadPoolExecutor(2) as pool, pytest.raises(ValueError, match="needs a rescale rule"):
-        stitch_plate(sites, store, pattern, [1, 2, 3], "error", 1, pool)
+        stitch_plate(sites, store, pattern, [1, 2, 3], "error", pool)
 
 
 def test_a_plate_mixing_8_and_16_bit_images_names_the_odd_file(tmp_path):
@@ -341,4 +388,4 @@ def test_a_plate_mixing_8_and_16_bit_images_names_the_odd_file(tmp_path):
     write_png(tmp_path / "E" / "Plate1" / "A01_s3_w2.png", np.full((8, 8), 300, dtype=np.uint16))
     store = create_plate_store(tmp_path / "p.zarr", ["A01"], ["a", "b"], 8, LAYOUT)
     with ThreadPoolExecutor(2) as pool, pytest.raises(ImageReadError, match="A01_s3_w2.png: pixel type uint16, but the plate's other images are uint8"):
-        stitch_plate(sites, store, pattern, [1, 2], "error", 1, pool)
+        stitch_plate(sites, store, pattern, [1, 2], "error", pool)

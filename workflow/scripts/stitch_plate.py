@@ -38,13 +38,13 @@ def main(sites_path, plate_id, output_store, output_qc, params, threads, log):
         step = max(1, len(wells) // 10)
 
         def progress(done, total):
-            if done % step < store_cfg["batch_wells"] or done == total:
+            if done % step == 0 or done == total:
                 logging.info("stitched %d/%d wells", done, total)
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             dropped = stitch_plate(
                 plate_sites, store, dataset["images"], dataset["channels"], dataset["on_bad_image"],
-                store_cfg["batch_wells"], pool, progress, dataset["channel_axis"], store_cfg["rescale"],
+                pool, progress, dataset["channel_axis"], store_cfg["rescale"],
             )
         logging.info("intensity: %s", store.group.attrs["intensity"])
         for record in dropped:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import imagecodecs
 import numpy as np
 import tifffile
-from PIL import Image, UnidentifiedImageError
 
 from deemd.figures import row_label, well_position
 from deemd.nuclei import estimate_wells
@@ -47,11 +48,20 @@ def image_path(pattern: str, experiment: str, plate, well: str, site: int, chann
     )
 
 
-def read_image(path: str) -> np.ndarray:
-    """Decode one image file as stored: a PNG through PIL (8-bit "L" or 16-bit "I;16"
+# PNG samples a pixel -> the colour mode they mean (PIL's names, which users know).
+PNG_COLOUR_MODES = {2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+def read_image(path: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode one image file as stored: a PNG through imagecodecs (libpng; 8- or 16-bit
     greyscale), a .tif/.tiff through tifffile (its first series: (y, x), or (pages, y, x)
     for a multi-page or multi-channel file). Every failure is an ImageReadError naming the
-    file; never returns zeros in place of an image."""
+    file; never returns zeros in place of an image.
+
+    ``out``, where given, is a (y, x) array (a view into a stitched well may be strided)
+    that a PNG of its size and pixel type is decoded straight into, and returned: the
+    stitch step then copies no pixel. A file that does not fit it is decoded afresh and
+    returned, for the caller's checks to name what differs."""
     kind = "TIFF" if path.lower().endswith(TIFF_SUFFIXES) else "PNG"
     try:
         if kind == "TIFF":
@@ -59,16 +69,23 @@ def read_image(path: str) -> np.ndarray:
             if array.size == 0:  # tifffile reads a damaged header as no pages
                 raise ImageReadError(f"{path}: corrupt or truncated TIFF (no pixels)")
             return array
-        with Image.open(path) as image:
-            image.load()
-            if image.mode not in ("L", "I;16", "I;16B"):
-                raise ImageReadError(f"{path}: mode {image.mode!r}, expected 8-bit ('L') or 16-bit ('I;16') greyscale")
-            return np.asarray(image)
+        with open(path, "rb") as handle:
+            data = handle.read()
+        if out is not None:
+            try:
+                return imagecodecs.png_decode(data, out=out)
+            except ValueError:  # another size or pixel type (or not a PNG): decode afresh
+                pass
+        array = imagecodecs.png_decode(data)
+        if array.ndim != 2:
+            mode = PNG_COLOUR_MODES.get(array.shape[-1], f"{array.shape[-1]} samples a pixel")
+            raise ImageReadError(f"{path}: mode {mode!r}, expected 8-bit ('L') or 16-bit ('I;16') greyscale")
+        return array
     except FileNotFoundError as error:
         raise ImageReadError(f"{path}: file not found") from error
     except ImageReadError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, zlib.error, ValueError, tifffile.TiffFileError) as error:
+    except (imagecodecs.PngError, OSError, ValueError, tifffile.TiffFileError) as error:
         raise ImageReadError(f"{path}: corrupt or truncated {kind} ({error})") from error
 
 
@@ -90,18 +107,24 @@ def as_channel_pages(array: np.ndarray, path: str, pages: int, channel_axis: int
     return array
 
 
-def read_site(paths: list[str], site_size: int, n_channels: int | None = None, channel_axis: int = 0, dtype=None) -> np.ndarray:
+def read_site(
+    paths: list[str], site_size: int, n_channels: int | None = None, channel_axis: int = 0, dtype=None, out: np.ndarray | None = None
+) -> np.ndarray:
     """All channels of one site as (channel, y, x) uint8 or uint16, the one way a site is
     read: one file per channel (``len(paths) == n_channels``), or one multi-page or
     multi-channel TIFF holding all ``n_channels`` channels in order along
     ``channel_axis``. Each file must be ``site_size`` px square, 8- or 16-bit (``dtype``,
-    when given, is the type every file must have); otherwise an ImageReadError names it."""
+    when given, is the type every file must have); otherwise an ImageReadError names it.
+    With ``out`` ((channel, y, x) of ``dtype``, e.g. the site's place in a stitched
+    well), the site is written there (PNGs decoded in place) and ``out`` is returned."""
     n_channels = len(paths) if n_channels is None else n_channels
     if n_channels % len(paths):
         raise ValueError(f"{len(paths)} files for {n_channels} channels")
+    per_file = n_channels // len(paths)
     pages = []
-    for path in paths:
-        array = as_channel_pages(read_image(path), path, n_channels // len(paths), channel_axis)
+    for k, path in enumerate(paths):
+        into = out[k] if out is not None and per_file == 1 else None
+        array = as_channel_pages(read_image(path, into), path, per_file, channel_axis)
         if array.dtype not in IMAGE_DTYPES:
             raise ImageReadError(f"{path}: pixel type {array.dtype}, expected 8-bit (uint8) or 16-bit (uint16) greyscale")
         if dtype is not None and array.dtype != np.dtype(dtype):
@@ -111,7 +134,13 @@ def read_site(paths: list[str], site_size: int, n_channels: int | None = None, c
                 f"{path}: size {array.shape[2]}x{array.shape[1]}, expected {site_size}x{site_size} (dataset.site_size)"
             )
         pages.append(array)
-    return pages[0] if len(pages) == 1 else np.concatenate(pages)
+    if out is None:
+        return pages[0] if len(pages) == 1 else np.concatenate(pages)
+    for k, array in enumerate(pages):
+        target = out[k * per_file : (k + 1) * per_file]
+        if not np.may_share_memory(array, target):  # not decoded in place (a TIFF)
+            target[...] = array
+    return out
 
 
 @dataclass(frozen=True)
@@ -202,7 +231,10 @@ def read_well_into(
     for site, site_id, paths in well_sites:
         ys, xs = placement[site]
         try:
-            out[:, ys, xs] = rule.apply(read_site(paths, site_size, out.shape[0], channel_axis, rule.dtype))
+            if rule.luts is None:  # stored as read: decoded straight into its place
+                read_site(paths, site_size, out.shape[0], channel_axis, rule.dtype, out=out[:, ys, xs])
+            else:
+                out[:, ys, xs] = rule.apply(read_site(paths, site_size, out.shape[0], channel_axis, rule.dtype))
             valid[site - 1] = True
         except ImageReadError as error:
             if on_bad_image != "drop":
@@ -289,7 +321,6 @@ def stitch_plate(
     pattern: str,
     channels: list[int],
     on_bad_image: str,
-    batch_wells: int,
     pool,
     progress=None,
     channel_axis: int = 0,
@@ -300,10 +331,11 @@ def stitch_plate(
     8-bit images are stored as read; 16-bit ones through the plate's rescale rule (kept
     as read where the store is uint16)
     (plate_intensity_rule, ``rescale``: low_percentile, high_percentile, reference_wells),
-    which is recorded in the store's ``intensity`` attribute. Wells are decoded in parallel
-    on ``pool`` (PNG and TIFF decoding release the GIL) into a batch buffer, one batch
-    ahead of this thread, which writes the previous batch (zarr compresses its chunks
-    meanwhile). Returns the QC records of dropped sites.
+    which is recorded in the store's ``intensity`` attribute. Each well is decoded,
+    compressed and written by one task on ``pool`` (PNG and TIFF decoding and Blosc
+    release the GIL), into a buffer of its thread's own (PlateStore.write_well): memory
+    is one stitched well a thread, and no thread waits on another. ``progress(done,
+    total)`` is called in plate order. Returns the QC records of dropped sites.
     """
     wells = store.wells
     by_well = site_paths_by_well(plate_sites, pattern, channels)
@@ -314,28 +346,21 @@ def stitch_plate(
         rule = plate_intensity_rule(plate_sites, wells, by_well, site_size, len(channels), channel_axis, rescale, on_bad_image, pool)
     valid_all = np.zeros((len(wells), len(layout_sites(layout))), dtype=bool)
     dropped: list[dict] = []
-    batches = [range(start, min(start + batch_wells, len(wells))) for start in range(0, len(wells), batch_wells)]
-    buffers = [np.empty((batch_wells,) + store.images.shape[1:], dtype=store.images.dtype) for _ in range(2)]
+    buffers = threading.local()
 
-    def submit(k):
-        buffer = buffers[k % 2]
-        return [
-            pool.submit(
-                read_well_into, buffer[offset], by_well.get(wells[index], []), layout, site_size, on_bad_image, channel_axis, rule
-            )
-            for offset, index in enumerate(batches[k])
-        ]
+    def stitch_well(index: int):
+        buffer = getattr(buffers, "well", None)
+        if buffer is None:
+            buffer = buffers.well = np.empty(store.images.shape[1:], dtype=store.images.dtype)
+        result = read_well_into(buffer, by_well.get(wells[index], []), layout, site_size, on_bad_image, channel_axis, rule)
+        store.write_well(index, buffer)
+        return result
 
-    pending = submit(0) if batches else []
-    for k, batch in enumerate(batches):
-        results = [future.result() for future in pending]
-        pending = submit(k + 1) if k + 1 < len(batches) else []
-        store.images[batch.start : batch.stop] = buffers[k % 2][: len(batch)]
-        for index, (valid, bad) in zip(batch, results):
-            valid_all[index] = valid
-            dropped.extend(dict(record, well=wells[index]) for record in bad)
+    for index, (valid, bad) in enumerate(pool.map(stitch_well, range(len(wells)))):
+        valid_all[index] = valid
+        dropped.extend(dict(record, well=wells[index]) for record in bad)
         if progress is not None:
-            progress(batch.stop, len(wells))
+            progress(index + 1, len(wells))
     store.group["site_valid"][:] = valid_all
     store.group.attrs["intensity"] = rule.attrs
     return dropped

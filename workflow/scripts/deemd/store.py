@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c
+import numcodecs
 import numpy as np
 import zarr
 
@@ -62,6 +64,50 @@ def integrity_error(path: str | Path, reason: str) -> StoreIntegrityError:
         else f"delete {path} and rerun the same snakemake command, which restitches the plate"
     )
     return StoreIntegrityError(f"{path}: {reason}; the plate store is damaged, {remedy}")
+
+
+class ChunkEncoder:
+    """Encodes one chunk of a zarr array exactly as zarr's own codec pipeline would (bytes,
+    Blosc, CRC-32C), on the calling thread.
+
+    Why not ``array[i] = chunk``: zarr hands every write to its one event-loop thread and
+    then to a thread per codec, which on a 1024 px plate left the cores idle for a third
+    of the stitch step (benchmarks/scale.py). Encoding and writing each well on the thread
+    that decoded it keeps them busy. Only the codec chain create_plate_store makes is
+    supported (``supports`` says whether an array has it); tests check that the bytes are
+    those zarr writes."""
+
+    def __init__(self, array: zarr.Array):
+        if not self.supports(array):
+            raise ValueError(f"{array.path}: codecs {array.serializer}, {array.compressors}: only bytes, Blosc, CRC-32C")
+        blosc = array.compressors[0]
+        shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE, "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
+        self._blosc = numcodecs.Blosc(
+            cname=blosc.cname.value, clevel=blosc.clevel, shuffle=shuffle[blosc.shuffle.value], blocksize=blosc.blocksize,
+            typesize=array.dtype.itemsize,
+        )
+        self._dtype = np.dtype(array.dtype).newbyteorder("<")  # zarr's bytes codec: little-endian
+        self._shape = tuple(array.chunks)
+
+    @staticmethod
+    def supports(array: zarr.Array) -> bool:
+        """Whether ``array``'s codecs are bytes, then Blosc, then CRC-32C, with no filter."""
+        compressors = array.compressors
+        return (
+            not array.filters
+            and isinstance(array.serializer, zarr.codecs.BytesCodec)
+            and len(compressors) == 2
+            and isinstance(compressors[0], zarr.codecs.BloscCodec)
+            and isinstance(compressors[1], zarr.codecs.Crc32cCodec)
+        )
+
+    def encode(self, chunk: np.ndarray) -> tuple[bytes, bytes]:
+        """The stored bytes of one whole chunk, in two parts (joining them would copy the
+        chunk once more): the Blosc frame, then its CRC-32C (4 bytes, little-endian)."""
+        if chunk.shape != self._shape:
+            raise ValueError(f"chunk of shape {chunk.shape}, the array's chunks are {self._shape}")
+        compressed = self._blosc.encode(np.ascontiguousarray(chunk, dtype=self._dtype))
+        return compressed, google_crc32c.value(compressed).to_bytes(4, "little")
 
 
 class VerifiedArray:
@@ -171,6 +217,23 @@ class PlateStore:
         that well's chunk is read."""
         ys, xs = self.site_placement[int(site)]
         return self.images[int(well_index), :, ys, xs]
+
+    @functools.cached_property
+    def _encoder(self) -> ChunkEncoder | None:
+        array = self.group["images"]
+        return ChunkEncoder(array) if ChunkEncoder.supports(array) and array.chunks[0] == 1 else None
+
+    def write_well(self, well_index: int, image: np.ndarray) -> None:
+        """Write one stitched well (channel, y, x) as its chunk, encoded on the calling
+        thread (ChunkEncoder); the store is being written under a temporary name
+        (atomic_directory), so a chunk file needs no atomic rename of its own."""
+        if self._encoder is None:
+            self.images[int(well_index)] = image
+            return
+        compressed, checksum = self._encoder.encode(image[None])
+        with open(self.images._chunk_file(int(well_index)), "wb") as handle:
+            handle.write(compressed)
+            handle.write(checksum)
 
     def read_wells(self, start: int = 0, stop: int | None = None, channel: int | None = None) -> np.ndarray:
         """Wells [start, stop) as (well, channel, y, x), or (well, y, x) for one channel index."""
