@@ -13,7 +13,6 @@ from deemd.nuclei import (
     flag_wells,
     foreground_mask,
     infected_vs_noninfected,
-    nucleus_seeds,
     params_from_diameter,
     segment_nuclei,
 )
@@ -285,13 +284,3 @@ def test_valid_pixels_mask_dropped_sites_and_layout_gaps():
     assert mask.shape == (8, 8) and not mask[:4, 4:].any() and mask[:4, :4].all() and mask[4:].all()
     gap = valid_pixels(np.ones(5, bool), [[1, 2, 3], [4, 0, 5]], 4)  # 2 x 3, middle field not imaged
     assert gap.shape == (8, 12) and not gap[4:, 4:8].any() and gap.sum() == 5 * 16
-
-
-@pytest.mark.parametrize("seed", [1, 2])
-def test_count_is_the_number_of_watershed_labels(seed):
-    # count_nuclei counts the seeds instead of running the watershed: the same number.
-    image, _ = disk_field(5, 30, 256, pairs=10, seed=seed)
-    labels = segment_nuclei(image, PARAMS)
-    assert count_nuclei(image, PARAMS) == labels.max() == len(np.unique(labels)) - 1
-    mask, _, seeds = nucleus_seeds(image, PARAMS)
-    assert seeds.max() == labels.max() and mask[seeds > 0].all() and (labels[seeds > 0] == seeds[seeds > 0]).all()

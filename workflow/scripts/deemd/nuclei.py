@@ -200,14 +200,12 @@ def foreground_mask(nuclear: np.ndarray, params: NucleusParams, valid: np.ndarra
     return remove_small_objects(above, max_size=max(int(params.min_nucleus_area) - 1, 0))
 
 
-def nucleus_seeds(nuclear: np.ndarray, params: NucleusParams, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The foreground, its distance transform and the seeds (int32, 1..n, one a nucleus)
-    of ``nuclear``: the local maxima of the distance transform, and one seed in each
-    component too flat to hold a peak."""
+def segment_nuclei(nuclear: np.ndarray, params: NucleusParams, valid: np.ndarray | None = None) -> np.ndarray:
+    """Label image of nuclei: watershed of the distance transform of the foreground, seeded
+    at its local maxima so that touching nuclei are split."""
     mask = foreground_mask(nuclear, params, valid)
-    markers = np.zeros(mask.shape, dtype=np.int32)
     if not mask.any():
-        return mask, np.zeros(mask.shape), markers
+        return np.zeros(nuclear.shape, dtype=np.int32)
     distance = ndi.distance_transform_edt(mask)
     components, _ = ndi.label(mask)
     # Peaks strictly farther apart than peak_min_distance: skimage keeps two peaks exactly
@@ -216,21 +214,13 @@ def nucleus_seeds(nuclear: np.ndarray, params: NucleusParams, valid: np.ndarray 
     peaks = peak_local_max(
         distance, min_distance=int(params.peak_min_distance) + 1, labels=components, exclude_border=False
     )
+    markers = np.zeros(mask.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     # Components too flat to hold a peak still count as one nucleus each.
     unseeded = np.setdiff1d(np.unique(components[mask]), np.unique(components[tuple(peaks.T)]))
     for offset, label in enumerate(unseeded, start=len(peaks) + 1):
         ys, xs = np.nonzero(components == label)
         markers[ys[len(ys) // 2], xs[len(xs) // 2]] = offset
-    return mask, distance, markers
-
-
-def segment_nuclei(nuclear: np.ndarray, params: NucleusParams, valid: np.ndarray | None = None) -> np.ndarray:
-    """Label image of nuclei: watershed of the distance transform of the foreground, seeded
-    at nucleus_seeds, so that touching nuclei are split."""
-    mask, distance, markers = nucleus_seeds(nuclear, params, valid)
-    if not mask.any():
-        return markers
     return watershed(-distance, markers, mask=mask).astype(np.int32)
 
 
@@ -248,12 +238,10 @@ def valid_pixels(site_valid: np.ndarray, layout: list[list[int]], site_size: int
 
 
 def count_nuclei(nuclear: np.ndarray, params: NucleusParams, valid: np.ndarray | None = None) -> int:
-    """Number of nuclei in one stitched well image (H, W), at the resolution reduced by
-    ``params.downsample``: the number of seeds, which is the number of labels the
-    watershed of segment_nuclei gives (every seed lies in the foreground and keeps its
-    label), without running it."""
+    """Number of nuclei in one stitched well image (H, W), segmented at the resolution
+    reduced by ``params.downsample``."""
     nuclear, valid = downsample(nuclear, params.downsample, valid)
-    return int(nucleus_seeds(nuclear, params, valid)[2].max())
+    return int(segment_nuclei(nuclear, params, valid).max())
 
 
 class ToxicityReferenceError(ValueError):
