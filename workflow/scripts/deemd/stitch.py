@@ -7,7 +7,6 @@ import functools
 import hashlib
 import os
 import threading
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
