@@ -13,10 +13,12 @@ well (wells with nuclei, pooled over seeds; worst seed in brackets), for auto an
 former fixed parameters (lengths 8 / 700 / 40 px at 1024 px, scaled). The "diffuse" world
 is measured when deemd.synth_diffuse exists.
 
-Timing: one well at 1024 px sites of the default demo, counted with the former
-parameters and with auto's (which counts at half resolution there); medians of
-interleaved repeats. Then the counts at full and at reduced resolution of a few such wells
-and of diffuse wells with large nuclei (512 px sites, radius 0.05).
+Timing: one 2048 x 2048 well of the default demo at 1024 px sites and one of
+benchmarks/scale.py's HRCE-like plate, counted by count_nuclei and by the code as issue
+12 found it (filed_count_nuclei: full resolution, peaks searched component by component);
+medians of interleaved repeats, with both counts. Then the counts at full and at reduced
+resolution of a few such wells and of diffuse wells with large nuclei (512 px sites,
+radius 0.05).
 """
 
 from __future__ import annotations
@@ -39,8 +41,12 @@ from deemd.nuclei import (  # noqa: E402
     count_nuclei,
     estimate_diameter,
     estimate_wells,
+    foreground_mask,
     params_from_diameter,
 )
+from scipy import ndimage as ndi  # noqa: E402
+from skimage.feature import peak_local_max  # noqa: E402
+from skimage.segmentation import watershed  # noqa: E402
 
 SEEDS = (1, 2, 3)
 MIN_CONTRAST = 12
@@ -54,6 +60,25 @@ def legacy_params(site_size: int) -> NucleusParams:
     passes int(distance) + 1, hence the - 1: the same min_distance as before."""
     r = site_size / 1024
     return NucleusParams(8.0 * r, 700 * r * r, max(1, round(max(1.0, 40 * r))) - 1.0, MIN_CONTRAST)
+
+
+def filed_count_nuclei(nuclear: np.ndarray, params: NucleusParams) -> int:
+    """count_nuclei as it was when issue 12 was filed, the "before" of its timing: at
+    full resolution, the distance-transform peaks searched component by component
+    (skimage's labels=, a Python loop over the components), then the watershed."""
+    mask = foreground_mask(nuclear, params)
+    if not mask.any():
+        return 0
+    distance = ndi.distance_transform_edt(mask)
+    components, n = ndi.label(mask)
+    peaks = peak_local_max(distance, min_distance=int(params.peak_min_distance) + 1, labels=components, exclude_border=False)
+    markers = np.zeros(mask.shape, dtype=np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    unseeded = np.setdiff1d(np.arange(1, n + 1), components[tuple(peaks.T)])
+    for offset, label in enumerate(unseeded, start=len(peaks) + 1):
+        ys, xs = np.nonzero(components == label)
+        markers[ys[len(ys) // 2], xs[len(xs) // 2]] = offset
+    return int(watershed(-distance, markers, mask=mask).max())
 
 
 def small_demo(world: str, seed: int, radius: float | None, per_site: int | None, site_size: int = SITE) -> dict:
@@ -149,24 +174,49 @@ def large_wells(world: str, radius: float | None, site_size: int, wells: int) ->
     return images
 
 
-def timing(repeats: int = 7) -> None:
-    images = large_wells("foci", None, 1024, 3)
-    started = time.perf_counter()
-    diameter = estimate_diameter(images, MIN_CONTRAST)
-    estimate_s = (time.perf_counter() - started) / len(images)
-    former, auto = legacy_params(1024), params_from_diameter(diameter, MIN_CONTRAST)
-    times = {"former": [], "auto": []}
-    for _ in range(repeats):
-        for key, params in (("former", former), ("auto", auto)):
-            started = time.perf_counter()
-            count_nuclei(images[0], params)
-            times[key].append(time.perf_counter() - started)
-    t_former, t_auto = statistics.median(times["former"]), statistics.median(times["auto"])
-    print(f"\n2048 x 2048 well (foci world, 1024 px sites, true d {2 * 0.03 * 1024:.1f} px, estimated {diameter:.1f} px)")
-    print(f"  count, former parameters: {t_former:.3f} s; auto ({auto.downsample}x reduced): {t_auto:.3f} s; ratio auto/former {t_auto / t_former:.2f}")
-    print(f"  estimate: {estimate_s:.2f} s per untreated well read (up to 8 per plate)")
+def hrce_wells(wells: int) -> tuple[list[np.ndarray], list[int]]:
+    """The first ``wells`` stitched nuclear images with nuclei of benchmarks/scale.py's
+    HRCE-like plate (1024 px sites, about 300 cells a site, nuclei about 17 px), and their
+    true counts."""
+    from scale import scale_demo
+
+    demo = scale_demo(1024)
+    module = WORLDS[demo.get("world", "foci")]
+    images, truth = [], []
+    for row, sites, _, rows in module.iter_plate(demo, demo["experiment"], 1, module.make_library(demo)):
+        if sum(r["n_nuclei"] for r in rows):
+            images.append(np.block([[sites[0, 0], sites[1, 0]], [sites[2, 0], sites[3, 0]]]))
+            truth.append(sum(r["n_nuclei"] for r in rows))
+        if len(images) == wells:
+            break
+    return images, truth
+
+
+def timing(repeats: int = 5) -> None:
+    """Seconds a 2048 x 2048 well: count_nuclei (at the working resolution) against the
+    code as issue 12 found it (filed_count_nuclei, full resolution, same lengths), medians
+    of interleaved repeats, with both counts and the truth."""
+    cases = {"foci demo, 1024 px sites": (large_wells("foci", None, 1024, 3), None), "HRCE-like (benchmarks/scale.py)": hrce_wells(3)}
+    for label, (images, truth) in cases.items():
+        started = time.perf_counter()
+        diameter = estimate_diameter(images, MIN_CONTRAST)
+        estimate_s = (time.perf_counter() - started) / len(images)
+        auto, full = params_from_diameter(diameter, MIN_CONTRAST), params_from_diameter(diameter, MIN_CONTRAST, None)
+        times = {"before": [], "after": []}
+        for _ in range(repeats):
+            for key, count in (("before", lambda: filed_count_nuclei(images[0], full)), ("after", lambda: count_nuclei(images[0], auto))):
+                started = time.perf_counter()
+                count()
+                times[key].append(time.perf_counter() - started)
+        t_before, t_after = statistics.median(times["before"]), statistics.median(times["after"])
+        counts = [(filed_count_nuclei(w, full), count_nuclei(w, auto)) for w in images]
+        print(f"\n2048 x 2048 well, {label}: estimated d {diameter:.1f} px, counted at 1/{auto.downsample}")
+        print(f"  count: before {t_before:.3f} s, after {t_after:.3f} s; ratio after/before {t_after / t_before:.2f}")
+        print("  counts before -> after" + ("" if truth is None else " (truth)") + ": "
+              + ", ".join(f"{b} -> {a} ({(a - b) / b:+.1%})" + ("" if truth is None else f" ({truth[i]})") for i, (b, a) in enumerate(counts)))
+        print(f"  estimate: {estimate_s:.2f} s per untreated well read (up to 8 per plate)")
     print("counts at reduced resolution against full resolution (same diameter):")
-    for label, wells in (("foci, 1024 px sites", images), ("diffuse, radius 0.05, 512 px sites", large_wells("diffuse", 0.05, 512, 3))):
+    for label, wells in (("foci, 1024 px sites", cases["foci demo, 1024 px sites"][0]), ("diffuse, radius 0.05, 512 px sites", large_wells("diffuse", 0.05, 512, 3))):
         d = estimate_diameter(wells, MIN_CONTRAST)
         reduced, full = params_from_diameter(d, MIN_CONTRAST), params_from_diameter(d, MIN_CONTRAST, None)
         pairs = [(count_nuclei(w, full), count_nuclei(w, reduced)) for w in wells]

@@ -10,7 +10,9 @@ With no arguments (meant to take under 15 minutes on 2 idle cores):
 2. runs each stage in a fresh process (so that its peak RSS can be compared with the rule's
    mem_mb), on the same N threads, as medians of interleaved repeats against its floor:
      stitch     deemd.stitch.stitch_plate into a fresh store  vs  the bare PNG decode (read_image)
-     nuclei     the nuclei rule's diameter estimate and count_nuclei per stitched well
+     nuclei     the nuclei rule's diameter estimate and count_nuclei per stitched well; on
+                4 wells also the count as issue 12 found it (full resolution,
+                peaks per component: nuclei_scale.filed_count_nuclei), its "before"
      read       PlateStore.read_wells, batch_wells at a time  vs  the bare PNG decode
      infer      deemd.inference.site_scores of model M (49 patches of 256 px a site, the
                 infer rule's batches, precision and layout)  vs  the bare ResNet34 forward
@@ -56,6 +58,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+# The other benchmarks (nuclei_scale), however this file is loaded.
+sys.path.insert(1, str(REPO / "benchmarks"))
 from deemd import synth  # noqa: E402
 from deemd.metadata import build_sites_table, read_metadata_csv, well_table  # noqa: E402
 from deemd.split import well_indices, well_labels  # noqa: E402
@@ -70,6 +74,8 @@ NUCLEUS_UM = 11.0
 CELL_UM = 34.0
 CELLS_PER_1024_SITE = 300
 WELLS_PER_PLATE = 1536
+# Wells that the nuclei stage also counts with the code as issue 12 found it (its "before").
+BEFORE_WELLS = 4
 GIB = 1024**3
 
 
@@ -435,8 +441,9 @@ def nuclei_stage(spec: dict) -> dict:
     """The nuclei rule's work on the stitched plate: the plate's diameter estimate
     (nuclei_plate.plate_diameter), then count_nuclei of every well on ``threads`` threads
     (its pool), repeated; the counts against the synthetic truth."""
-    from deemd.nuclei import count_nuclei, nucleus_params, valid_pixels
+    from deemd.nuclei import count_nuclei, nucleus_params, params_from_diameter, valid_pixels
     from nuclei_plate import plate_diameter
+    from nuclei_scale import filed_count_nuclei
 
     store, cfg = open_plate_store(spec["store_path"]), spec["nuclei"]
     channel = spec["dataset"]["channels"].index(spec["dataset"]["nuclear_channel"])
@@ -448,14 +455,23 @@ def nuclei_stage(spec: dict) -> dict:
     diameter, _ = plate_diameter(read, valid, table["treatment"].isna().to_numpy(), cfg, spec["plate_id"])
     estimate_s = time.perf_counter() - started
     params = nucleus_params(cfg, diameter)
-    counts = []
+    full = params_from_diameter(diameter, cfg["min_contrast"], None)
+    sample = range(min(BEFORE_WELLS, len(wells)))
+    counts, sample_counts = [], {}
+
+    def count_sample(name, count):
+        sample_counts[name] = list(pool.map(count, sample))
+
     with ThreadPoolExecutor(spec["threads"]) as pool:
-        times = interleaved({"count": lambda: counts.append(list(pool.map(lambda i: count_nuclei(read(i), params, valid(i)), range(len(wells)))))},
+        times = interleaved({"count": lambda: counts.append(list(pool.map(lambda i: count_nuclei(read(i), params, valid(i)), range(len(wells))))),
+                             "sample_before": lambda: count_sample("before", lambda i: filed_count_nuclei(read(i), full)),
+                             "sample_after": lambda: count_sample("after", lambda i: count_nuclei(read(i), params, valid(i)))},
                             min(3, spec["repeats"]))
     truth = pd.read_parquet(spec["truth"]).groupby("well")["n_nuclei"].sum().loc[wells]
     return {"wells": len(wells), "estimate_s": estimate_s, "estimate_wells": min(8, int(table["treatment"].isna().sum())),
             **median_times(times), "diameter_px": diameter, "downsample": params.downsample, "counted": int(sum(counts[-1])),
-            "truth": int(truth.sum())}
+            "truth": int(truth.sum()), "sample_wells": len(sample), "sample_counted_before": int(sum(sample_counts["before"])),
+            "sample_counted_after": int(sum(sample_counts["after"]))}
 
 
 def read_stage(spec: dict) -> dict:
@@ -817,6 +833,9 @@ def rate_rows(results: dict, threads: int) -> list[list[str]]:
     if ok(n):
         rows.append(["nuclei", f"{n['count_s'] / n['wells']:.2f} s a well [m] ({threads} threads)", "-",
                      f"{n['counted']} nuclei of {n['truth']} true ({n['counted'] / max(n['truth'], 1) - 1:+.1%}) [m]"])
+        rows.append(["  before (issue 12)", f"{n['sample_before_s'] / n['sample_wells']:.2f} s a well [m] (full resolution, per-component peaks)",
+                     f"{n['sample_after_s'] / n['sample_wells']:.2f} s a well [m] today, same {n['sample_wells']} wells",
+                     f"today/before {n['sample_after_s'] / n['sample_before_s']:.2f} [m]; {n['sample_counted_after']} against {n['sample_counted_before']} nuclei"])
         rows.append(["  diameter estimate", f"{n['estimate_s']:.2f} s a plate [m] ({n['estimate_wells']} wells)", "-",
                      f"{n['diameter_px']:.1f} px, counted at 1/{n['downsample']} [m]"])
     if ok(r):

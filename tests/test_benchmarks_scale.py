@@ -145,12 +145,15 @@ def test_stages_on_a_tiny_plate(scale, tmp_path):
     assert results["stitch"]["sites"] == 24 and results["stitch"]["files"] == 120
     assert results["stitch"]["png_bytes"] > 0 and results["stitch"]["store_bytes"] > 0
     assert results["nuclei"]["wells"] == 6 and results["nuclei"]["truth"] > 0 and results["nuclei"]["counted"] > 0
+    assert results["nuclei"]["sample_wells"] == 4 and results["nuclei"]["sample_before_s"] > 0
+    assert results["nuclei"]["sample_counted_after"] > 0 and results["nuclei"]["sample_counted_before"] > 0
     for result in results.values():
         result["peak_rss_mb"] = scale.peak_rss_mb()
     rates = scale.measured_rates(results)
     assert rates.stitch_sites_s > 0 and rates.read_sites_s > 0 and rates.infer_patches_s is None
     rows = scale.rate_rows(results, 1)
     assert any(r[0] == "stitch" and r[1].endswith("[m]") for r in rows)
+    assert any(r[0] == "  before (issue 12)" and "today/before" in r[3] for r in rows)
     assert any(r[0] == "infer" and r[1].startswith("failed") for r in rows)
     memory = scale.memory_rows(results, {"stitch": 4000, "nuclei": 4000})
     assert [r[0] for r in memory] == ["stitch", "nuclei", "read"]

@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import ndimage as ndi
+from skimage.feature import peak_local_max
 
 from deemd.nuclei import (
     NucleusParams,
@@ -13,6 +14,7 @@ from deemd.nuclei import (
     flag_wells,
     foreground_mask,
     infected_vs_noninfected,
+    nucleus_seeds,
     params_from_diameter,
     segment_nuclei,
 )
@@ -121,6 +123,40 @@ def test_reduced_resolution_counts_as_full_resolution(radius, factor):
     reduced, full = params_from_diameter(2 * radius, 12), params_from_diameter(2 * radius, 12, None)
     assert reduced.downsample == factor and full.downsample == 1
     assert count_nuclei(image, reduced) == count_nuclei(image, full) == n
+
+
+def per_component_seed_count(mask, params):
+    """The seed count of a search component by component (skimage's labels=), the
+    reference that nucleus_seeds' whole-image search must match."""
+    components, n = ndi.label(mask)
+    distance = ndi.distance_transform_edt(mask)
+    peaks = peak_local_max(distance, min_distance=int(params.peak_min_distance) + 1, labels=components, exclude_border=False)
+    return len(peaks) + n - np.unique(components[tuple(peaks.T)]).size
+
+
+@pytest.mark.parametrize("radius,seed", [(3, 1), (5, 2), (8, 3)])
+def test_whole_image_seed_search_counts_as_per_component_and_as_the_watershed(radius, seed):
+    image, n = disk_field(radius, 14, 40 * radius, pairs=6, seed=seed)
+    params = params_from_diameter(2 * radius, 12, None)
+    mask = foreground_mask(image, params)
+    distance, markers = nucleus_seeds(mask, params)
+    assert markers.max() == np.count_nonzero(markers) == per_component_seed_count(mask, params) == n
+    assert (markers[~mask] == 0).all() and distance.max() > 0
+    # count_nuclei counts the markers; the watershed grows each into one labelled nucleus.
+    assert count_nuclei(image, params) == segment_nuclei(image, params).max() == n
+
+
+def test_a_small_nucleus_beside_a_large_one_keeps_its_seed():
+    # The small disk's peak lies within the peak distance of the large disk's pixels that
+    # are higher than it, so the whole-image search drops it; it still gets its own marker.
+    yy, xx = np.mgrid[:48, :48]
+    mask = ((yy - 24) ** 2 + (xx - 18) ** 2 <= 12**2) | ((yy - 24) ** 2 + (xx - 34) ** 2 <= 2**2)
+    params = NucleusParams(1.0, 4, 8, 12)
+    assert ndi.label(mask)[1] == 2
+    distance, markers = nucleus_seeds(mask, params)
+    assert len(peak_local_max(distance, min_distance=9, exclude_border=False)) == 1
+    components = ndi.label(mask)[0]
+    assert markers.max() == 2 and sorted(components[markers > 0]) == [1, 2]
 
 
 def test_counts_separate_nuclei():

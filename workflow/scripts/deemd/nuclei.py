@@ -200,27 +200,41 @@ def foreground_mask(nuclear: np.ndarray, params: NucleusParams, valid: np.ndarra
     return remove_small_objects(above, max_size=max(int(params.min_nucleus_area) - 1, 0))
 
 
-def segment_nuclei(nuclear: np.ndarray, params: NucleusParams, valid: np.ndarray | None = None) -> np.ndarray:
-    """Label image of nuclei: watershed of the distance transform of the foreground, seeded
-    at its local maxima so that touching nuclei are split."""
-    mask = foreground_mask(nuclear, params, valid)
-    if not mask.any():
-        return np.zeros(nuclear.shape, dtype=np.int32)
+def nucleus_seeds(mask: np.ndarray, params: NucleusParams) -> tuple[np.ndarray, np.ndarray]:
+    """The distance transform of the foreground ``mask`` (float) and the watershed's
+    markers (int32, 1..n, 0 elsewhere): one at each local maximum of the distance transform
+    farther than ``peak_min_distance`` from a higher one, and one at the distance maximum
+    of each component left without one. Each marker is one nucleus.
+
+    The maxima are searched over the whole image at once, not component by component:
+    between components the distance transform is 0, so a nucleus's peak can only be
+    suppressed by a higher one of a neighbour closer than the peak distance, i.e. by a
+    nucleus that touches it, and a component that loses its every peak that way still gets
+    its own marker. The counts are those of the per-component search (tests/test_nuclei.py,
+    benchmarks/nuclei_scale.py), at a fraction of its cost: skimage's labels= loops over
+    the components in Python."""
     distance = ndi.distance_transform_edt(mask)
-    components, _ = ndi.label(mask)
+    components, n = ndi.label(mask)
     # Peaks strictly farther apart than peak_min_distance: skimage keeps two peaks exactly
     # min_distance apart, so a flat ridge of the distance transform d long (two touching
     # nuclei) would give three peaks at a distance of d / 2.
-    peaks = peak_local_max(
-        distance, min_distance=int(params.peak_min_distance) + 1, labels=components, exclude_border=False
-    )
+    peaks = peak_local_max(distance, min_distance=int(params.peak_min_distance) + 1, exclude_border=False)
     markers = np.zeros(mask.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    # Components too flat to hold a peak still count as one nucleus each.
-    unseeded = np.setdiff1d(np.unique(components[mask]), np.unique(components[tuple(peaks.T)]))
-    for offset, label in enumerate(unseeded, start=len(peaks) + 1):
-        ys, xs = np.nonzero(components == label)
-        markers[ys[len(ys) // 2], xs[len(xs) // 2]] = offset
+    unseeded = np.setdiff1d(np.arange(1, n + 1), components[tuple(peaks.T)])
+    if unseeded.size:
+        at = np.array(ndi.maximum_position(distance, components, unseeded)).reshape(-1, 2)
+        markers[tuple(at.T)] = np.arange(len(peaks) + 1, len(peaks) + 1 + unseeded.size)
+    return distance, markers
+
+
+def segment_nuclei(nuclear: np.ndarray, params: NucleusParams, valid: np.ndarray | None = None) -> np.ndarray:
+    """Label image of nuclei: watershed of the distance transform of the foreground, seeded
+    at its local maxima (``nucleus_seeds``) so that touching nuclei are split."""
+    mask = foreground_mask(nuclear, params, valid)
+    if not mask.any():
+        return np.zeros(nuclear.shape, dtype=np.int32)
+    distance, markers = nucleus_seeds(mask, params)
     return watershed(-distance, markers, mask=mask).astype(np.int32)
 
 
@@ -239,9 +253,14 @@ def valid_pixels(site_valid: np.ndarray, layout: list[list[int]], site_size: int
 
 def count_nuclei(nuclear: np.ndarray, params: NucleusParams, valid: np.ndarray | None = None) -> int:
     """Number of nuclei in one stitched well image (H, W), segmented at the resolution
-    reduced by ``params.downsample``."""
+    reduced by ``params.downsample``: the number of the watershed's markers, each of which
+    the watershed grows into one nucleus (so it is not run; ``segment_nuclei`` gives the
+    labels)."""
     nuclear, valid = downsample(nuclear, params.downsample, valid)
-    return int(segment_nuclei(nuclear, params, valid).max())
+    mask = foreground_mask(nuclear, params, valid)
+    if not mask.any():
+        return 0
+    return int(nucleus_seeds(mask, params)[1].max())
 
 
 class ToxicityReferenceError(ValueError):
