@@ -74,6 +74,10 @@ NUCLEUS_UM = 11.0
 CELL_UM = 34.0
 CELLS_PER_1024_SITE = 300
 WELLS_PER_PLATE = 1536
+# Seconds that the timed repeats of the inference and of the training stage may each take
+# (interleaved's budget_s): the whole run then stays under 15 minutes on 2 cores without
+# native bf16, where these stages run in fp32 at a fifth of the speed.
+TORCH_BUDGET_S = 150.0
 # Wells that the nuclei stage also counts with the code as issue 12 found it (its "before").
 BEFORE_WELLS = 4
 GIB = 1024**3
@@ -278,15 +282,22 @@ def median_times(times: dict[str, list[float]]) -> dict[str, float]:
     return {f"{name}_s": statistics.median(values) for name, values in times.items()}
 
 
-def interleaved(steps: dict, repeats: int, sync=None, warmup: bool = False, before: dict | None = None) -> dict[str, list[float]]:
+def interleaved(steps: dict, repeats: int, sync=None, warmup: bool = False, before: dict | None = None,
+                budget_s: float | None = None) -> dict[str, list[float]]:
     """Wall seconds of each step (name -> callable), the steps taking turns ``repeats``
     times, so that a passing load on the machine hits all alike; ``sync`` (e.g. CUDA's)
     is called before every clock reading. ``warmup``: every step runs once untimed first
     (torch builds its kernels for each new shape on the first call). ``before`` (name ->
-    callable) runs untimed before each repeat of that step (e.g. removing its output)."""
+    callable) runs untimed before each repeat of that step (e.g. removing its output).
+    ``budget_s`` (with ``warmup``): fewer repeats, down to 1, where the warm-up round shows
+    that ``repeats`` rounds would take longer (a CPU without native bf16 runs the torch
+    stages several times slower); how many ran is the length of each list."""
     times = {name: [] for name in steps}
+    started = time.perf_counter()
     for step in steps.values() if warmup else ():
         step()
+    if warmup and budget_s is not None:
+        repeats = max(1, min(repeats, int(budget_s // max(time.perf_counter() - started, 1e-9))))
     for _ in range(repeats):
         for name, step in steps.items():
             if before and name in before:
@@ -580,10 +591,10 @@ def infer_stage(spec: dict, device_name: str = "cpu", precision: str | None = No
     clock = BatchClock()
     times = interleaved({"infer": clock.wrap(lambda progress: site_scores(setup, network, loader, dp, progress)),
                          "bare": lambda: bare_forward(network, dp, shapes, batch)},
-                        spec["torch_repeats"], cuda_sync(dp), warmup=True)
+                        spec["torch_repeats"], cuda_sync(dp), warmup=True, budget_s=spec.get("torch_budget_s"))
     per_batch = [n * setup.grid.n_patches for n in batch_sizes(len(sites), inference_sites_per_batch(setup))]
     return {"sites": len(sites), "patches": sum(shapes), "forwards": len(shapes), "patch_size": setup.grid.patch_size,
-            "precision": dp.precision, "channels_last": dp.channels_last(True), **median_times(times),
+            "precision": dp.precision, "channels_last": dp.channels_last(True), "repeats": len(times["infer"]), **median_times(times),
             "patches_s": steady_rate(per_batch, clock.passes, statistics.median(times["infer"])),
             "bare_patches_s": sum(shapes) / statistics.median(times["bare"])}
 
@@ -630,9 +641,10 @@ def train_stage(spec: dict, device_precision=None, workers: int | None = None, m
     times = interleaved({"train": clock.wrap(lambda progress: train_one_epoch(setup, network, loader, selected, dp, weights, optimizer,
                                                                                 scheduler, progress, augment_seed=1)),
                          "bare": lambda: bare_steps(network, dp, shapes, images, optimizer, weights)},
-                        spec["torch_repeats"], cuda_sync(dp), warmup=True)
+                        spec["torch_repeats"], cuda_sync(dp), warmup=True, budget_s=spec.get("torch_budget_s"))
     return {"sites": len(data), "steps": len(shapes), "patches": sum(shapes), "step_patches": per_step * setup.train_k,
-            "patch_size": setup.grid.patch_size, "precision": dp.precision, "channels_last": dp.channels_last(False), **median_times(times),
+            "patch_size": setup.grid.patch_size, "precision": dp.precision, "channels_last": dp.channels_last(False), "repeats": len(times["train"]),
+            **median_times(times),
             "steps_s": steady_rate([1] * len(shapes), clock.passes, statistics.median(times["train"])),
             "bare_steps_s": len(shapes) / statistics.median(times["bare"])}
 
@@ -747,7 +759,8 @@ def prepare(args, work: Path) -> dict:
     sites = sites_table(files["metadata"], dataset["site_layout"])
     sites.to_parquet(work / "sites.parquet")
     return {
-        "threads": args.threads, "repeats": args.repeats, "torch_repeats": args.torch_repeats, "workers": args.workers,
+        "threads": args.threads, "repeats": args.repeats, "torch_repeats": args.torch_repeats, "torch_budget_s": args.torch_budget,
+        "workers": args.workers,
         "gpu_workers": max(1, min(int(config["train"]["workers"]), os.cpu_count() or 1)),
         "infer_sites": 4 if args.quick else 8, "plate_id": sites["plate_id"].iloc[0], "sites": str(work / "sites.parquet"),
         "truth": files["truth"], "pattern": files["pattern"], "store_path": str(work / "store.zarr"), "model": str(work / "model.pt"),
@@ -922,7 +935,7 @@ def report(run: dict, threads: int, target_cores: int = 16) -> str:
     lines = [
         (f"deemd scale benchmark: 1 plate, {wells} wells x 4 sites of {demo['site_size']} px, {len(spec['dataset']['channels'])} channels, "
          f"{demo['cells']['per_site']} cells a site, nuclei {nucleus_diameter_px(demo):.0f} px (HRCE-like at {UM_PER_PX} um/px)"),
-        (f"{threads} threads a stage, medians of {spec['repeats']} (torch stages {spec['torch_repeats']}) interleaved repeats; "
+        (f"{threads} threads a stage, medians of {spec['repeats']} (torch stages {torch_repeats_text(spec, results)}) interleaved repeats; "
          f"model M as config/rxrx19a.yaml over config/config.yaml trains it: k {train['k']}, batch_size {train['batch_size']}, "
          f"sites_per_step {train['sites_per_step']} (0: batch_size // k), precision {train['precision']}, {spec['workers']} CPU DataLoader workers"),
         *header_notes(spec),
@@ -939,12 +952,23 @@ def report(run: dict, threads: int, target_cores: int = 16) -> str:
     return "\n".join(lines)
 
 
+def torch_repeats_text(spec: dict, results: dict) -> str:
+    """The torch stages' repeats: as asked, or as many as fitted in their time budget."""
+    ran = {name: results[name]["repeats"] for name in ("infer", "train") if ok(results.get(name, {})) and "repeats" in results[name]}
+    if all(n == spec["torch_repeats"] for n in ran.values()):
+        return str(spec["torch_repeats"])
+    fitted = ", ".join(f"{name} {n}" for name, n in ran.items())
+    return f"{spec['torch_repeats']}, or as many as fit in {spec.get('torch_budget_s'):g} s: {fitted}"
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a 6-well plate of 256 px sites, fewer repeats (for tests)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="threads a stage (default: this machine's cores)")
     parser.add_argument("--repeats", type=int, default=None, help="repeats of the cheap stages (default 5; --quick 2)")
     parser.add_argument("--torch-repeats", type=int, default=None, help="repeats of inference and training (default 3; --quick 2)")
+    parser.add_argument("--torch-budget", type=float, default=TORCH_BUDGET_S,
+                        help=f"seconds that the timed repeats of inference, and of training, may take: fewer repeats (down to 1) where the warm-up shows more would not fit (default {TORCH_BUDGET_S:g})")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the CPU stages (default 0, as the demo)")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     parser.add_argument("--workdir", type=Path, default=None, help="where the plate is written (default: a temporary folder)")

@@ -160,3 +160,22 @@ def test_stages_on_a_tiny_plate(scale, tmp_path):
     assert scale.size_lines(results["stitch"], scale.Work())[0].startswith("size: PNGs")
     assert scale.gpu_lines({}, scale.Work())[0].startswith("GPU part: failed")
     assert np.isfinite(pd.read_parquet(files["truth"])["n_nuclei"].sum())
+
+
+def test_interleaved_takes_fewer_repeats_where_the_warmup_shows_they_would_not_fit(scale, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(scale.time, "perf_counter", lambda: clock[0])
+
+    def step(seconds):
+        def run():
+            clock[0] += seconds
+        return run
+
+    slow = scale.interleaved({"a": step(40.0), "b": step(20.0)}, 3, warmup=True, budget_s=150)
+    assert [len(v) for v in slow.values()] == [2, 2] and slow["a"] == [40.0, 40.0]
+    assert [len(v) for v in scale.interleaved({"a": step(400.0)}, 3, warmup=True, budget_s=150).values()] == [1]
+    assert [len(v) for v in scale.interleaved({"a": step(1.0)}, 3, warmup=True, budget_s=150).values()] == [3]
+    assert [len(v) for v in scale.interleaved({"a": step(400.0)}, 3, warmup=True).values()] == [3]
+    spec = {"torch_repeats": 3, "torch_budget_s": 150.0}
+    assert scale.torch_repeats_text(spec, {"infer": {"repeats": 3}, "train": {"repeats": 3}}) == "3"
+    assert scale.torch_repeats_text(spec, {"infer": {"repeats": 1}, "train": {"repeats": 2}}) == "3, or as many as fit in 150 s: infer 1, train 2"
