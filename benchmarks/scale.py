@@ -570,9 +570,11 @@ def repeated(sites: pd.DataFrame, times: int) -> pd.DataFrame:
     return pd.concat([sites] * max(1, int(times)), ignore_index=True)
 
 
-def infer_stage(spec: dict, device_name: str = "cpu", precision: str | None = None, workers: int | None = None) -> dict:
+def infer_stage(spec: dict, device_name: str = "cpu", precision: str | None = None, workers: int | None = None,
+                max_sites: int | None = None) -> dict:
     """Model M's site scores as the infer rule computes them (the model file loaded by
-    load_trained, the rule's loader batches, site_scores) against the bare forward."""
+    load_trained, the rule's loader batches, site_scores) against the bare forward;
+    ``max_sites``: fewer sites than a loader batch (the GPU path's exercise on a CPU)."""
     torch = torch_setup(spec)
     from deemd.data import SiteDataset, site_loader
     from deemd.inference import (
@@ -584,6 +586,7 @@ def infer_stage(spec: dict, device_name: str = "cpu", precision: str | None = No
 
     network, setup, dp = load_trained(spec["model"], torch.device(device_name), precision or spec["train"]["precision"])
     sites = infer_sites(spec, setup)
+    sites = sites if max_sites is None else sites.head(max_sites)
     loader = site_loader(SiteDataset(sites, {spec["plate_id"]: spec["store_path"]}), inference_sites_per_batch(setup),
                          spec["workers"] if workers is None else workers, None, pin_memory=dp.cuda)
     shapes = forward_shapes(len(sites), inference_sites_per_batch(setup), setup.grid.n_patches, inference_patches_per_forward(setup))
@@ -705,13 +708,13 @@ def gpu_stage(spec: dict) -> dict:
     # benchmark's 15 minutes (measured: over 15 min on a 2-core CPU without AVX512-BF16).
     cpu_precision = "bf16" if cpu_has_native_bf16() else "fp32"
     dp = DevicePrecision(device, mean, std, "auto") if cuda else GpuLayoutOnCpu(device, mean, std, cpu_precision)
-    # CUDA: every site of the plate, 10 times over; CPU: one batch, once.
+    # CUDA: every site of the plate, 10 times over; CPU: 2 sites (4 for the pipeline), once.
     sized = {"infer_sites": 10**6, "site_repeat": 10} if cuda else {"infer_sites": 1, "torch_repeats": 1}
     result = {"cuda": cuda, "device": torch.cuda.get_device_name() if cuda else "cpu (tiny exercise)", "workers": workers}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*pin_memory.*")
         result["pipeline"] = pipeline_stage(dict(spec, **sized), device, workers, 10 if cuda else 2, None if cuda else 4)
-        result["infer"] = infer_stage(dict(spec, **sized), device.type, "auto" if cuda else cpu_precision, workers)
+        result["infer"] = infer_stage(dict(spec, **sized), device.type, "auto" if cuda else cpu_precision, workers, None if cuda else 2)
         result["train"] = train_stage(dict(spec, **sized), dp, workers, None if cuda else 2)
     if cuda:
         result["max_memory_allocated_gb"] = torch.cuda.max_memory_allocated() / GIB
