@@ -113,13 +113,18 @@ def true_cells(demo: dict) -> dict:
     return WORLDS[demo["world"]].cells_config(demo)
 
 
+def stitched_nuclear(sites: np.ndarray) -> np.ndarray:
+    """A well's 2 x 2 sites (site, channel, y, x) stitched, nuclear channel (0) only."""
+    return np.block([[sites[0, 0], sites[1, 0]], [sites[2, 0], sites[3, 0]]])
+
+
 def plate_wells(demo: dict):
     """Stitched nuclear images (2S, 2S) uint8, true nucleus counts and untreated flags."""
     module = WORLDS[demo["world"]]
     library = module.make_library(demo)
     images, truth, untreated = [], [], []
     for row, sites, _, rows in module.iter_plate(demo, demo["experiment"], 1, library):
-        images.append(np.block([[sites[0, 0], sites[1, 0]], [sites[2, 0], sites[3, 0]]]))
+        images.append(stitched_nuclear(sites))
         truth.append(sum(r["n_nuclei"] for r in rows))
         untreated.append(not isinstance(row["treatment"], str))
     return images, np.array(truth), np.array(untreated)
@@ -162,16 +167,25 @@ def accuracy_table(world_names=tuple(WORLDS), workers: int = 2) -> None:
             )
 
 
+def wells_with_nuclei(demo: dict, wells: int) -> tuple[list[np.ndarray], list[int]]:
+    """The first ``wells`` stitched nuclear images with nuclei of ``demo``'s first plate,
+    and their true counts."""
+    module = WORLDS[demo.get("world", "foci")]
+    images, truth = [], []
+    for row, sites, _, rows in module.iter_plate(demo, demo["experiment"], 1, module.make_library(demo)):
+        n = sum(r["n_nuclei"] for r in rows)
+        if n:
+            images.append(stitched_nuclear(sites))
+            truth.append(n)
+        if len(images) == wells:
+            break
+    return images, truth
+
+
 def large_wells(world: str, radius: float | None, site_size: int, wells: int) -> list[np.ndarray]:
     """The first ``wells`` stitched nuclear images with nuclei of a plate at ``site_size``."""
     demo = small_demo(world, 1, radius, None if radius is None else true_cells(small_demo(world, 1, None, None))["per_site"], site_size)
-    images = []
-    for row, sites, _, rows in WORLDS[world].iter_plate(demo, demo["experiment"], 1, WORLDS[world].make_library(demo)):
-        if sum(r["n_nuclei"] for r in rows):
-            images.append(np.block([[sites[0, 0], sites[1, 0]], [sites[2, 0], sites[3, 0]]]))
-        if len(images) == wells:
-            return images
-    return images
+    return wells_with_nuclei(demo, wells)[0]
 
 
 def hrce_wells(wells: int) -> tuple[list[np.ndarray], list[int]]:
@@ -180,16 +194,7 @@ def hrce_wells(wells: int) -> tuple[list[np.ndarray], list[int]]:
     true counts."""
     from scale import scale_demo
 
-    demo = scale_demo(1024)
-    module = WORLDS[demo.get("world", "foci")]
-    images, truth = [], []
-    for row, sites, _, rows in module.iter_plate(demo, demo["experiment"], 1, module.make_library(demo)):
-        if sum(r["n_nuclei"] for r in rows):
-            images.append(np.block([[sites[0, 0], sites[1, 0]], [sites[2, 0], sites[3, 0]]]))
-            truth.append(sum(r["n_nuclei"] for r in rows))
-        if len(images) == wells:
-            break
-    return images, truth
+    return wells_with_nuclei(scale_demo(1024), wells)
 
 
 def timing(repeats: int = 5) -> None:
