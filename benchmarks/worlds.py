@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from snakemake.utils import update_config
+from snakemake.utils import update_config, validate
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
@@ -95,19 +95,16 @@ def readout_scores(results: Path, config: dict, readouts: list[str], world: str,
     run's shards with that readout, scored against the truth (docs/method.md §10), and
     the recomputed per-plate QC rows (plate_id, model, readout, zprime, ssmd, ...)."""
     from deemd.efficacy import efficacy_tables, sign_test_intervals
-    from deemd.inhibition import TREATED, quantitative_efficacy
+    from deemd.inhibition import TREATED, inhibition_settings, quantitative_efficacy
     from deemd.truth import quantitative_truth_scores, truth_classes, truth_efficacy_column
 
     compounds = pd.read_csv(results.parents[1] / "resources" / config["dataset"]["name"] / "truth" / "compounds.csv")
     classes = truth_classes(compounds, config["figures"]["truth_effective_threshold"], truth_efficacy_column(compounds))
     nuclei = pd.read_parquet(results / "nuclei" / "wells.parquet")
-    settings = {
-        "inhibition_bar": config["efficacy"]["inhibition_bar"],
-        "fdr": config["efficacy"]["fdr"],
-        "confidence": config["efficacy"]["confidence"],
-        "min_zprime": config["qc"]["min_zprime"],
-        "min_control_wells": config["qc"]["min_control_wells"],
-    }
+    # A run's config as this checkout's schema reads it: keys added since take their defaults.
+    config = copy.deepcopy(config)
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"), set_default=True)
+    settings = inhibition_settings(config["efficacy"], config["qc"])
     rows, plate_rows = [], []
     for model_dir in sorted((results / "inference").iterdir()):
         paths = sorted(model_dir.glob("*.parquet"))

@@ -306,7 +306,8 @@ def test_glue_main_end_to_end(tmp_path):
                                  "z": level + 0.01 * site, "score": level})
     sites = pd.concat([sites, pd.DataFrame(controls)], ignore_index=True)
     sites["a"] = sites["z"]
-    nuclei = sites.drop_duplicates("well_id").assign(toxic=False, no_nuclei=False)[["plate_id", "well", "treatment", "treatment_conc", "toxic", "no_nuclei"]]
+    nuclei = sites.drop_duplicates("well_id").assign(toxic=False, no_nuclei=False, nuclei_per_site=40.0, infected_control_median=40.0)
+    nuclei = nuclei[["plate_id", "well", "treatment", "treatment_conc", "toxic", "no_nuclei", "nuclei_per_site", "infected_control_median"]]
     nuclei_path = tmp_path / "nuclei.parquet"
     nuclei.to_parquet(nuclei_path)
     paths = []
@@ -315,7 +316,7 @@ def test_glue_main_end_to_end(tmp_path):
         sites.iloc[part].to_parquet(path)
         paths.append(str(path))
     output = {name: str(tmp_path / "out" / f"{name}.parquet") for name in ("doses", "treatments", "wells", "plate_qc")}
-    efficacy = {"zeta": 0.5, "confidence": 0.95, "inhibition_bar": 0.5, "fdr": 0.05}
+    efficacy = {"zeta": 0.5, "confidence": 0.95, "inhibition_bar": 0.5, "fdr": 0.05, "min_viability": 0.8}
     qc = {"min_zprime": 0.0, "min_control_wells": 3}
     main(paths, str(nuclei_path), output, str(tmp_path / "log.txt"), efficacy, qc, "a", "M")
     doses = pd.read_parquet(output["doses"])

@@ -439,6 +439,9 @@ def inhibition_treatments():
         "n_toxic_doses": [2, 0, 0, 1],
         "n_wells_tested": [12, 18, 18, 0],
         "inhibition_status": ["ok", "ok", "flat response", "no non-toxic dose"],
+        "viability_cc50_um": [np.nan, 8.0, np.nan, 0.5],
+        "selectivity_index": [np.nan, 8.0, np.nan, np.nan],
+        "viability_status": ["viability does not fall with dose", "ok", "CC50 above the tested doses", "ok"],
     })
     table = treatments.merge(extra, on="treatment", validate="one_to_one")
     table["deemd_rank"] = table["rank"]

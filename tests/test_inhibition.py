@@ -24,8 +24,12 @@ from deemd.inhibition import (
     robust_zprime,
     scored_sites,
     site_roles,
-    toxic_doses,
+    cytotoxicity,
+    inhibition_settings,
+    selectivity_index,
+    viability_curve,
     well_medians,
+    well_viability,
 )
 from test_efficacy import reference_intervals
 
@@ -98,20 +102,89 @@ def test_inhibition_scale_and_degenerate_references():
     assert np.isnan(values[3])  # references that do not separate give no inhibition
 
 
-def test_toxic_doses_need_half_the_wells():
-    nuclei = pd.DataFrame(
+def nucleus_table(treatment, concentrations, viability, toxic=None):
+    """Treated wells of a nucleus table, with the plate's infected-control median 40."""
+    n = len(concentrations)
+    return pd.DataFrame(
         {
-            "treatment": ["T", "T", "T", "T", None],
-            "treatment_conc": [1.0, 1.0, 10.0, 10.0, np.nan],
-            "well": ["A01", "A02", "A03", "A04", "A05"],
-            "toxic": [False, True, True, True, False],
-            "no_nuclei": [False, False, False, False, False],
+            "plate_id": "E_1",
+            "well": [f"A{i + 1:02d}" for i in range(n)],
+            "treatment": treatment,
+            "treatment_conc": np.asarray(concentrations, dtype=float),
+            "toxic": np.zeros(n, bool) if toxic is None else np.asarray(toxic, bool),
+            "no_nuclei": False,
+            "nuclei_per_site": 40.0 * np.asarray(viability, dtype=float),
+            "infected_control_median": 40.0,
         }
     )
-    doses = toxic_doses(nuclei)
+
+
+def test_toxic_doses_need_half_the_wells():
+    nuclei = nucleus_table("T", [1.0, 1.0, 10.0, 10.0], [0.6, 1.0, 0.5, 0.6], toxic=[False, True, True, True])
+    nuclei = pd.concat([nuclei, nucleus_table(None, [np.nan], [1.0])], ignore_index=True)
+    doses, _ = cytotoxicity(nuclei, min_viability=0.8)  # two doses: too few for a viability curve
     assert doses["toxic"].tolist() == [True, True]  # 1 of 2 is half; 2 of 2
     nuclei.loc[1, "toxic"] = False
-    assert toxic_doses(nuclei)["toxic"].tolist() == [False, True]
+    doses, treatments = cytotoxicity(nuclei, min_viability=0.8)
+    assert doses["toxic"].tolist() == [False, True]
+    assert doses["viability_median"].tolist() == pytest.approx([0.8, 0.55])
+    assert treatments["viability_status"].iloc[0].startswith("no viability curve")
+
+
+def test_well_viability_is_relative_to_the_infected_controls_and_skips_empty_wells():
+    nuclei = nucleus_table("T", [1.0, 3.0, 10.0], [1.1, 0.5, 0.0])
+    nuclei.loc[2, "no_nuclei"] = True
+    assert well_viability(nuclei)["viability"].tolist() == pytest.approx([1.1, 0.5])
+    with pytest.raises(ValueError, match="infected_control_median"):
+        well_viability(nuclei.drop(columns="infected_control_median"))
+
+
+def cytotoxic_wells(cc50=2.5, hill=2.0, wells_per_dose=3, sd=0.04, seed=0):
+    rng = np.random.default_rng(seed)
+    c = np.repeat(CONCENTRATIONS, wells_per_dose)
+    v = 1.0 - 0.9 * c**hill / (c**hill + cc50**hill) + rng.normal(0, sd, len(c))
+    return c, v
+
+
+def test_viability_curve_finds_the_cc50_of_a_falling_curve():
+    c, v = cytotoxic_wells()
+    curve = viability_curve(c, v)
+    # Viability 0.5 where 0.9 c^2 / (c^2 + 2.5^2) = 0.5: c = 2.5 * sqrt(0.5 / 0.4).
+    assert curve["status"] == "ok"
+    assert curve["cc50_um"] == pytest.approx(2.5 * np.sqrt(1.25), rel=0.15)
+
+
+def test_viability_curve_ignores_rising_and_flat_viability():
+    rising = viability_curve(CONCENTRATIONS.repeat(3), np.linspace(0.7, 1.2, 18))
+    assert rising["fit"] is None and rising["status"] == "viability does not fall with dose"
+    c, v = cytotoxic_wells(cc50=100.0, hill=1.0)  # barely falls within the tested doses
+    assert np.isnan(viability_curve(c, v)["cc50_um"])
+
+
+def test_curve_flags_a_dose_that_costs_cells_though_no_well_is_flagged():
+    # The 1 uM wells keep 0.72 of the cells (none below the nucleus count's fraction 0.7),
+    # and the curve through every dose says so: left out at min_viability 0.8.
+    c, v = cytotoxic_wells(cc50=1.5, sd=0.0)
+    nuclei = nucleus_table("Tox", c, v, toxic=v < 0.7)
+    doses, treatments = cytotoxicity(nuclei, min_viability=0.8)
+    doses = doses.set_index("treatment_conc")
+    assert doses.loc[1.0, "n_wells_toxic"] == 0
+    assert doses.loc[1.0, "viability_fitted"] == pytest.approx(1 - 0.9 / 3.25, abs=0.02)
+    assert doses["toxic"].tolist() == [False, False, False, True, True, True]
+    relaxed, _ = cytotoxicity(nuclei, min_viability=0.0)  # only the well flags
+    assert relaxed["toxic"].tolist() == [False, False, False, False, True, True]
+    assert treatments["viability_cc50_um"].iloc[0] == pytest.approx(1.5 * np.sqrt(1.25), rel=0.05)
+
+
+def test_selectivity_index():
+    assert selectivity_index([10.0, np.nan, 5.0], [0.1, 1.0, 0.0]) == pytest.approx([100.0, np.nan, np.nan], nan_ok=True)
+
+
+def test_inhibition_settings_take_every_key_from_the_config_sections():
+    efficacy = {"zeta": 0.5, "confidence": 0.95, "inhibition_bar": 0.5, "fdr": 0.05, "min_viability": 0.8}
+    settings = inhibition_settings(efficacy, {"min_zprime": 0.0, "min_control_wells": 3})
+    assert settings == {"inhibition_bar": 0.5, "fdr": 0.05, "confidence": 0.95, "min_viability": 0.8,
+                        "min_zprime": 0.0, "min_control_wells": 3}
 
 
 def noisy_wells(emax, ec50=0.5, hill=1.5, wells_per_dose=3, sd=0.05, seed=0):
@@ -197,7 +270,8 @@ def screen(seed=0, min_wells=3):
                 {"site_id": f"{plate}_{well}_{site}", "well_id": f"{plate}_{well}", "plate_id": plate, "well": well,
                  "site": site, "role": role, "treatment": treatment, "treatment_conc": conc, "z": a, "a": a}
             )
-        nuclei.append({"plate_id": plate, "well": well, "treatment": treatment, "treatment_conc": conc, "toxic": toxic, "no_nuclei": False})
+        nuclei.append({"plate_id": plate, "well": well, "treatment": treatment, "treatment_conc": conc, "toxic": toxic,
+                       "no_nuclei": False, "nuclei_per_site": 12.0 if toxic else 40.0, "infected_control_median": 40.0})
 
     for plate in ("E_1", "E_2"):
         for i in range(4):
@@ -208,8 +282,10 @@ def screen(seed=0, min_wells=3):
             add(plate, f"C{j + 1:02d}", TREATED, "Good", conc, 0.6 - effect * 0.55)
             add(plate, f"D{j + 1:02d}", TREATED, "Null", conc, 0.6)
         # The top dose of Tox kills: its wells never reach the shards, only the nuclei table.
-        nuclei.append({"plate_id": plate, "well": "E01", "treatment": "Tox", "treatment_conc": 10.0, "toxic": True, "no_nuclei": False})
-    settings = {"inhibition_bar": 0.5, "fdr": 0.05, "confidence": 0.95, "min_zprime": 0.0, "min_control_wells": min_wells}
+        nuclei.append({"plate_id": plate, "well": "E01", "treatment": "Tox", "treatment_conc": 10.0, "toxic": True,
+                       "no_nuclei": False, "nuclei_per_site": 12.0, "infected_control_median": 40.0})
+    settings = {"inhibition_bar": 0.5, "fdr": 0.05, "confidence": 0.95, "min_zprime": 0.0, "min_control_wells": min_wells,
+                "min_viability": 0.8}
     return pd.DataFrame(rows), pd.DataFrame(nuclei), settings
 
 
@@ -224,12 +300,34 @@ def test_quantitative_efficacy_end_to_end():
     assert treatments.loc["Good", "inhibition_max"] == pytest.approx(0.95, abs=0.07)
     assert treatments.loc["Tox", "inhibition_status"] == "every dose toxic"
     assert treatments.loc["Tox", "n_toxic_doses"] == 1 and not bool(treatments.loc["Tox", "hit"])
+    # Every dose keeps the controls' count: no viability curve, so no CC50 or selectivity.
+    assert treatments[["viability_cc50_um", "selectivity_index"]].isna().all().all()
+    assert treatments.loc["Good", "viability_status"].startswith("no viability curve")
     wells = tables["wells"]
     assert set(wells.loc[wells["role"] != TREATED, "reason"]) == {"control"}
     assert wells.loc[wells["role"] == TREATED, "used"].all()
     doses = tables["doses"].set_index(["treatment", "treatment_conc"])
     assert doses.loc[("Good", 10.0), "median_inhibition"] > 0.85
     assert doses.loc[("Good", 10.0), "n_wells_used"] == 2
+
+
+def test_a_hit_that_kills_at_high_doses_gets_a_cc50_and_a_selectivity_index():
+    sites, nuclei, settings = screen()
+    # Good keeps its cells up to 1 uM, loses 40 % at 3 uM and 80 % at 10 uM (no well
+    # flagged at 3 uM): both top doses leave its curve, the rest still make it a hit.
+    loss = {0.03: 1.0, 0.1: 1.0, 0.3: 1.0, 1.0: 0.97, 3.0: 0.6, 10.0: 0.2}
+    good = nuclei["treatment"] == "Good"
+    nuclei.loc[good, "nuclei_per_site"] = 40.0 * nuclei.loc[good, "treatment_conc"].map(loss)
+    nuclei.loc[good, "toxic"] = nuclei.loc[good, "treatment_conc"] == 10.0
+    tables = quantitative_efficacy(sites, nuclei, "M", "a", settings, reference_intervals)
+    doses = tables["doses"].set_index(["treatment", "treatment_conc"])
+    assert bool(doses.loc[("Good", 3.0), "toxic"]) and doses.loc[("Good", 3.0), "n_wells_toxic"] == 0
+    treatments = tables["treatments"].set_index("treatment")
+    good = treatments.loc["Good"]
+    assert bool(good["hit"]) and good["inhibition_best_conc_um"] == 1.0
+    assert 1.0 < good["viability_cc50_um"] < 10.0
+    assert good["selectivity_index"] == pytest.approx(good["viability_cc50_um"] / good["inhibition_ec50_um"])
+    assert np.isnan(treatments.loc["Null", "selectivity_index"])  # not a hit: no window
 
 
 def test_failing_plate_is_left_out_of_hit_calling():

@@ -8,7 +8,7 @@ import logging
 import pandas as pd
 
 from deemd.efficacy import efficacy_tables, sign_test_intervals
-from deemd.inhibition import TREATED, quantitative_efficacy, rank_by_hit
+from deemd.inhibition import TREATED, inhibition_settings, quantitative_efficacy, rank_by_hit
 from deemd.io import write_parquet_atomic
 from deemd.logs import start_rule_log
 
@@ -40,13 +40,7 @@ def main(inference_tables, nuclei_path, output, log, efficacy, qc, readout, mode
     for row in doses.loc[too_small].itertuples():
         logging.info("  %s at %s µM: %s", row.treatment, row.treatment_conc, row.status)
 
-    settings = {
-        "inhibition_bar": efficacy["inhibition_bar"],
-        "fdr": efficacy["fdr"],
-        "confidence": confidence,
-        "min_zprime": qc["min_zprime"],
-        "min_control_wells": qc["min_control_wells"],
-    }
+    settings = inhibition_settings(efficacy, qc)
     quantitative = quantitative_efficacy(sites, pd.read_parquet(nuclei_path), model, readout, settings, sign_test_intervals)
     plate_qc = quantitative["plate_qc"]
     logging.info("inhibition from readout %s; plate QC:\n%s", readout, plate_qc.to_string(index=False))
@@ -56,6 +50,13 @@ def main(inference_tables, nuclei_path, output, log, efficacy, qc, readout, mode
     for row in plate_qc[~plate_qc["passes"]].drop_duplicates("plate_id").itertuples():
         logging.warning("plate %s fails QC (Z' on %s below %s): its treated wells are left out of hit calling",
                         row.plate_id, readout, qc["min_zprime"])
+    toxic = quantitative["doses"]
+    by_curve = toxic["toxic"] & (2 * toxic["n_wells_toxic"] < toxic["n_wells_plated"])
+    logging.info("%d toxic doses, %d of them by the viability curve (fitted viability < %s)",
+                 int(toxic["toxic"].sum()), int(by_curve.sum()), settings["min_viability"])
+    for row in toxic.loc[by_curve].itertuples():
+        logging.info("  %s at %s µM: fitted viability %.2f (wells' median %.2f)",
+                     row.treatment, row.treatment_conc, row.viability_fitted, row.viability_median)
     wells = quantitative["wells"]
     reasons = wells.loc[wells["role"] == TREATED, "reason"].replace("", "used").value_counts()
     logging.info("treated wells: %s", reasons.to_dict())

@@ -41,6 +41,8 @@ NUMBER_COLUMNS = {
     "DEEMD effective": "effective",
     "DEEMD rank": "deemd_rank",
     "toxic doses": "n_toxic_doses",
+    "CC50 (µM)": "viability_cc50_um",
+    "selectivity CC50/EC50": "selectivity_index",
 }
 
 

@@ -2,11 +2,11 @@
 normalised to on-plate controls, plate QC, a dose-response fit per treatment and
 FDR-controlled hit calls.
 
-A site's *readout* is how infected it looks: a_i, the share of its smoothed infection map
-at or above eta, for the patch models M and V (:func:`deemd.maps.infected_share`), and the
-site probability z_i for the whole-site model W, which has no map. Per plate, the readout
-is scaled between the medians of the untreated controls that the model was not trained on
-(validation and test wells):
+A site's *readout* is how infected it looks: for the patch models M and V, the mean of its
+smoothed infection map (``map_mean``, the default) or a_i, the share of the map at or above
+eta (:func:`deemd.maps.map_readouts`); for the whole-site model W, which has no map, the
+site probability z_i. Per plate, the readout is scaled between the medians of the
+untreated controls that the model was not trained on (validation and test wells):
 
     inhibition_i = 1 - (r_i - r_noninfected) / (r_infected - r_noninfected)
 
@@ -19,7 +19,9 @@ inhibition against log10 concentration over its non-toxic doses pools every dose
 dose with one or two wells still contributes. The hit test asks whether the fitted
 inhibition at the best non-toxic dose exceeds a bar: a one-sided t-test with the
 delta-method standard error from the fit's covariance and n_wells - 4 degrees of freedom,
-then Benjamini-Hochberg across the screen.
+then Benjamini-Hochberg across the screen. Doses that cost cells (the nucleus count's
+flags, or a fitted viability curve below ``min_viability``) are left out of the curve: the
+readout falls with the cells, which would read as inhibition.
 
 Every function takes and returns arrays or pandas tables; nothing here reads files.
 """
@@ -45,6 +47,9 @@ MAD_SCALE = 1.4826
 # within the tested doses, a free top ran to 2 and carried the EC50 out of the range with
 # it. A quarter beyond each control level leaves room for noise and plate effects.
 INHIBITION_LIMITS = (-0.25, 1.25)
+# Bounds of the viability curve's asymptotes: 0 kills every cell; above 1, a compound keeps
+# more cells than the infected controls (it spares them the virus's damage).
+VIABILITY_LIMITS = (0.0, 1.5)
 MIN_FIT_WELLS = 5  # a 4PL with one residual degree of freedom at least
 
 PLATE_QC_COLUMNS = {
@@ -198,18 +203,89 @@ def inhibition(readout, infected_reference, noninfected_reference) -> np.ndarray
     return np.where(span > 0, value, np.nan)
 
 
-def toxic_doses(nuclei_wells: pd.DataFrame) -> pd.DataFrame:
-    """Per (treatment, treatment_conc) of the nucleus table's treated wells: n_wells_plated,
-    n_wells_toxic, and ``toxic`` when at least half its counted wells are toxic (a dose
-    that kills is left out of the curve and cannot be a treatment's best dose)."""
+def well_viability(nuclei_wells: pd.DataFrame) -> pd.DataFrame:
+    """The counted treated wells of a nucleus table (treatment, treatment_conc, well,
+    toxic, nuclei_per_site, infected_control_median) with ``viability`` = nuclei per site
+    / the plate's untreated infected median: 1 survives like the infected controls, 0
+    kills every cell. Wells with no nuclei at all (``no_nuclei``: an empty or failed
+    image, not a count) are left out."""
+    missing = [c for c in ("treatment", "treatment_conc", "toxic", "nuclei_per_site", "infected_control_median") if c not in nuclei_wells]
+    if missing:
+        raise ValueError(f"nucleus well table lacks columns {missing}; rerun the nuclei rule")
     treated = nuclei_wells[nuclei_wells["treatment"].notna()]
     if "no_nuclei" in treated:
         treated = treated[~treated["no_nuclei"].astype(bool)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        viability = treated["nuclei_per_site"].to_numpy(np.float64) / treated["infected_control_median"].to_numpy(np.float64)
+    return treated.assign(viability=np.where(np.isfinite(viability), viability, np.nan))
+
+
+def viability_curve(concentrations, viability) -> dict:
+    """The cytotoxicity curve of one treatment: a 4PL of well viability against log10
+    concentration over all its counted wells, toxic ones included (they carry the
+    information about the doses below them). Only a falling curve (top < bottom) counts
+    as cytotoxicity; a rising one (cells rescued from the virus) or a failed fit gives
+    ``fitted`` = None. ``cc50_um``: where the curve crosses viability 0.5, NaN when it
+    does not within the tested concentrations. ``status`` says which."""
+    c = np.asarray(concentrations, dtype=np.float64)
+    v = np.asarray(viability, dtype=np.float64)
+    fit = fit_logistic(c, v, min_points=MIN_FIT_WELLS, limits=VIABILITY_LIMITS)
+    if fit["status"] != OK:
+        return {"fit": None, "cc50_um": np.nan, "status": f"no viability curve: {fit['status']}"}
+    if fit["top"] >= fit["bottom"]:
+        return {"fit": None, "cc50_um": np.nan, "status": "viability does not fall with dose"}
+    bottom, top, log_ec50, hill = fit["bottom"], fit["top"], fit["log_ec50"], fit["hill"]
+    tested = np.log10(c[np.isfinite(c) & (c > 0)])
+    cc50, status = np.nan, "CC50 above the tested doses"
+    if bottom <= 0.5:
+        status = "viability below 0.5 at every tested dose"
+    elif top < 0.5:
+        # Solve bottom + (top - bottom) / (1 + 10^((log_ec50 - x) hill)) = 0.5 for x.
+        x = log_ec50 - np.log10((top - bottom) / (0.5 - bottom) - 1.0) / hill
+        if tested.min() <= x <= tested.max():
+            cc50, status = float(10.0**x), OK
+    return {"fit": fit, "cc50_um": cc50, "status": status}
+
+
+def cytotoxicity(nuclei_wells: pd.DataFrame, min_viability: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per dose and per treatment, how much the treated wells of a nucleus table lose
+    cells (docs/method.md §10).
+
+    Doses (treatment, treatment_conc): n_wells_plated, n_wells_toxic, viability_median
+    (of the dose's wells), viability_fitted (its viability curve at the dose, NaN without
+    a falling curve) and ``toxic``: at least half of its counted wells are flagged by the
+    nucleus count (§3), or the fitted viability is below ``min_viability``. A toxic dose is
+    left out of the inhibition curve and cannot be a treatment's best dose: where cells die
+    (and the survivors change), the infection readout falls with them and would read as
+    inhibition. Treatments: viability_cc50_um and viability_status."""
+    treated = well_viability(nuclei_wells)
     grouped = treated.groupby(["treatment", "treatment_conc"], sort=True)
-    table = grouped.agg(n_wells_plated=("well", "size"), n_wells_toxic=("toxic", "sum")).reset_index()
-    table["n_wells_toxic"] = table["n_wells_toxic"].astype(np.int64)
-    table["toxic"] = 2 * table["n_wells_toxic"] >= table["n_wells_plated"]
-    return table
+    doses = grouped.agg(
+        n_wells_plated=("toxic", "size"), n_wells_toxic=("toxic", "sum"), viability_median=("viability", "median")
+    ).reset_index()
+    doses["n_wells_toxic"] = doses["n_wells_toxic"].astype(np.int64)
+    doses["viability_fitted"] = np.nan
+    rows = []
+    for name, wells in treated.groupby("treatment", sort=True):
+        curve = viability_curve(wells["treatment_conc"], wells["viability"])
+        rows.append({"treatment": name, "viability_cc50_um": curve["cc50_um"], "viability_status": curve["status"]})
+        if curve["fit"] is not None:
+            at = (doses["treatment"] == name).to_numpy()
+            fit = curve["fit"]
+            x = np.log10(doses.loc[at, "treatment_conc"].to_numpy(np.float64))
+            doses.loc[at, "viability_fitted"] = logistic4(x, fit["bottom"], fit["top"], fit["log_ec50"], fit["hill"])
+    by_wells = 2 * doses["n_wells_toxic"] >= doses["n_wells_plated"]
+    doses["toxic"] = (by_wells | (doses["viability_fitted"] < min_viability)).to_numpy(dtype=bool)
+    treatments = pd.DataFrame(rows, columns=["treatment", "viability_cc50_um", "viability_status"])
+    return doses, treatments.astype({"viability_cc50_um": "float64", "viability_status": "object"})
+
+
+def selectivity_index(cc50_um, ec50_um) -> np.ndarray:
+    """CC50 / EC50, the therapeutic window of an antiviral (float); NaN where either is
+    unknown (no CC50 within the tested doses: the compound is at least that selective)."""
+    cc50, ec50 = np.asarray(cc50_um, dtype=np.float64), np.asarray(ec50_um, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((cc50 > 0) & (ec50 > 0), cc50 / ec50, np.nan)
 
 
 def fitted_at(fit: dict, concentrations) -> tuple[np.ndarray, np.ndarray]:
@@ -390,6 +466,19 @@ def treatment_curves(used_wells: pd.DataFrame, doses: pd.DataFrame, bar: float, 
     return table
 
 
+def inhibition_settings(efficacy: dict, qc: dict) -> dict:
+    """The settings :func:`quantitative_efficacy` takes, from the config's ``efficacy``
+    and ``qc`` sections (validated, so their defaults are filled in)."""
+    return {
+        "inhibition_bar": efficacy["inhibition_bar"],
+        "fdr": efficacy["fdr"],
+        "confidence": efficacy["confidence"],
+        "min_viability": efficacy["min_viability"],
+        "min_zprime": qc["min_zprime"],
+        "min_control_wells": qc["min_control_wells"],
+    }
+
+
 def quantitative_efficacy(
     sites: pd.DataFrame,
     nuclei_wells: pd.DataFrame,
@@ -403,7 +492,8 @@ def quantitative_efficacy(
     ``sites``: the inference shards (role, well_id, plate_id, well, treatment,
     treatment_conc, z, and ``readout`` = "a" or "z"). ``nuclei_wells``: the per-well
     nucleus table (plate_id, well, treatment, treatment_conc, toxic, no_nuclei).
-    ``settings``: inhibition_bar, fdr, confidence, min_zprime, min_control_wells.
+    ``settings``: inhibition_bar, fdr, confidence, min_zprime, min_control_wells,
+    min_viability (:func:`inhibition_settings`).
     Returns the tables ``sites`` (with inhibition), ``wells``, ``plate_qc``, ``doses``
     (per-dose additions) and ``treatments`` (per-treatment additions)."""
     readouts = ["z"] if readout == "z" else ["z", readout]
@@ -418,11 +508,15 @@ def quantitative_efficacy(
         )
     )
     wells["inhibition"] = sites.groupby("well_id")["inhibition"].median().reindex(wells["well_id"]).to_numpy()
-    doses = toxic_doses(nuclei_wells)
+    doses, viability = cytotoxicity(nuclei_wells, settings["min_viability"])
     wells = usable_wells(wells, doses, qc, readout, settings["min_zprime"])
     per_dose = dose_inhibition(sites, wells, settings["confidence"], intervals)
     doses = doses.merge(per_dose, on=["treatment", "treatment_conc"], how="outer")
     doses["n_wells_used"] = doses["n_wells_used"].fillna(0).astype(np.int64)
     doses["toxic"] = doses["toxic"].fillna(False).astype(bool)
     curves = treatment_curves(wells, doses, settings["inhibition_bar"], settings["fdr"])
+    curves = curves.merge(viability, on="treatment", how="left")
+    # Only a hit has an antiviral EC50 to compare with; elsewhere the fitted EC50 is noise.
+    window = selectivity_index(curves["viability_cc50_um"], curves["inhibition_ec50_um"])
+    curves["selectivity_index"] = np.where(curves["hit"].to_numpy(dtype=bool), window, np.nan)
     return {"sites": sites, "wells": wells, "plate_qc": qc, "doses": doses, "treatments": curves}
