@@ -70,11 +70,7 @@ def profile_for_test_cluster(directory: Path) -> Path:
     profile.update({
         "max-threads": NODE_CPUS,  # the GPU rules' 4 threads do not fit; the local run has 2 too
         "slurm-no-account": True,  # no accounting here: nothing to charge, no account to guess
-        # The first status check after each job's end comes this long after it, and each
-        # check that finds no job ended waits 10 s longer than the last. A job here takes
-        # about 12 s from sbatch to its end (Snakemake starts inside it), so at 1 s most
-        # were found at the third check, 33 s after their submission; at 15 s, at the first.
-        "slurm-init-seconds-before-status-checks": 15,
+        "slurm-init-seconds-before-status-checks": 1,  # then +10 s per check while no job ends
         "seconds-between-status-checks": 1,
         "slurm-keep-successful-logs": True,  # one SLURM log per sbatch job, counted below
         "latency-wait": 5,  # one local file system
