@@ -18,6 +18,8 @@ from any --workdir) with this checkout's code, e.g. to pool sweeps made at diffe
 ``--readouts a map_mean z`` also recomputes, from each run's inference shards, the
 inhibition statistics with each site readout in turn (the efficacy rule's code, in this
 process) and scores them against the truth, to compare readouts on the same models.
+``--set efficacy.min_viability=0.9`` (with ``--readouts``) recomputes them with other
+config values, to compare settings on the same models.
 """
 
 from __future__ import annotations
@@ -43,6 +45,21 @@ def deep_merge(base: dict, override: dict) -> dict:
     merged = copy.deepcopy(base)
     update_config(merged, copy.deepcopy(override))
     return merged
+
+
+def config_overrides(pairs: list[str]) -> dict:
+    """``["efficacy.min_viability=0.9", ...]`` as a nested config dict (values read as YAML)."""
+    overrides: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set takes KEY=VALUE, got {pair!r}")
+        *parents, leaf = key.split(".")
+        node = overrides
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = yaml.safe_load(value)
+    return overrides
 
 
 def run_config(world: str, seed: int) -> dict:
@@ -136,7 +153,10 @@ def main(argv=None) -> None:
     parser.add_argument("--output", type=Path, default=None, help="TSV of every run's scores (default: WORKDIR/scores.tsv)")
     parser.add_argument("--readouts", nargs="*", default=[], help="also score these shard readouts offline (a, map_mean, z)")
     parser.add_argument("--score", nargs="+", type=Path, default=None, metavar="DIR", help="run nothing: score these finished run directories")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="with --readouts: recompute with these config values, e.g. efficacy.min_viability=0.9")
     args = parser.parse_args(argv)
+    overrides = config_overrides(args.overrides)
     all_scores, all_qc, all_readouts, all_readout_qc = [], [], [], []
     if args.score:
         runs = [finished_run(directory) for directory in args.score]
@@ -150,7 +170,7 @@ def main(argv=None) -> None:
         all_scores.append(scores)
         all_qc.append(qc)
         if args.readouts:
-            table, plate_qc = readout_scores(results, config, args.readouts, world, seed)
+            table, plate_qc = readout_scores(results, deep_merge(config, overrides), args.readouts, world, seed)
             all_readouts.append(table)
             all_readout_qc.append(plate_qc)
         print(f"{world} seed {seed}: " + ("scored" if seconds != seconds else f"{seconds:.0f} s"), file=sys.stderr, flush=True)
