@@ -171,6 +171,7 @@ def test_curve_flags_a_dose_that_costs_cells_though_no_well_is_flagged():
     assert doses.loc[1.0, "n_wells_toxic"] == 0
     assert doses.loc[1.0, "viability_fitted"] == pytest.approx(1 - 0.9 / 3.25, abs=0.02)
     assert doses["toxic"].tolist() == [False, False, False, True, True, True]
+    assert doses["toxic_reason"].tolist() == ["", "", "", "viability curve", "well flags", "well flags"]
     relaxed, _ = cytotoxicity(nuclei, min_viability=0.0)  # only the well flags
     assert relaxed["toxic"].tolist() == [False, False, False, False, True, True]
     assert treatments["viability_cc50_um"].iloc[0] == pytest.approx(1.5 * np.sqrt(1.25), rel=0.05)

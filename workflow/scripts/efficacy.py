@@ -51,7 +51,7 @@ def main(inference_tables, nuclei_path, output, log, efficacy, qc, readout, mode
         logging.warning("plate %s fails QC (Z' on %s below %s): its treated wells are left out of hit calling",
                         row.plate_id, readout, qc["min_zprime"])
     toxic = quantitative["doses"]
-    by_curve = toxic["toxic"] & (2 * toxic["n_wells_toxic"] < toxic["n_wells_plated"])
+    by_curve = toxic["toxic_reason"] == "viability curve"
     logging.info("%d toxic doses, %d of them by the viability curve (fitted viability < %s)",
                  int(toxic["toxic"].sum()), int(by_curve.sum()), settings["min_viability"])
     for row in toxic.loc[by_curve].itertuples():
@@ -64,6 +64,7 @@ def main(inference_tables, nuclei_path, output, log, efficacy, qc, readout, mode
     doses = doses.merge(quantitative["doses"], on=["treatment", "treatment_conc"], how="outer")
     doses["n_wells_used"] = doses["n_wells_used"].fillna(0).astype("int64")
     doses["toxic"] = doses["toxic"].fillna(False).astype(bool)
+    doses["toxic_reason"] = doses["toxic_reason"].fillna("")
     treatments = treatments.rename(columns={"rank": "deemd_rank"}).merge(quantitative["treatments"], on="treatment", how="outer")
     # A treatment whose every dose was toxic has no treated site left, so no DEEMD row.
     no_sites = treatments["n_doses"].isna()

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from deemd.doseresponse import OK, fit_logistic, logistic4
+from deemd.doseresponse import OK, fit_logistic, fitted_curve, logistic4
 
 TREATED = "treated"
 INFECTED_CONTROL = "infected_control"
@@ -225,7 +225,7 @@ def viability_curve(concentrations, viability) -> dict:
     concentration over all its counted wells, toxic ones included (they carry the
     information about the doses below them). Only a falling curve (top < bottom) counts
     as cytotoxicity; a rising one (cells rescued from the virus) or a failed fit gives
-    ``fitted`` = None. ``cc50_um``: where the curve crosses viability 0.5, NaN when it
+    ``fit`` = None. ``cc50_um``: where the curve crosses viability 0.5, NaN when it
     does not within the tested concentrations. ``status`` says which."""
     c = np.asarray(concentrations, dtype=np.float64)
     v = np.asarray(viability, dtype=np.float64)
@@ -253,8 +253,9 @@ def cytotoxicity(nuclei_wells: pd.DataFrame, min_viability: float) -> tuple[pd.D
 
     Doses (treatment, treatment_conc): n_wells_plated, n_wells_toxic, viability_median
     (of the dose's wells), viability_fitted (its viability curve at the dose, NaN without
-    a falling curve) and ``toxic``: at least half of its counted wells are flagged by the
-    nucleus count (§3), or the fitted viability is below ``min_viability``. A toxic dose is
+    a falling curve), ``toxic`` and ``toxic_reason``: "well flags" when at least half of
+    its counted wells are flagged by the nucleus count (§3), else "viability curve" when
+    the fitted viability is below ``min_viability``, else "". A toxic dose is
     left out of the inhibition curve and cannot be a treatment's best dose: where cells die
     (and the survivors change), the infection readout falls with them and would read as
     inhibition. Treatments: viability_cc50_um and viability_status."""
@@ -271,11 +272,11 @@ def cytotoxicity(nuclei_wells: pd.DataFrame, min_viability: float) -> tuple[pd.D
         rows.append({"treatment": name, "viability_cc50_um": curve["cc50_um"], "viability_status": curve["status"]})
         if curve["fit"] is not None:
             at = (doses["treatment"] == name).to_numpy()
-            fit = curve["fit"]
-            x = np.log10(doses.loc[at, "treatment_conc"].to_numpy(np.float64))
-            doses.loc[at, "viability_fitted"] = logistic4(x, fit["bottom"], fit["top"], fit["log_ec50"], fit["hill"])
-    by_wells = 2 * doses["n_wells_toxic"] >= doses["n_wells_plated"]
-    doses["toxic"] = (by_wells | (doses["viability_fitted"] < min_viability)).to_numpy(dtype=bool)
+            doses.loc[at, "viability_fitted"] = fitted_curve(curve["fit"], doses.loc[at, "treatment_conc"])
+    by_wells = (2 * doses["n_wells_toxic"] >= doses["n_wells_plated"]).to_numpy(dtype=bool)
+    by_curve = (doses["viability_fitted"] < min_viability).to_numpy(dtype=bool)
+    doses["toxic"] = by_wells | by_curve
+    doses["toxic_reason"] = np.where(by_wells, "well flags", np.where(by_curve, "viability curve", ""))
     treatments = pd.DataFrame(rows, columns=["treatment", "viability_cc50_um", "viability_status"])
     return doses, treatments.astype({"viability_cc50_um": "float64", "viability_status": "object"})
 
@@ -514,6 +515,7 @@ def quantitative_efficacy(
     doses = doses.merge(per_dose, on=["treatment", "treatment_conc"], how="outer")
     doses["n_wells_used"] = doses["n_wells_used"].fillna(0).astype(np.int64)
     doses["toxic"] = doses["toxic"].fillna(False).astype(bool)
+    doses["toxic_reason"] = doses["toxic_reason"].fillna("")
     curves = treatment_curves(wells, doses, settings["inhibition_bar"], settings["fdr"])
     curves = curves.merge(viability, on="treatment", how="left")
     # Only a hit has an antiviral EC50 to compare with; elsewhere the fitted EC50 is noise.
