@@ -6,7 +6,8 @@ cluster differs from a real one (no GPU request, its partition, 2 CPUs, fast sta
 polling). To keep the suite short the cluster runs a smaller case than the local run: model
 M alone (``train.models: [M]``), to its efficacy tables, the evaluation and one figure. That
 still holds a job of every stage and of both kinds of rule (CPU, and the GPU rules train,
-evaluate and infer). Every job must have gone through sbatch, and M's results must equal
+evaluate and infer). Every job must have run inside an sbatch job (the profile's job groups
+put several in one), and M's results must equal
 those of the local run (the ``tiny_run`` session fixture), which trains M the same way
 beside W and V.
 
@@ -121,21 +122,28 @@ def test_every_job_ran_through_sbatch(slurm, slurm_run):
     # A job of every stage, both kinds of rule, and M alone.
     assert {"stitch", "nuclei", "split_sets", "train", "evaluate", "infer", "efficacy", "dose_response"} <= set(finished)
     assert finished["train"] == 1 and finished["infer"] == 2, finished
-    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/",
+    submitted = re.findall(r"Job \S+ has been submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/((?:rule|group)_\w+)/",
                            output)
-    # Every job but `all` (no code; Snakemake itself ticks it off) was an sbatch job.
-    assert collections.Counter(rule for _, rule in submitted) == finished - collections.Counter(["all"])
+    # The profile's groups took effect: one sbatch job per plate for stitch and nuclei, and
+    # the GPU rules alone.
+    kinds = collections.Counter(kind for _, kind in submitted)
+    assert kinds["group_plate_nuclei_stitch"] == 2 and kinds["rule_infer"] == 2 and kinds["rule_train"] == 1, kinds
     jobids = [jobid for jobid, _ in submitted]
     assert len(set(jobids)) == len(jobids)
-    logs = (directory / ".snakemake" / "slurm_logs").rglob("*.log")
+    logs = sorted((directory / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert sorted(log.stem for log in logs) == sorted(jobids)
+    # Every job but `all` (no code; Snakemake itself ticks it off) ran inside one of those
+    # sbatch jobs: its job step's Snakemake ran it there as a local rule (or checkpoint).
+    ran_in_slurm = collections.Counter(rule for log in logs
+                                       for rule in re.findall(r"^local(?:rule|checkpoint) (\w+):$", log.read_text(), re.M))
+    assert ran_in_slurm == finished - collections.Counter(["all"])
     # The controller saw each of them end well (squeue lists ended jobs for MinJobAge).
     queue = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T"], capture_output=True, text=True,
                            env=slurm, check=True).stdout.split()
     states = dict(line.split("|") for line in queue)
     assert {jobid: states.get(jobid) for jobid in jobids} == {jobid: "COMPLETED" for jobid in jobids}
-    print(f"\nSLURM run of the tiny demo's M case: {len(jobids)} sbatch jobs, {seconds:.0f} s wall time"
-          " (alongside the local run, unless that had run before)")
+    print(f"\nSLURM run of the tiny demo's M case: {sum(finished.values())} jobs in {len(jobids)} sbatch jobs,"
+          f" {seconds:.0f} s wall time (alongside the local run, unless that had run before)")
 
 
 # Compared with the local run: these must be equal to the bit (no torch in them) ...
