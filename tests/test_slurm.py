@@ -7,9 +7,8 @@ polling). To keep the suite short the cluster runs a smaller case than the local
 M alone (``train.models: [M]``), to its efficacy tables, the evaluation and one figure. That
 still holds a job of every stage and of both kinds of rule (CPU, and the GPU rules train,
 evaluate and infer). Every job must have run inside an sbatch job (the profile's job groups
-put several in one), and M's results must equal
-those of the local run (the ``tiny_run`` session fixture), which trains M the same way
-beside W and V.
+put several in one), and M's results must equal those of the local run (the ``tiny_run``
+session fixture), which trains M the same way beside W and V.
 
 Skipped when SLURM is not installed, unless DEEMD_REQUIRE_SLURM=1 (CI), where that fails.
 """
@@ -142,7 +141,7 @@ def test_every_job_ran_through_sbatch(slurm, slurm_run):
                            env=slurm, check=True).stdout.split()
     states = dict(line.split("|") for line in queue)
     assert {jobid: states.get(jobid) for jobid in jobids} == {jobid: "COMPLETED" for jobid in jobids}
-    print(f"\nSLURM run of the tiny demo's M case: {sum(finished.values())} jobs in {len(jobids)} sbatch jobs,"
+    print(f"\nSLURM run of the tiny demo's M case: {sum(ran_in_slurm.values())} jobs in {len(jobids)} sbatch jobs,"
           f" {seconds:.0f} s wall time (alongside the local run, unless that had run before)")
 
 
