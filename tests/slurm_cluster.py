@@ -163,9 +163,10 @@ def _logs(directory: Path) -> str:
     return "\n".join(text)
 
 
-def _start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
+def _start(command: list[str], env: dict, log: Path, nice: int = 0) -> subprocess.Popen:
     with open(log, "ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
 def _port(conf: Path, key: str) -> str:
@@ -173,8 +174,9 @@ def _port(conf: Path, key: str) -> str:
 
 
 @contextlib.contextmanager
-def slurm_cluster(directory: Path, cpus: int = 2, memory_mb: int = 20000) -> Iterator[dict]:
-    """Run a one-node cluster configured in ``directory``; yields the environment to use it."""
+def slurm_cluster(directory: Path, cpus: int = 2, memory_mb: int = 20000, nice: int = 0) -> Iterator[dict]:
+    """Run a one-node cluster configured in ``directory``; yields the environment to use it.
+    Its jobs run at ``nice`` (slurmd's, which they inherit)."""
     directory = Path(directory).resolve()
     conf = write_config(directory, cpus=cpus, memory_mb=memory_mb)
     env = {**os.environ, "SLURM_CONF": str(conf)}
@@ -199,7 +201,8 @@ def slurm_cluster(directory: Path, cpus: int = 2, memory_mb: int = 20000) -> Ite
         # Configless: slurmd gets slurm.conf from slurmctld, not from SLURM_CONF.
         without_conf = {key: value for key, value in env.items() if key != "SLURM_CONF"}
         started.append(_start([_which("slurmd"), "-D", "-N", NODE, "--conf-server",
-                               f"127.0.0.1:{_port(conf, 'SlurmctldPort')}"], without_conf, directory / "log" / "slurmd.out"))
+                               f"127.0.0.1:{_port(conf, 'SlurmctldPort')}"], without_conf, directory / "log" / "slurmd.out",
+                              nice))
         try:
             _wait(lambda: _node_state(env) == "idle" or any(p.poll() is not None for p in started), 60,
                   f"node {NODE} to be idle")

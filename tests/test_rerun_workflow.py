@@ -1,5 +1,6 @@
 """Reruns that must happen: a damaged plate store, and changed images of a local dataset.
-Tiny workflow runs up to the per-well table only (no training)."""
+Each starts from a copy of the tiny run (conftest.py) and runs up to the per-well table
+only (no training)."""
 
 from __future__ import annotations
 
@@ -17,18 +18,10 @@ from workflow_utils import REPO, TINY, WELLS, deep_merge, job_counts, snakemake,
 pytestmark = pytest.mark.workflow
 
 
-@pytest.fixture(scope="module")
-def wells_run(tmp_path_factory):
-    """The tiny demo (2 plates) up to the per-well table."""
-    directory = tmp_path_factory.mktemp("wells")
-    write_config(directory, TINY)
-    snakemake(directory, WELLS)
-    return directory
 
-
-def test_damaged_store_fails_naming_store_and_well_then_rerun_restitches(wells_run, tmp_path):
+def test_damaged_store_fails_naming_store_and_well_then_rerun_restitches(tiny_run, tmp_path):
     directory = tmp_path / "damaged"
-    shutil.copytree(wells_run, directory, symlinks=True)
+    shutil.copytree(tiny_run, directory, symlinks=True)
     store = directory / "results/tiny/store/HRCE-1_1.zarr"
     (store / "images" / "c.2.0.0.0").unlink()
     # Anything that reads the store now fails, naming the store and the well, in its log.
@@ -46,9 +39,9 @@ def test_damaged_store_fails_naming_store_and_well_then_rerun_restitches(wells_r
     assert "Nothing to be done" in snakemake(directory, "-n", WELLS).stdout
 
 
-def test_changed_image_of_a_local_dataset_reruns_its_plate(wells_run, tmp_path):
-    shutil.copytree(wells_run / "resources/tiny/images", tmp_path / "plates")
-    shutil.copy(wells_run / "resources/tiny/metadata.csv", tmp_path / "plates" / "metadata.csv")
+def test_changed_image_of_a_local_dataset_reruns_its_plate(tiny_run, tmp_path):
+    shutil.copytree(tiny_run / "resources/tiny/images", tmp_path / "plates")
+    shutil.copy(tiny_run / "resources/tiny/metadata.csv", tmp_path / "plates" / "metadata.csv")
     local = {"dataset": {"name": "lab", "source": "local", "metadata": str(tmp_path / "plates" / "metadata.csv"),
                          "images": str(tmp_path / "plates/{experiment}/Plate{plate}/{well}_s{site}_w{channel}.png"),
                          "on_bad_image": "drop"}}
@@ -74,12 +67,12 @@ def test_changed_image_of_a_local_dataset_reruns_its_plate(wells_run, tmp_path):
     assert "Nothing to be done" in snakemake(tmp_path, "-n", target).stdout
 
 
-def test_killed_snakemake_leaves_a_lock_that_unlock_removes(wells_run, tmp_path):
+def test_killed_snakemake_leaves_a_lock_that_unlock_removes(tiny_run, tmp_path):
     """What the README says to do after a kill: the rerun stops with a LockException,
     `snakemake --unlock` removes the stale lock, and the same command then redoes the
     killed jobs (rerun-incomplete, default profile)."""
     directory = tmp_path / "killed"
-    shutil.copytree(wells_run, directory, symlinks=True)
+    shutil.copytree(tiny_run, directory, symlinks=True)
     shutil.rmtree(directory / "results/tiny")
     command = ["snakemake", WELLS, "-s", str(REPO / "Snakefile"), "--directory",
                str(directory), "--cores", "2", "--configfile", str(directory / "config.yaml")]

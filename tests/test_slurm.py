@@ -31,7 +31,8 @@ import yaml
 import slurm_cluster
 from workflow_utils import REPO, TINY, write_config
 
-pytestmark = pytest.mark.workflow
+# One worker of pytest-xdist runs the whole module: it has one cluster.
+pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("slurm")]
 
 GPU_RULES = ("train", "train_k", "evaluate", "k_selection", "infer")
 # The cluster's case: the tiny demo with model M alone, to these targets.
@@ -51,7 +52,9 @@ def slurm(tmp_path_factory):
         if os.environ.get("DEEMD_REQUIRE_SLURM") == "1":
             pytest.fail(f"DEEMD_REQUIRE_SLURM=1 but {reason}")
         pytest.skip(reason)
-    with slurm_cluster.slurm_cluster(tmp_path_factory.mktemp("slurm-cluster"), cpus=NODE_CPUS, memory_mb=20000) as env:
+    # Its jobs yield the CPU to the local tiny run beside them, which most tests wait for.
+    with slurm_cluster.slurm_cluster(tmp_path_factory.mktemp("slurm-cluster"), cpus=NODE_CPUS, memory_mb=20000,
+                                     nice=10) as env:
         yield env
 
 
@@ -182,7 +185,7 @@ def _compare(local: pd.DataFrame, remote: pd.DataFrame) -> str:
 
 
 def test_results_equal_the_local_run(slurm_run):
-    directory, _, _, (local_directory, _) = slurm_run
+    directory, _, _, local_directory = slurm_run
     local, remote = local_directory / "results" / "tiny", directory / "results" / "tiny"
     for patterns in (EXACT, TORCH):
         assert _tables(remote, patterns) == _tables(local, patterns)

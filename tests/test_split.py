@@ -393,19 +393,11 @@ def test_glue_scripts_write_the_outputs(tmp_path):
 # --- the workflow on the tiny demo ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_split(tmp_path_factory):
-    from workflow_utils import TINY, snakemake, write_config
-
-    directory = tmp_path_factory.mktemp("tiny_split")
-    write_config(directory, TINY)
-    snakemake(directory, "--until", "channel_stats")
-    return directory, TINY
-
-
 @pytest.mark.workflow
-def test_workflow_split_on_the_tiny_demo(tiny_split):
-    directory, tiny = tiny_split
+def test_workflow_split_on_the_tiny_demo(tiny_run):
+    from workflow_utils import TINY as tiny
+
+    directory = tiny_run
     results = directory / "results" / "tiny"
     used = pd.read_parquet(results / "split" / "sites.parquet")
     excluded = pd.read_parquet(results / "split" / "excluded.parquet")

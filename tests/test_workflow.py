@@ -26,7 +26,7 @@ pytestmark = pytest.mark.workflow
 
 
 def test_run_produces_the_per_well_table_and_figure(tiny_run):
-    directory, _ = tiny_run
+    directory = tiny_run
     results = directory / "results" / "tiny"
     wells = pd.read_parquet(results / "nuclei" / "wells.parquet")
     sites = pd.read_parquet(results / "metadata" / "sites.parquet")
@@ -39,7 +39,7 @@ def test_run_produces_the_per_well_table_and_figure(tiny_run):
 
 
 def test_counts_match_the_synthetic_truth(tiny_run):
-    directory, _ = tiny_run
+    directory = tiny_run
     wells = pd.read_parquet(directory / "results/tiny/nuclei/wells.parquet")
     truth = pd.concat(pd.read_parquet(p) for p in sorted((directory / "resources/tiny/truth/sites").glob("*.parquet")))
     truth["well_id"] = truth["site_id"].str.rsplit("_", n=1).str[0]
@@ -54,13 +54,13 @@ def test_counts_match_the_synthetic_truth(tiny_run):
 
 
 def test_second_run_does_nothing(tiny_run):
-    directory, _ = tiny_run
+    directory = tiny_run
     result = snakemake(directory, "-n")
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
 def test_adding_a_plate_reruns_only_that_plate_and_the_aggregates(tiny_run, tmp_path):
-    source, _ = tiny_run
+    source = tiny_run
     directory = tmp_path / "added"
     shutil.copytree(source, directory, symlinks=True)
     write_config(directory, deep_merge(TINY, {"demo": {"plates": 3}}))
@@ -79,7 +79,7 @@ def test_adding_a_plate_reruns_only_that_plate_and_the_aggregates(tiny_run, tmp_
 
 
 def test_demo_is_deterministic(tiny_run, tmp_path):
-    source, _ = tiny_run
+    source = tiny_run
     write_config(tmp_path, TINY)
     snakemake(tmp_path, "--until", "demo_metadata")
     png = sorted((source / "resources/tiny/images/HRCE-1/Plate2").glob("*_s2_w3.png"))[-1]
@@ -89,7 +89,7 @@ def test_demo_is_deterministic(tiny_run, tmp_path):
 
 
 def test_corrupt_png_is_an_error_naming_the_file_or_dropped_and_listed(tiny_run, tmp_path):
-    source, _ = tiny_run
+    source = tiny_run
     directory = tmp_path / "bad"
     shutil.copytree(source, directory, symlinks=True)
     bad = sorted((directory / "resources/tiny/images/HRCE-1/Plate1").glob("*_s2_w1.png"))[0]
@@ -115,7 +115,7 @@ def test_bad_config_value_stops_at_start_up(tmp_path):
 
 
 def test_malformed_metadata_row_stops_naming_line_column_value(tiny_run, tmp_path):
-    source, _ = tiny_run
+    source = tiny_run
     metadata = pd.read_csv(source / "resources/tiny/metadata.csv", dtype=str)
     metadata.loc[6, "disease_condition"] = "Infected"
     (tmp_path / "plates").mkdir()
@@ -131,7 +131,7 @@ def test_malformed_metadata_row_stops_naming_line_column_value(tiny_run, tmp_pat
 
 def test_facility_plates_with_column_mapping(tiny_run, tmp_path):
     """A facility's own CSV and file names, mapped through dataset.columns/values/defaults."""
-    source, _ = tiny_run
+    source = tiny_run
     metadata = pd.read_csv(source / "resources/tiny/metadata.csv", dtype=str)
     metadata = metadata[metadata["plate"] == "1"]
     facility = pd.DataFrame({
@@ -172,7 +172,7 @@ def test_operetta_like_export_runs_end_to_end(tmp_path):
     truth = write_operetta_export(tmp_path)
     write_config(tmp_path, yaml.safe_load((REPO / "config" / "operetta.yaml").read_text()),
                  {"train": {**TINY["train"], "models": ["M"]}, "store": TINY["store"]})
-    snakemake(tmp_path)
+    snakemake(tmp_path, nice=10)  # it yields the CPU to the tiny run, which most tests wait for
     results = tmp_path / "results" / "operetta"
     store = open_plate_store(results / "store" / "OPERETTA-1_BC24A017.zarr")
     assert store.images.dtype == np.uint8 and store.images.shape == (18, 4, 384, 384)
@@ -204,7 +204,7 @@ def test_lint_and_format_are_clean():
 
 
 def test_training_and_evaluation_outputs(tiny_run):
-    directory, _ = tiny_run
+    directory = tiny_run
     results = directory / "results" / "tiny"
     table = pd.read_csv(results / "evaluation" / "average_precision.tsv", sep="\t")
     assert table["model"].tolist() == ["M", "W", "V"]
@@ -228,55 +228,51 @@ def _popen(directory, *args):
 
 
 def test_killed_training_resumes_and_ends_as_an_uninterrupted_run(tiny_run, tmp_path):
-    source, _ = tiny_run
-    config = deep_merge(TINY, {"train": {"by_model": {"M": {"epochs": 3}}, "early_stopping_patience": 3, "seed": 5}})
+    """M is killed after its first epoch's checkpoint, then resumed; the tiny run trained
+    the same M (same config, seed and threads) without a break, and training is
+    bit-repeatable on one machine, so the two models and histories must be equal."""
+    source = tiny_run
     target = "results/tiny/models/M/model.pt"
-    runs = {}
-    for name in ("whole", "killed"):
-        directory = tmp_path / name
-        shutil.copytree(source, directory, symlinks=True)
-        shutil.rmtree(directory / "results/tiny/models")
-        write_config(directory, config)
-        runs[name] = directory
-    snakemake(runs["whole"], target)
-
-    killed = runs["killed"]
+    killed = tmp_path / "killed"
+    shutil.copytree(source, killed, symlinks=True)
+    shutil.rmtree(killed / "results/tiny/models/M")
     checkpoint = killed / "results/tiny/models/M/checkpoint/last.pt"
     process = _popen(killed, target)
     deadline = time.time() + 300
     while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.1)
     assert checkpoint.exists(), "no checkpoint was written"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (killed / target).exists()
     epochs_done = torch.load(checkpoint, weights_only=True)["state"]["epoch"]
-    assert epochs_done < 3
+    assert epochs_done < TINY["train"]["by_model"]["M"]["epochs"]
     snakemake(killed, "--unlock")
     snakemake(killed, target, "--rerun-incomplete")
     log = (killed / "logs/tiny/train/M.log").read_text()
     assert f"resumed from {checkpoint.relative_to(killed)} after epoch {epochs_done}" in log
+    assert not checkpoint.exists(), "a finished model's checkpoint is removed"
 
-    whole = torch.load(runs["whole"] / target, weights_only=True)
+    whole = torch.load(source / target, weights_only=True)
     resumed = torch.load(killed / target, weights_only=True)
     assert whole["best_epoch"] == resumed["best_epoch"] and whole["best_val_ap"] == resumed["best_val_ap"]
     for name, tensor in whole["state_dict"].items():
         assert torch.equal(tensor, resumed["state_dict"][name]), name
-    history_whole = pd.read_parquet(runs["whole"] / "results/tiny/models/M/history.parquet")
+    history_whole = pd.read_parquet(source / "results/tiny/models/M/history.parquet")
     history_resumed = pd.read_parquet(killed / "results/tiny/models/M/history.parquet")
     columns = ["epoch", "train_loss", "val_ap", "lr", "best"]
     pd.testing.assert_frame_equal(history_whole[columns], history_resumed[columns])
 
 
 def test_k_selection_target(tiny_run, tmp_path):
-    source, _ = tiny_run
+    source = tiny_run
     directory = tmp_path / "k"
     shutil.copytree(source, directory, symlinks=True)
-    write_config(directory, deep_merge(TINY, {"train": {"by_model": {"M": {"epochs": 1}}}, "k_selection": {"ks": [1, 2, 49]}}))
+    write_config(directory, deep_merge(TINY, {"train": {"by_model": {"M": {"epochs": 1}}}, "k_selection": {"ks": [1, 2]}}))
     result = snakemake(directory, "k_selection")
-    assert job_counts(result.stdout + result.stderr).get("train_k") == 3
+    assert job_counts(result.stdout + result.stderr).get("train_k") == 2
     table = pd.read_csv(directory / "results/tiny/k_selection/k_selection.tsv", sep="\t")
-    assert table["k"].tolist() == [1, 2, 49]
+    assert table["k"].tolist() == [1, 2]
     assert np.allclose(table["expected_area"], 1 - np.exp(-0.4), atol=1e-4)
     assert table["chance_ap"].between(0, 1).all() and table["below_chance"].dtype == bool
     assert table[["area_infected_median", "area_non_infected_median"]].stack().between(0, 1).all()
@@ -284,7 +280,7 @@ def test_k_selection_target(tiny_run, tmp_path):
 
 
 def test_report_collects_every_figure(tiny_run, tmp_path):
-    directory, _ = tiny_run
+    directory = tiny_run
     report = tmp_path / "report.html"
     metadata = directory / "results/tiny/report/metadata.yaml"
     snakemake(directory, "--report", str(report), "--report-metadata", str(metadata))
@@ -309,7 +305,7 @@ def test_hcs_export_of_the_tiny_run_reads_back(tiny_run):
 
     from deemd.store import open_plate_store
 
-    directory, _ = tiny_run
+    directory = tiny_run
     path = directory / "results/tiny/hcs/HRCE-1_1.ome.zarr"
     [node] = list(Reader(parse_url(str(path), fmt=FormatV04()))())
     plate = next(spec for spec in node.specs if isinstance(spec, Plate))
@@ -335,7 +331,7 @@ def test_hcs_export_of_the_tiny_run_reads_back(tiny_run):
     ids=["nucleus-parameter", "figure-parameter", "efficacy-parameter", "one-model-parameter"],
 )
 def test_changing_a_parameter_reruns_exactly_what_uses_it(tiny_run, tmp_path, change, expected):
-    source, _ = tiny_run
+    source = tiny_run
     directory = tmp_path / "changed"
     shutil.copytree(source, directory, symlinks=True)
     write_config(directory, deep_merge(TINY, change))

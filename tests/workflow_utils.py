@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -52,12 +53,13 @@ def write_config(directory: Path, *overrides: dict, name: str = "config.yaml") -
     return path
 
 
-def snakemake(directory: Path, *args: str, config: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the workflow in ``directory`` (its own results/ and resources/)."""
+def snakemake(directory: Path, *args: str, config: Path | None = None, check: bool = True,
+              nice: int = 0) -> subprocess.CompletedProcess:
+    """Run the workflow in ``directory`` (its own results/ and resources/), at ``nice``."""
     # Targets first: --configfile takes several values and would swallow them.
     command = ["snakemake", *args, "-s", str(REPO / "Snakefile"), "--directory", str(directory), "--cores", "2",
                "--configfile", str(config or Path(directory) / "config.yaml")]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, preexec_fn=(lambda: os.nice(nice)) if nice else None)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
     return result

@@ -92,6 +92,8 @@ def main(kind, split_path, stats_path, store_paths, output, params, threads, log
             "std": stats["std"],
     }
     write_atomic(output["model"], lambda tmp: torch.save(saved, tmp))
+    # Only a rerun after a kill needs the checkpoint, and it is 4 times the model's size.
+    checkpoint.unlink(missing_ok=True)
     logging.info("best epoch %d, validation AP %.4f", result["best_epoch"], result["best_ap"])
     chance_verdict(f"model {kind}: best validation AP", result["best_ap"], val_data.label)
     return result
