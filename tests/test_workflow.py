@@ -164,14 +164,16 @@ def test_operetta_like_export_runs_end_to_end(tmp_path):
     """issue 15: an imager's export as it comes (16-bit TIFFs named r..c..f..p..-ch..,
     3 x 3 fields, barcode plates, 4 stains), written from the demo's world by
     tests/operetta_export.py, runs through the whole workflow with config/operetta.yaml
-    (and the tiny demo's training settings). Model M alone: W and V read the store as M
+    (and the tiny demo's training settings, one epoch). Model M alone: W and V read the store as M
     does, and the run also checks a workflow with one model."""
     from deemd.store import open_plate_store
     from operetta_export import write_operetta_export
 
     truth = write_operetta_export(tmp_path)
     write_config(tmp_path, yaml.safe_load((REPO / "config" / "operetta.yaml").read_text()),
-                 {"train": {**TINY["train"], "models": ["M"]}, "store": TINY["store"]})
+                 # One epoch: the run checks the images are learnt from, not how well.
+                 {"train": deep_merge(TINY["train"], {"models": ["M"], "by_model": {"M": {"epochs": 1}}}),
+                  "store": TINY["store"]})
     snakemake(tmp_path, nice=10)  # it yields the CPU to the tiny run, which most tests wait for
     results = tmp_path / "results" / "operetta"
     store = open_plate_store(results / "store" / "OPERETTA-1_BC24A017.zarr")
@@ -189,7 +191,7 @@ def test_operetta_like_export_runs_end_to_end(tmp_path):
     assert (wells.loc[~counted, "nuclei_count"] == 0).all()
     ap = pd.read_csv(results / "evaluation" / "average_precision.tsv", sep="\t").set_index("model")
     assert ap.index.tolist() == ["M"] and ap["average_precision"].between(0, 1).all()
-    assert ap.loc["M", "average_precision"] > ap.loc["M", "chance_ap"], ap  # 0.81 against 0.50 when measured
+    assert ap.loc["M", "average_precision"] > ap.loc["M", "chance_ap"], ap  # 0.83 at 2 epochs when measured (validation AP 0.80 after 1)
     hcs = zarr.open_group(str(results / "hcs" / "OPERETTA-1_BC24A017.ome.zarr"), mode="r")
     assert hcs.attrs["plate"]["field_count"] == 9 and len(hcs.attrs["plate"]["wells"]) == 18
     assert (results / "figures" / "plate_maps" / "M.png").stat().st_size > 10_000
