@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
+from filelock import FileLock  # installed with torch (requirements.txt)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
