@@ -18,28 +18,30 @@ from workflow_utils import TINY, snakemake, write_config  # noqa: E402
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def _make_tiny_run(directory: Path) -> Path:
+    directory.mkdir(exist_ok=True)
+    write_config(directory, TINY)
+    snakemake(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, worker_id):
     """The directory of one full local run of the tiny demo. Workflow tests read its outputs
-    or rerun in copies of it (never in it: other tests copy it meanwhile), and the SLURM test
-    compares its own run with it.
+    or rerun in copies of it, and the SLURM test compares its own run with it. Nothing
+    changes it (other tests copy it meanwhile): in it run only dry runs and the report.
 
     Under pytest-xdist (pytest.ini runs the suite on 2 workers) the workers share one run:
     the first that needs it makes it while holding a file lock, the others wait for it."""
     if worker_id == "master":
-        directory = tmp_path_factory.mktemp("tiny")
-        write_config(directory, TINY)
-        snakemake(directory)
-        return directory
+        return _make_tiny_run(tmp_path_factory.mktemp("tiny"))
     shared = tmp_path_factory.getbasetemp().parent  # one basetemp per worker, below this
     directory, done = shared / "tiny", shared / "tiny.done"
     with FileLock(str(shared / "tiny.lock")):
         if not done.exists():
             if directory.exists():  # a worker that failed to make it left this
                 raise RuntimeError(f"the tiny run in {directory} failed in another worker (its output is there)")
-            directory.mkdir()
-            write_config(directory, TINY)
-            snakemake(directory)
+            _make_tiny_run(directory)
             done.touch()
     return directory
 
