@@ -253,7 +253,7 @@ def test_killed_training_resumes_and_ends_as_an_uninterrupted_run(tiny_run, tmp_
     snakemake(killed, target, "--rerun-incomplete")
     log = (killed / "logs/tiny/train/M.log").read_text()
     assert f"resumed from {checkpoint.relative_to(killed)} after epoch {epochs_done}" in log
-    assert not checkpoint.exists(), "a finished model's checkpoint is removed"
+    assert not checkpoint.parent.exists(), "a finished model's checkpoint is removed"
 
     whole = torch.load(source / target, weights_only=True)
     resumed = torch.load(killed / target, weights_only=True)

@@ -1,6 +1,7 @@
 """Snakemake glue: train one model (M, W or V) on the training sites, early-stopped on
 the validation sites, resuming from its checkpoint after a kill."""
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -94,6 +95,8 @@ def main(kind, split_path, stats_path, store_paths, output, params, threads, log
     write_atomic(output["model"], lambda tmp: torch.save(saved, tmp))
     # Only a rerun after a kill needs the checkpoint, and it is 4 times the model's size.
     checkpoint.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: a set-aside unreadable checkpoint stays
+        checkpoint.parent.rmdir()
     logging.info("best epoch %d, validation AP %.4f", result["best_epoch"], result["best_ap"])
     chance_verdict(f"model {kind}: best validation AP", result["best_ap"], val_data.label)
     return result
