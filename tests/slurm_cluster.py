@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from workflow_utils import at_nice
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("munge", "unmunge", "sinfo", "squeue", "sbatch", "srun", "scancel", "scontrol")
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
@@ -165,8 +167,7 @@ def _logs(directory: Path) -> str:
 
 def _start(command: list[str], env: dict, log: Path, nice: int = 0) -> subprocess.Popen:
     with open(log, "ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=at_nice(nice))
 
 
 def _port(conf: Path, key: str) -> str:

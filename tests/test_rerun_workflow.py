@@ -13,15 +13,14 @@ import time
 import pandas as pd
 import pytest
 
-from workflow_utils import REPO, TINY, WELLS, deep_merge, job_counts, snakemake, write_config
+from workflow_utils import REPO, TINY, WELLS, copy_run, deep_merge, job_counts, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 
 
-
 def test_damaged_store_fails_naming_store_and_well_then_rerun_restitches(tiny_run, tmp_path):
     directory = tmp_path / "damaged"
-    shutil.copytree(tiny_run, directory, symlinks=True)
+    copy_run(tiny_run, directory)
     store = directory / "results/tiny/store/HRCE-1_1.zarr"
     (store / "images" / "c.2.0.0.0").unlink()
     # Anything that reads the store now fails, naming the store and the well, in its log.
@@ -72,8 +71,7 @@ def test_killed_snakemake_leaves_a_lock_that_unlock_removes(tiny_run, tmp_path):
     `snakemake --unlock` removes the stale lock, and the same command then redoes the
     killed jobs (rerun-incomplete, default profile)."""
     directory = tmp_path / "killed"
-    shutil.copytree(tiny_run, directory, symlinks=True)
-    shutil.rmtree(directory / "results/tiny")
+    copy_run(tiny_run, directory, without=("results",))
     command = ["snakemake", WELLS, "-s", str(REPO / "Snakefile"), "--directory",
                str(directory), "--cores", "2", "--configfile", str(directory / "config.yaml")]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -23,6 +23,7 @@ from deemd.split import (
     well_labels,
 )
 from deemd.store import create_plate_store, open_plate_store, site_slices
+from workflow_utils import TINY
 
 LAYOUT = [[1, 2], [3, 4]]
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
@@ -395,8 +396,6 @@ def test_glue_scripts_write_the_outputs(tmp_path):
 
 @pytest.mark.workflow
 def test_workflow_split_on_the_tiny_demo(tiny_run):
-    from workflow_utils import TINY as tiny
-
     directory = tiny_run
     results = directory / "results" / "tiny"
     used = pd.read_parquet(results / "split" / "sites.parquet")
@@ -424,7 +423,7 @@ def test_workflow_split_on_the_tiny_demo(tiny_run):
     per_plate = labelled.groupby(["plate_id", "label"]).size().unstack()
     assert (per_plate[0] == per_plate[1]).all(), per_plate
     assert set(labelled["set"]) == {"train", "val", "test"}
-    assert set(used["plate_id"]) == {f"HRCE-1_{p}" for p in range(1, tiny["demo"]["plates"] + 1)}
+    assert set(used["plate_id"]) == {f"HRCE-1_{p}" for p in range(1, TINY["demo"]["plates"] + 1)}
     assert summary.loc[summary["plate_id"] == "all", "n_sites"].sum() == len(used)
     # The stores hold each used well at its well_index; the statistics are those of its training sites.
     stats = json.loads((results / "split" / "channel_stats.json").read_text())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -16,7 +15,7 @@ import yaml
 import zarr
 
 from deemd.mil import TrainSetup
-from workflow_utils import REPO, TINY, WELLS, deep_merge, job_counts, snakemake, write_config
+from workflow_utils import REPO, TINY, WELLS, copy_run, deep_merge, job_counts, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -62,7 +61,7 @@ def test_second_run_does_nothing(tiny_run):
 def test_adding_a_plate_reruns_only_that_plate_and_the_aggregates(tiny_run, tmp_path):
     source = tiny_run
     directory = tmp_path / "added"
-    shutil.copytree(source, directory, symlinks=True)
+    copy_run(source, directory)
     write_config(directory, deep_merge(TINY, {"demo": {"plates": 3}}))
     result = snakemake(directory, WELLS)
     counts = job_counts(result.stdout + result.stderr)
@@ -91,10 +90,9 @@ def test_demo_is_deterministic(tiny_run, tmp_path):
 def test_corrupt_png_is_an_error_naming_the_file_or_dropped_and_listed(tiny_run, tmp_path):
     source = tiny_run
     directory = tmp_path / "bad"
-    shutil.copytree(source, directory, symlinks=True)
+    copy_run(source, directory, without=("results",))
     bad = sorted((directory / "resources/tiny/images/HRCE-1/Plate1").glob("*_s2_w1.png"))[0]
     bad.write_bytes(bad.read_bytes()[:100])
-    shutil.rmtree(directory / "results/tiny")
     result = snakemake(directory, WELLS, check=False)
     assert result.returncode != 0
     assert f"{bad.name}: corrupt or truncated PNG" in (directory / "logs/tiny/stitch/HRCE-1_1.log").read_text() + result.stderr
@@ -236,8 +234,7 @@ def test_killed_training_resumes_and_ends_as_an_uninterrupted_run(tiny_run, tmp_
     source = tiny_run
     target = "results/tiny/models/M/model.pt"
     killed = tmp_path / "killed"
-    shutil.copytree(source, killed, symlinks=True)
-    shutil.rmtree(killed / "results/tiny/models/M")
+    copy_run(source, killed, without=("results/tiny/models/M",))
     checkpoint = killed / "results/tiny/models/M/checkpoint/last.pt"
     process = _popen(killed, target)
     deadline = time.time() + 300
@@ -269,7 +266,7 @@ def test_killed_training_resumes_and_ends_as_an_uninterrupted_run(tiny_run, tmp_
 def test_k_selection_target(tiny_run, tmp_path):
     source = tiny_run
     directory = tmp_path / "k"
-    shutil.copytree(source, directory, symlinks=True)
+    copy_run(source, directory)
     write_config(directory, deep_merge(TINY, {"train": {"by_model": {"M": {"epochs": 1}}}, "k_selection": {"ks": [1, 2]}}))
     result = snakemake(directory, "k_selection")
     assert job_counts(result.stdout + result.stderr).get("train_k") == 2
@@ -335,7 +332,7 @@ def test_hcs_export_of_the_tiny_run_reads_back(tiny_run):
 def test_changing_a_parameter_reruns_exactly_what_uses_it(tiny_run, tmp_path, change, expected):
     source = tiny_run
     directory = tmp_path / "changed"
-    shutil.copytree(source, directory, symlinks=True)
+    copy_run(source, directory)
     write_config(directory, deep_merge(TINY, change))
     counts = job_counts(snakemake(directory, "-n").stdout)
     counts.pop("all", None)

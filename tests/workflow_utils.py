@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -53,13 +54,27 @@ def write_config(directory: Path, *overrides: dict, name: str = "config.yaml") -
     return path
 
 
+def copy_run(source: Path, destination: Path, without: tuple[str, ...] = ()) -> Path:
+    """A copy of the workflow directory ``source`` (links kept; file times kept, so that
+    Snakemake finds it up to date) without the paths ``without``, relative to ``source``."""
+    left_out = {Path(source) / path for path in without}
+    shutil.copytree(source, destination, symlinks=True,
+                    ignore=lambda folder, names: [name for name in names if Path(folder) / name in left_out])
+    return Path(destination)
+
+
+def at_nice(nice: int):
+    """A ``preexec_fn`` for subprocess that runs the child at ``nice`` (None for 0)."""
+    return (lambda: os.nice(nice)) if nice else None
+
+
 def snakemake(directory: Path, *args: str, config: Path | None = None, check: bool = True,
               nice: int = 0) -> subprocess.CompletedProcess:
     """Run the workflow in ``directory`` (its own results/ and resources/), at ``nice``."""
     # Targets first: --configfile takes several values and would swallow them.
     command = ["snakemake", *args, "-s", str(REPO / "Snakefile"), "--directory", str(directory), "--cores", "2",
                "--configfile", str(config or Path(directory) / "config.yaml")]
-    result = subprocess.run(command, capture_output=True, text=True, preexec_fn=(lambda: os.nice(nice)) if nice else None)
+    result = subprocess.run(command, capture_output=True, text=True, preexec_fn=at_nice(nice))
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
     return result
