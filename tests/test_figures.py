@@ -66,6 +66,7 @@ def test_fit_recovers_the_parameters_of_a_noiseless_curve():
     assert fit["hill"] == pytest.approx(1.3, rel=1e-2)
     assert fit["rmse"] < 1e-4
     assert np.allclose(fitted_curve(fit, CONCENTRATIONS), e, atol=1e-3)
+    assert not fit["at_bound"].any()
 
 
 def test_fit_of_a_falling_response_puts_top_below_bottom():
@@ -88,6 +89,9 @@ def test_noisy_fit_and_limits_are_respected():
     rising_late = np.array([0, 0, 0, 0, 0, 0, 0.4])
     late = fit_logistic(CONCENTRATIONS, rising_late, limits=(0, 1), ec50_margin=1.0)
     assert late["status"] == "ok" and late["log_ec50"] <= np.log10(30.0) + 1.0 + 1e-9
+    # A step at the last dose: the hill slope ends on its bound, and the fit says so.
+    step = fit_logistic(CONCENTRATIONS, [0, 0, 0, 0, 0, 0, 1.0], limits=(0, 1))
+    assert step["status"] == "ok" and step["at_bound"][3]
 
 
 def test_flat_and_small_data_give_nans_and_a_status_not_an_error():

@@ -228,13 +228,28 @@ def test_curve_without_enough_wells_falls_back_to_the_best_dose():
     assert empty["n_wells_tested"] == 0 and np.isnan(empty["inhibition_max"])
 
 
-def test_delta_method_matches_a_linear_case():
-    # With hill fixed by a zero covariance, the curve's variance at a dose is g' C g.
-    fit = {"bottom": 0.0, "top": 1.0, "log_ec50": 0.0, "hill": 1.0, "covariance": np.diag([0.01, 0.04, 0.0, 0.0])}
-    value, se = fitted_at(fit, [1.0])
-    # At the EC50 the curve is (bottom + top) / 2: gradient 1/2 in each of them.
-    assert value[0] == pytest.approx(0.5)
-    assert se[0] == pytest.approx(np.sqrt(0.25 * 0.01 + 0.25 * 0.04), rel=1e-4)
+def test_fitted_error_is_the_leverage_of_a_linear_case():
+    # Far below a steep EC50 the curve is flat at its bottom and only the bottom is free there:
+    # the fit is then a mean, whose error is s / sqrt(n) with s^2 = RSS / (n - rank).
+    y = np.array([0.1, 0.3, 0.2, 0.2])
+    fit = {"bottom": 0.2, "top": 1.0, "log_ec50": 2.0, "hill": 10.0, "rmse": float(np.sqrt(np.mean((y - 0.2) ** 2))),
+           "at_bound": np.array([False, True, True, True])}
+    value, se, df = fitted_at(fit, [0.01, 0.01, 0.1, 0.1], [0.01])
+    assert value[0] == pytest.approx(0.2) and df == 3
+    assert se[0] == pytest.approx(np.sqrt(np.sum((y - 0.2) ** 2) / 3) / 2, rel=1e-6)
+
+
+def test_fitted_error_stays_bounded_where_the_parameters_are_not_determined():
+    # A step between the two highest doses: curve_fit's covariance explodes (EC50 and top are
+    # not determined), but the curve at the highest dose is pinned by its three wells.
+    c = np.repeat([0.03, 0.1, 0.3, 1.0, 3.0, 10.0], 3)
+    noise = np.tile([-0.01, 0.0, 0.01], 6)
+    y = np.where(c < 5, 0.0, 1.0) + noise
+    curve = inhibition_curve(c, y, bar=0.5)
+    assert curve["inhibition_best_conc_um"] == 10.0 and curve["inhibition_max"] == pytest.approx(1.0, abs=0.02)
+    assert curve["inhibition_max_se"] < 0.01 and curve["hit_p_value"] < 1e-6
+    # Yet the parameters themselves stay uncertain, as they are.
+    assert not curve["inhibition_emax_se"] < 0.1
 
 
 def test_benjamini_hochberg_against_hand_computation():

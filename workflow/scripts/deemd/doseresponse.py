@@ -31,6 +31,8 @@ FIT_COLUMNS = {
 }
 # Hill slopes outside this range are steps or lines; bounding them keeps the fit stable.
 HILL_BOUNDS = (0.1, 10.0)
+# A parameter within this share of its bounds' width of one of them is on that bound.
+BOUND_TOLERANCE = 1e-4
 
 
 def logistic4(log_c, bottom: float, top: float, log_ec50: float, hill: float):
@@ -42,7 +44,7 @@ def logistic4(log_c, bottom: float, top: float, log_ec50: float, hill: float):
 
 def _failed(n_points: int, status: str) -> dict:
     return {"n_points": n_points, **{name: np.nan for name in PARAMETERS}, "ec50_um": np.nan, "rmse": np.nan, "status": status,
-            "covariance": np.full((4, 4), np.nan)}
+            "covariance": np.full((4, 4), np.nan), "at_bound": np.zeros(4, dtype=bool)}
 
 
 def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance: float = 1e-3, limits=None,
@@ -55,7 +57,8 @@ def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance
     Points with a NaN efficacy (a dose without an interval) or a concentration <= 0 are
     left out. Returns a dict with n_points, bottom, top, log_ec50, ec50_um, hill, rmse
     and status: "ok", or why no curve was fitted ("too few doses (...)", "flat response",
-    "fit failed: ..."), in which case the parameters are NaN.
+    "fit failed: ..."), in which case the parameters are NaN; ``covariance`` (curve_fit's) and
+    ``at_bound``, which of (bottom, top, log_ec50, hill) ended on one of their bounds.
     """
     c = np.asarray(concentrations, dtype=np.float64)
     e = np.asarray(efficacies, dtype=np.float64)
@@ -93,6 +96,8 @@ def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance
     if not np.all(np.isfinite(params)):
         return _failed(n, "fit failed: non-finite parameters")
     bottom, top, log_ec50, hill = (float(v) for v in params)
+    width = np.subtract(upper, lower)
+    at_bound = (params <= np.add(lower, BOUND_TOLERANCE * width)) | (params >= np.subtract(upper, BOUND_TOLERANCE * width))
     rmse = float(np.sqrt(np.mean((logistic4(x, *params) - e) ** 2)))
     return {
         "n_points": n,
@@ -106,6 +111,7 @@ def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance
         # (bottom, top, log_ec50, hill) covariance scaled by the residual variance
         # (curve_fit's default); inf where the data do not determine a parameter.
         "covariance": np.asarray(covariance, dtype=np.float64),
+        "at_bound": np.asarray(at_bound, dtype=bool),
     }
 
 

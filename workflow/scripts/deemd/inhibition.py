@@ -17,9 +17,9 @@ well share seeding, virus, staining and focus, so they are not independent repli
 and testing sites would inflate n. Per treatment, a four-parameter logistic of well
 inhibition against log10 concentration over its non-toxic doses pools every dose, so a
 dose with one or two wells still contributes. The hit test asks whether the fitted
-inhibition at the best non-toxic dose exceeds a bar: a one-sided t-test with the
-delta-method standard error from the fit's covariance and n_wells - 4 degrees of freedom,
-then Benjamini-Hochberg across the screen. Doses that cost cells (the nucleus count's
+inhibition at the best non-toxic dose exceeds a bar: a one-sided t-test with the fitted
+value's standard error from the fit's linearisation at the data (:func:`fitted_at`) and
+n_wells - rank degrees of freedom, then Benjamini-Hochberg across the screen. Doses that cost cells (the nucleus count's
 flags, or a fitted viability curve below ``min_viability``) are left out of the curve: the
 readout falls with the cells, which would read as inhibition.
 
@@ -51,6 +51,9 @@ INHIBITION_LIMITS = (-0.25, 1.25)
 # more cells than the infected controls (it spares them the virus's damage).
 VIABILITY_LIMITS = (0.0, 1.5)
 MIN_FIT_WELLS = 5  # a 4PL with one residual degree of freedom at least
+# Singular values of a fit's Jacobian below this share of the largest are directions the
+# data do not determine (fitted_at).
+RANK_TOLERANCE = 1e-8
 
 PLATE_QC_COLUMNS = {
     "plate_id": "object",
@@ -289,25 +292,49 @@ def selectivity_index(cc50_um, ec50_um) -> np.ndarray:
         return np.where((cc50 > 0) & (ec50 > 0), cc50 / ec50, np.nan)
 
 
-def fitted_at(fit: dict, concentrations) -> tuple[np.ndarray, np.ndarray]:
-    """The fitted curve at ``concentrations`` (µM) and its delta-method standard error,
-    sqrt(g' C g) with g the gradient of the logistic in (bottom, top, log_ec50, hill) and
-    C the fit's covariance (NaN where the fit has none)."""
+def _logistic_jacobian(log_c, params: np.ndarray) -> np.ndarray:
+    """d logistic4 / d (bottom, top, log_ec50, hill) at ``log_c`` (len(log_c) x 4), by
+    central differences."""
+    steps = 1e-6 * np.maximum(1.0, np.abs(params))
+    jacobian = np.empty((len(log_c), len(params)))
+    for index, step in enumerate(steps):
+        up, down = params.copy(), params.copy()
+        up[index] += step
+        down[index] -= step
+        jacobian[:, index] = (logistic4(log_c, *up) - logistic4(log_c, *down)) / (2 * step)
+    return jacobian
+
+
+def fitted_at(fit: dict, data_concentrations, concentrations) -> tuple[np.ndarray, np.ndarray, int]:
+    """The fitted curve at ``concentrations`` (µM), its standard error and the residual
+    degrees of freedom, from the fit's linearisation at the data it was fitted to
+    (``data_concentrations``, the same points in the same number).
+
+    se(c)^2 = s^2 g(c)' (J'J)^+ g(c): J is the Jacobian of the curve at the data in the
+    parameters that are not on a bound (a bound holds them), g(c) its row at c, ^+ the
+    pseudo-inverse over the directions the data determine (singular values of J above
+    RANK_TOLERANCE of the largest), and s^2 = RSS / (n - rank). At a tested concentration
+    g is a row of J, so the error is its leverage times s, never above s. curve_fit's
+    covariance cannot give this where the data leave parameters undetermined (a step
+    between two doses, a plateau beyond them): it is then near-singular, and g' C g
+    explodes although the curve at the tested doses is pinned by their wells."""
     c = np.asarray(concentrations, dtype=np.float64)
     params = np.array([fit["bottom"], fit["top"], fit["log_ec50"], fit["hill"]], dtype=np.float64)
-    x = np.log10(c)
-    value = logistic4(x, *params)
-    steps = 1e-6 * np.maximum(1.0, np.abs(params))
-    gradient = np.empty((len(params), len(c)))
-    for index, step in enumerate(steps):
-        shifted = params.copy()
-        shifted[index] += step
-        gradient[index] = (logistic4(x, *shifted) - value) / step
-    covariance = np.asarray(fit["covariance"], dtype=np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        variance = np.einsum("in,ij,jn->n", gradient, covariance, gradient)
-    se = np.sqrt(np.where(np.isfinite(variance) & (variance >= 0), variance, np.nan))
-    return value, se
+    value = logistic4(np.log10(c), *params)
+    free = ~np.asarray(fit.get("at_bound", np.zeros(4, dtype=bool)), dtype=bool)
+    data = np.log10(np.asarray(data_concentrations, dtype=np.float64))
+    n = len(data)
+    if not free.any():
+        return value, np.full(c.shape, np.nan), n
+    _, singular, right = np.linalg.svd(_logistic_jacobian(data, params)[:, free], full_matrices=False)
+    determined = singular > RANK_TOLERANCE * singular[0] if singular.size and singular[0] > 0 else np.zeros(0, dtype=bool)
+    rank = int(determined.sum())
+    df = n - rank
+    if rank == 0 or df <= 0:
+        return value, np.full(c.shape, np.nan), max(df, 0)
+    residual_variance = fit["rmse"] ** 2 * n / df
+    unit = (_logistic_jacobian(np.log10(c), params)[:, free] @ right[determined].T) / singular[determined]
+    return value, np.sqrt(residual_variance * np.sum(unit**2, axis=1)), df
 
 
 def _no_curve(n_wells: int, status: str, best: float = np.nan) -> dict:
@@ -321,7 +348,8 @@ def inhibition_curve(concentrations, well_inhibition, bar: float) -> dict:
     well inhibition): a 4PL fit, the fitted inhibition at the best tested dose
     (``inhibition_max``, the maximum of the curve over the tested concentrations) with its
     standard error, the EC50 and Emax (the fitted top) with theirs, and the one-sided
-    p-value of inhibition_max > ``bar`` (t distribution, n_wells - 4 degrees of freedom).
+    p-value of inhibition_max > ``bar`` (t distribution with the residual degrees of
+    freedom, n_wells less the parameters the data determine; :func:`fitted_at`).
 
     Without a usable fit (too few wells or doses, a failed fit) the p-value is NaN and
     inhibition_max falls back to the best per-dose median, with the reason as status."""
@@ -340,10 +368,9 @@ def inhibition_curve(concentrations, well_inhibition, bar: float) -> dict:
     fit = fit_logistic(c, y, min_points=MIN_FIT_WELLS, limits=INHIBITION_LIMITS)
     if fit["status"] != OK:
         return _no_curve(n, fit["status"], best_median)
-    values, errors = fitted_at(fit, levels)
+    values, errors, df = fitted_at(fit, c, levels)
     best = int(np.argmax(values))
     se = float(errors[best])
-    df = n - 4
     p_value = float(stats.t.sf((values[best] - bar) / se, df)) if np.isfinite(se) and se > 0 else np.nan
     covariance = np.asarray(fit["covariance"])
     status = OK if np.isfinite(p_value) else "fit without a finite standard error"
