@@ -20,6 +20,9 @@ from deemd.inhibition import (
     inhibition_curve,
     quantitative_efficacy,
     rank_by_hit,
+    replicate_groups,
+    trend_sd,
+    variance_trend,
     robust_ssmd,
     robust_zprime,
     scored_sites,
@@ -232,7 +235,7 @@ def test_fitted_error_is_the_leverage_of_a_linear_case():
     # Far below a steep EC50 the curve is flat at its bottom and only the bottom is free there:
     # the fit is then a mean, whose error is s / sqrt(n) with s^2 = RSS / (n - rank).
     y = np.array([0.1, 0.3, 0.2, 0.2])
-    fit = {"bottom": 0.2, "top": 1.0, "log_ec50": 2.0, "hill": 10.0, "rmse": float(np.sqrt(np.mean((y - 0.2) ** 2))),
+    fit = {"bottom": 0.2, "top": 1.0, "log_ec50": 2.0, "hill": 10.0, "chi2": float(np.sum((y - 0.2) ** 2)),
            "at_bound": np.array([False, True, True, True])}
     value, se, df = fitted_at(fit, [0.01, 0.01, 0.1, 0.1], [0.01])
     assert value[0] == pytest.approx(0.2) and df == 3
@@ -250,6 +253,77 @@ def test_fitted_error_stays_bounded_where_the_parameters_are_not_determined():
     assert curve["inhibition_max_se"] < 0.01 and curve["hit_p_value"] < 1e-6
     # Yet the parameters themselves stay uncertain, as they are.
     assert not curve["inhibition_emax_se"] < 0.1
+
+
+def test_replicate_groups_take_used_doses_and_each_plates_controls():
+    wells = pd.DataFrame({
+        "role": [TREATED] * 5 + [INFECTED_CONTROL] * 3 + [NONINFECTED_CONTROL] * 2,
+        "plate_id": ["P1"] * 5 + ["P1", "P1", "P2"] + ["P1", "P1"],
+        "treatment": ["A", "A", "A", "B", "B"] + [None] * 5,
+        "treatment_conc": [1.0, 1.0, 1.0, 3.0, 3.0] + [np.nan] * 5,
+        "inhibition": [0.2, 0.4, 5.0, 0.9, np.nan, 0.0, 0.2, 0.1, 1.0, 1.1],
+        "used": [True, True, False, True, True, False, False, False, False, False],
+    })
+    groups = replicate_groups(wells).sort_values("level", ignore_index=True)
+    # A at 1 uM: the unused third well is left out; B: one finite well is no group; P2's
+    # single infected control neither.
+    assert groups["level"].tolist() == pytest.approx([0.1, 0.3, 1.05])
+    assert groups["variance"].tolist() == pytest.approx([0.02, 0.02, 0.005])
+    assert groups["df"].tolist() == [1, 1, 1]
+
+
+def test_variance_trend_pools_each_bin_and_fills_empty_ones():
+    groups = pd.DataFrame({"level": [0.1, 0.05, 0.9, 1.2], "variance": [0.04, 0.01, 0.0004, 0.0016], "df": [4, 2, 3, 3]})
+    trend = variance_trend(groups, min_df=10)
+    assert trend["level"] == pytest.approx([0.125, 0.375, 0.625, 0.875])
+    low, high = np.sqrt((4 * 0.04 + 2 * 0.01) / 6), np.sqrt((3 * 0.0004 + 3 * 0.0016) / 6)
+    # The two middle bins hold no group: each takes its nearest filled neighbour.
+    assert trend["sd"] == pytest.approx([low, low, high, high])
+    assert trend["df"].tolist() == [6, 0, 0, 6]
+    assert trend_sd(trend, [0.0, 0.25, 0.5, 2.0]) == pytest.approx([low, low, 0.5 * (low + high), high])
+    assert variance_trend(groups, min_df=13) is None
+
+
+def test_variance_trend_bounds_the_ratio_of_its_sds():
+    groups = pd.DataFrame({"level": [0.1, 0.9], "variance": [1.0, 0.0], "df": [10, 10]})
+    assert variance_trend(groups)["sd"][-1] == pytest.approx(1.0 / 10)
+
+
+def heteroscedastic_wells(top, rng, sd_infected=0.3, sd_clean=0.05, wells_per_dose=3):
+    """Wells whose spread shrinks from sd_infected at inhibition 0 to sd_clean at 1, as a
+    count-like readout's does."""
+    c = np.repeat(CONCENTRATIONS, wells_per_dose)
+    mean = logistic4(np.log10(c), 0.0, top, np.log10(0.3), 1.5)
+    sd = sd_infected + (sd_clean - sd_infected) * np.clip(mean, 0, 1)
+    return c, mean + rng.normal(0, 1, len(c)) * sd
+
+
+def heteroscedastic_trend(sd_infected=0.3, sd_clean=0.05):
+    levels = np.array([0.125, 0.375, 0.625, 0.875])
+    groups = pd.DataFrame({"level": levels, "variance": (sd_infected + (sd_clean - sd_infected) * levels) ** 2, "df": 50})
+    return variance_trend(groups)
+
+
+def test_weighted_curve_gains_power_where_the_clean_doses_are_quiet():
+    rng = np.random.default_rng(3)
+    trend = heteroscedastic_trend()
+    weighted_p, plain_p = [], []
+    for _ in range(40):
+        c, y = heteroscedastic_wells(0.7, rng)
+        weighted_p.append(inhibition_curve(c, y, bar=0.5, noise=trend)["hit_p_value"])
+        plain_p.append(inhibition_curve(c, y, bar=0.5)["hit_p_value"])
+    assert np.mean(np.array(weighted_p) < 0.01) > np.mean(np.array(plain_p) < 0.01) + 0.2
+
+
+def test_weighted_curve_keeps_its_false_calls_at_the_bar_near_alpha():
+    # A compound whose plateau sits exactly at the bar: the test's p-value must not fall
+    # below 0.05 much more often than 5 % of the time.
+    rng = np.random.default_rng(5)
+    trend = heteroscedastic_trend()
+    curves = [inhibition_curve(*heteroscedastic_wells(0.5, rng), bar=0.5, noise=trend) for _ in range(200)]
+    p = np.array([curve["hit_p_value"] for curve in curves])
+    assert all(curve["inhibition_weighted"] for curve in curves)
+    assert np.mean(p < 0.05) < 0.1
 
 
 def test_benjamini_hochberg_against_hand_computation():

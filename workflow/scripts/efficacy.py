@@ -57,6 +57,12 @@ def main(inference_tables, nuclei_path, output, log, efficacy, qc, readout, mode
     for row in toxic.loc[by_curve].itertuples():
         logging.info("  %s at %s µM: fitted viability %.2f (wells' median %.2f)",
                      row.treatment, row.treatment_conc, row.viability_fitted, row.viability_median)
+    noise = quantitative["noise"]
+    if noise.empty:
+        logging.info("too few replicate wells for a noise trend: the inhibition curves are fitted unweighted")
+    else:
+        logging.info("spread of well inhibition between replicate wells, by level (curves weighted by 1/sd^2):\n%s",
+                     noise.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     wells = quantitative["wells"]
     reasons = wells.loc[wells["role"] == TREATED, "reason"].replace("", "used").value_counts()
     logging.info("treated wells: %s", reasons.to_dict())

@@ -54,6 +54,13 @@ MIN_FIT_WELLS = 5  # a 4PL with one residual degree of freedom at least
 # Singular values of a fit's Jacobian below this share of the largest are directions the
 # data do not determine (fitted_at).
 RANK_TOLERANCE = 1e-8
+# The noise trend (variance_trend): replicate groups are pooled in these bins of inhibition,
+# and a trend needs this many residual degrees of freedom in all, or the fit stays
+# unweighted. A bin's standard deviation is held to at least 1/MAX_SD_RATIO of the largest,
+# so that a few identical wells cannot give one dose an unbounded weight.
+NOISE_BIN_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0)
+MIN_NOISE_DF = 10
+MAX_SD_RATIO = 10.0
 
 PLATE_QC_COLUMNS = {
     "plate_id": "object",
@@ -80,6 +87,7 @@ CURVE_COLUMNS = {
     "inhibition_hill": "float64",
     "n_wells_tested": "int64",
     "hit_p_value": "float64",
+    "inhibition_weighted": "bool",
     "inhibition_status": "object",
 }
 
@@ -305,7 +313,7 @@ def _logistic_jacobian(log_c, params: np.ndarray) -> np.ndarray:
     return jacobian
 
 
-def fitted_at(fit: dict, data_concentrations, concentrations) -> tuple[np.ndarray, np.ndarray, int]:
+def fitted_at(fit: dict, data_concentrations, concentrations, data_sigma=None) -> tuple[np.ndarray, np.ndarray, int]:
     """The fitted curve at ``concentrations`` (µM), its standard error and the residual
     degrees of freedom, from the fit's linearisation at the data it was fitted to
     (``data_concentrations``, the same points in the same number).
@@ -326,30 +334,97 @@ def fitted_at(fit: dict, data_concentrations, concentrations) -> tuple[np.ndarra
     n = len(data)
     if not free.any():
         return value, np.full(c.shape, np.nan), n
-    _, singular, right = np.linalg.svd(_logistic_jacobian(data, params)[:, free], full_matrices=False)
+    scale = np.ones(n) if data_sigma is None else np.asarray(data_sigma, dtype=np.float64)
+    _, singular, right = np.linalg.svd(_logistic_jacobian(data, params)[:, free] / scale[:, None], full_matrices=False)
     determined = singular > RANK_TOLERANCE * singular[0] if singular.size and singular[0] > 0 else np.zeros(0, dtype=bool)
     rank = int(determined.sum())
     df = n - rank
     if rank == 0 or df <= 0:
         return value, np.full(c.shape, np.nan), max(df, 0)
-    residual_variance = fit["rmse"] ** 2 * n / df
+    residual_variance = fit["chi2"] / df
     unit = (_logistic_jacobian(np.log10(c), params)[:, free] @ right[determined].T) / singular[determined]
     return value, np.sqrt(residual_variance * np.sum(unit**2, axis=1)), df
 
 
 def _no_curve(n_wells: int, status: str, best: float = np.nan) -> dict:
     row = {name: np.nan for name in CURVE_COLUMNS}
-    row.update(inhibition_max=best, n_wells_tested=n_wells, inhibition_status=status)
+    row.update(inhibition_max=best, n_wells_tested=n_wells, inhibition_weighted=False, inhibition_status=status)
     return row
 
 
-def inhibition_curve(concentrations, well_inhibition, bar: float) -> dict:
+def replicate_groups(wells: pd.DataFrame) -> pd.DataFrame:
+    """The replicate groups of a well table (role, plate_id, treatment, treatment_conc,
+    inhibition, used) whose spread measures the assay's noise: the used treated wells of
+    each dose (treatment, treatment_conc) and the control wells of each plate and kind.
+    One row per group of at least two wells: ``level`` (mean inhibition), ``variance``
+    (unbiased, between its wells) and ``df`` (wells - 1)."""
+    y = wells["inhibition"].to_numpy(dtype=np.float64)
+    treated = (wells["role"] == TREATED).to_numpy() & wells["used"].to_numpy(dtype=bool) & np.isfinite(y)
+    control = wells["role"].isin(CONTROL_ROLES).to_numpy() & np.isfinite(y)
+    doses = wells[treated].groupby(["treatment", "treatment_conc"])["inhibition"]
+    controls = wells[control].groupby(["plate_id", "role"])["inhibition"]
+    parts = [grouped.agg(level="mean", variance="var", n="size") for grouped in (doses, controls)]
+    groups = pd.concat(parts, ignore_index=True)
+    groups = groups[groups["n"] >= 2]
+    return pd.DataFrame({"level": groups["level"].to_numpy(np.float64), "variance": groups["variance"].to_numpy(np.float64),
+                         "df": (groups["n"] - 1).to_numpy(np.int64)})
+
+
+def variance_trend(groups: pd.DataFrame, edges=NOISE_BIN_EDGES, min_df: int = MIN_NOISE_DF) -> dict | None:
+    """How the spread of well inhibition between replicate wells depends on its level,
+    from the replicate groups of a screen (:func:`replicate_groups`: level, variance, df).
+
+    The groups are binned by level (``edges``; levels beyond them fall in the end bins) and
+    each bin's variance is pooled (sum of squares over degrees of freedom). Returns
+    ``{"level": bin centres, "sd": pooled standard deviation, "df": per bin}``; a bin
+    without groups takes its nearest filled neighbour's sd, and every sd is held to at
+    least 1/MAX_SD_RATIO of the largest. None when the groups hold fewer than ``min_df``
+    degrees of freedom in all: too little to tell a trend from noise.
+
+    Why: the readout is a count of infection (how much of a site looks infected), and its
+    spread grows with it; wells near the infected controls vary several times more than
+    wells that look clean (both synthetic worlds; docs/method.md §10). A curve fitted
+    without weights lets the noisy low doses set the error of its value at the best dose."""
+    edges = np.asarray(edges, dtype=np.float64)
+    level, variance, df = (groups[c].to_numpy(np.float64) for c in ("level", "variance", "df"))
+    keep = np.isfinite(level) & np.isfinite(variance) & (df > 0)
+    level, variance, df = level[keep], variance[keep], df[keep]
+    if df.sum() < min_df:
+        return None
+    bins = np.clip(np.digitize(level, edges[1:-1]), 0, len(edges) - 2)
+    n_bins = len(edges) - 1
+    pooled_df = np.bincount(bins, weights=df, minlength=n_bins)
+    squares = np.bincount(bins, weights=df * variance, minlength=n_bins)
+    filled = pooled_df > 0
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    sd = np.sqrt(squares[filled] / pooled_df[filled])
+    # An empty bin takes its nearest filled neighbour's value.
+    nearest = np.abs(centres[:, None] - centres[filled][None, :]).argmin(axis=1)
+    sd = sd[nearest]
+    if not np.isfinite(sd).all() or sd.max() <= 0:
+        return None
+    sd = np.maximum(sd, sd.max() / MAX_SD_RATIO)
+    return {"level": centres, "sd": sd, "df": pooled_df.astype(np.int64)}
+
+
+def trend_sd(trend: dict, levels) -> np.ndarray:
+    """The noise trend's standard deviation at inhibition ``levels`` (linear between the bin
+    centres, constant beyond the end ones)."""
+    return np.interp(np.asarray(levels, dtype=np.float64), trend["level"], trend["sd"])
+
+
+def inhibition_curve(concentrations, well_inhibition, bar: float, noise: dict | None = None) -> dict:
     """The dose-response of one treatment from its usable wells (concentration in µM,
     well inhibition): a 4PL fit, the fitted inhibition at the best tested dose
     (``inhibition_max``, the maximum of the curve over the tested concentrations) with its
     standard error, the EC50 and Emax (the fitted top) with theirs, and the one-sided
     p-value of inhibition_max > ``bar`` (t distribution with the residual degrees of
     freedom, n_wells less the parameters the data determine; :func:`fitted_at`).
+
+    With a noise trend (:func:`variance_trend`) the fit is weighted: each well by
+    1 / sd^2 of the trend at the unweighted curve's value at its dose, then refitted. The
+    trend sets only the relative weights; the error's scale still comes from the
+    treatment's own residuals. ``inhibition_weighted`` says whether weights were used.
 
     Without a usable fit (too few wells or doses, a failed fit) the p-value is NaN and
     inhibition_max falls back to the best per-dose median, with the reason as status."""
@@ -368,7 +443,13 @@ def inhibition_curve(concentrations, well_inhibition, bar: float) -> dict:
     fit = fit_logistic(c, y, min_points=MIN_FIT_WELLS, limits=INHIBITION_LIMITS)
     if fit["status"] != OK:
         return _no_curve(n, fit["status"], best_median)
-    values, errors, df = fitted_at(fit, c, levels)
+    sigma = None
+    if noise is not None:
+        weights = trend_sd(noise, fitted_curve(fit, c))
+        weighted = fit_logistic(c, y, min_points=MIN_FIT_WELLS, limits=INHIBITION_LIMITS, sigma=weights)
+        if weighted["status"] == OK:
+            fit, sigma = weighted, weights
+    values, errors, df = fitted_at(fit, c, levels, sigma)
     best = int(np.argmax(values))
     se = float(errors[best])
     p_value = float(stats.t.sf((values[best] - bar) / se, df)) if np.isfinite(se) and se > 0 else np.nan
@@ -386,6 +467,7 @@ def inhibition_curve(concentrations, well_inhibition, bar: float) -> dict:
         "inhibition_hill": fit["hill"],
         "n_wells_tested": n,
         "hit_p_value": p_value,
+        "inhibition_weighted": sigma is not None,
         "inhibition_status": status,
     }
 
@@ -471,10 +553,10 @@ def dose_inhibition(sites: pd.DataFrame, used_wells: pd.DataFrame, conf_level: f
     return table
 
 
-def treatment_curves(used_wells: pd.DataFrame, doses: pd.DataFrame, bar: float, fdr: float) -> pd.DataFrame:
+def treatment_curves(used_wells: pd.DataFrame, doses: pd.DataFrame, bar: float, fdr: float, noise: dict | None = None) -> pd.DataFrame:
     """One row per treatment that has any treated well or dose: its inhibition curve
-    (:func:`inhibition_curve` over its used wells), n_toxic_doses, the BH q-value and
-    ``hit`` = q <= ``fdr``."""
+    (:func:`inhibition_curve` over its used wells, weighted by the screen's ``noise``
+    trend where one is given), n_toxic_doses, the BH q-value and ``hit`` = q <= ``fdr``."""
     treated = used_wells[used_wells["role"] == TREATED]
     names = sorted(set(treated["treatment"]) | set(doses["treatment"]))
     rows = []
@@ -485,7 +567,7 @@ def treatment_curves(used_wells: pd.DataFrame, doses: pd.DataFrame, bar: float, 
             status = "every dose toxic" if n_toxic else "no usable well"
             curve = _no_curve(0, status)
         else:
-            curve = inhibition_curve(wells["treatment_conc"], wells["inhibition"], bar)
+            curve = inhibition_curve(wells["treatment_conc"], wells["inhibition"], bar, noise)
         rows.append({"treatment": name, **curve, "n_toxic_doses": n_toxic})
     table = pd.DataFrame(rows, columns=["treatment", *CURVE_COLUMNS, "n_toxic_doses"])
     table = table.astype({**CURVE_COLUMNS, "n_toxic_doses": "int64"})
@@ -523,7 +605,8 @@ def quantitative_efficacy(
     ``settings``: inhibition_bar, fdr, confidence, min_zprime, min_control_wells,
     min_viability (:func:`inhibition_settings`).
     Returns the tables ``sites`` (with inhibition), ``wells``, ``plate_qc``, ``doses``
-    (per-dose additions) and ``treatments`` (per-treatment additions)."""
+    (per-dose additions), ``treatments`` (per-treatment additions) and ``noise`` (the
+    screen's noise trend, :func:`noise_table`)."""
     readouts = ["z"] if readout == "z" else ["z", readout]
     wells = well_medians(sites, readouts)
     qc = plate_qc(wells, model, readouts, readout, settings["min_control_wells"], settings["min_zprime"])
@@ -543,9 +626,18 @@ def quantitative_efficacy(
     doses["n_wells_used"] = doses["n_wells_used"].fillna(0).astype(np.int64)
     doses["toxic"] = doses["toxic"].fillna(False).astype(bool)
     doses["toxic_reason"] = doses["toxic_reason"].fillna("")
-    curves = treatment_curves(wells, doses, settings["inhibition_bar"], settings["fdr"])
+    noise = variance_trend(replicate_groups(wells))
+    curves = treatment_curves(wells, doses, settings["inhibition_bar"], settings["fdr"], noise)
     curves = curves.merge(viability, on="treatment", how="left")
     # Only a hit has an antiviral EC50 to compare with; elsewhere the fitted EC50 is noise.
     window = selectivity_index(curves["viability_cc50_um"], curves["inhibition_ec50_um"])
     curves["selectivity_index"] = np.where(curves["hit"].to_numpy(dtype=bool), window, np.nan)
-    return {"sites": sites, "wells": wells, "plate_qc": qc, "doses": doses, "treatments": curves}
+    return {"sites": sites, "wells": wells, "plate_qc": qc, "doses": doses, "treatments": curves, "noise": noise_table(noise)}
+
+
+def noise_table(noise: dict | None) -> pd.DataFrame:
+    """The noise trend (:func:`variance_trend`) as a table: level, sd, df per bin; empty
+    when the screen had too few replicate wells for one (the fits are then unweighted)."""
+    if noise is None:
+        return pd.DataFrame({"level": pd.Series(dtype="float64"), "sd": pd.Series(dtype="float64"), "df": pd.Series(dtype="int64")})
+    return pd.DataFrame({"level": noise["level"], "sd": noise["sd"], "df": noise["df"]})
