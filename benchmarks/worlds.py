@@ -191,7 +191,7 @@ def main(argv=None) -> None:
         readouts = pd.concat(all_readouts, ignore_index=True)
         readouts.to_csv(output.with_name(output.stem + "_readouts.tsv"), sep="\t", index=False, float_format="%.3f")
         columns = ["world", "seed", "model", "readout", "zprime_min", "hit_precision", "hit_recall", "inhibition_spearman_rho",
-                   "inhibition_median_abs_error", "ec50_within_half_log", "e_precision_excl_partial", "e_recall_excl_partial"]
+                   "inhibition_median_abs_error", "ec50_within_half_log", "ec50_within_half_log_effective", "e_precision_excl_partial", "e_recall_excl_partial"]
         print("\nreadouts recomputed from the shards:")
         print(readouts[[c for c in columns if c in readouts]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         plate_qc = pd.concat(all_readout_qc, ignore_index=True)

@@ -282,6 +282,10 @@ def test_variance_trend_pools_each_bin_and_fills_empty_ones():
     assert trend["df"].tolist() == [6, 0, 0, 6]
     assert trend_sd(trend, [0.0, 0.25, 0.5, 2.0]) == pytest.approx([low, low, 0.5 * (low + high), high])
     assert variance_trend(groups, min_df=13) is None
+    # A screen without replicate wells: no groups, no trend (the fits stay unweighted).
+    empty = replicate_groups(pd.DataFrame({"role": [TREATED], "plate_id": ["P1"], "treatment": ["A"], "treatment_conc": [1.0],
+                                           "inhibition": [0.5], "used": [True]}))
+    assert empty.empty and variance_trend(empty) is None
 
 
 def test_variance_trend_bounds_the_ratio_of_its_sds():

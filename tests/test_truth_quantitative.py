@@ -106,6 +106,8 @@ def test_quantitative_scores_on_a_hand_computed_case():
     assert scores["inhibition_median_abs_error"] == pytest.approx(0.05) and scores["n_with_effect"] == 5
     # True EC50 inside 0.03-10 µM: T1 (1.5 vs 1: close), T2 (0.5 vs 0.1: 0.7 decades), T3 (exact), T6 (no fit).
     assert scores["ec50_within_half_log"] == pytest.approx(0.5) and scores["n_ec50"] == 4
+    # Of those, truly effective: T1 and T2 (T6 is partial at its best non-toxic dose).
+    assert scores["ec50_within_half_log_effective"] == pytest.approx(0.5) and scores["n_ec50_effective"] == 2
     truth = [0.95, 0.9, 0.5, 0.0, 0.0, 0.2, 0.88]
     assert scores["inhibition_spearman_rho"] == pytest.approx(stats.spearmanr(treatments()["inhibition_max"], truth).statistic)
     assert scores["e_spearman_rho_true_efficacy"] == pytest.approx(stats.spearmanr(treatments()["e_t"], truth).statistic)

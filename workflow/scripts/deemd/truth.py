@@ -221,18 +221,24 @@ def inhibition_truth_scores(treatments: pd.DataFrame, doses: pd.DataFrame, class
     rho of inhibition_max with true_efficacy (all shared compounds), the median
     |inhibition_max - true_efficacy| over compounds with any true effect (emax > 0; a
     compound without an estimate is left out and n says how many remain), and the EC50
-    agreement (:func:`ec50_agreement`, ranges from ``doses``)."""
+    agreement (:func:`ec50_agreement`, ranges from ``doses``) over every such compound and,
+    as ``ec50_within_half_log_effective`` and ``n_ec50_effective``, over the truly effective
+    ones alone (a partial compound's curve rises by less than its wells' spread, so its EC50
+    is the least determined)."""
     merged = treatments.merge(classes, on="treatment", how="inner", validate="one_to_one")
     merged = merged.merge(dose_ranges(doses), on="treatment", how="left", validate="one_to_one")
     correlation = spearman(merged["inhibition_max"], merged["true_efficacy"])
     with_effect = merged[(merged["emax"] > 0) & merged["inhibition_max"].notna()]
     error = (with_effect["inhibition_max"] - with_effect["true_efficacy"]).abs()
+    effective = merged[merged["truth_class"] == EFFECTIVE]
     return {
         "inhibition_spearman_rho": correlation["rho"],
         "inhibition_spearman_p": correlation["p_value"],
         "inhibition_median_abs_error": float(error.median()) if len(error) else float("nan"),
         "n_with_effect": int(len(with_effect)),
         **ec50_agreement(merged["inhibition_ec50_um"], merged["true_ec50_um"], merged["conc_min_um"], merged["conc_max_um"]),
+        **{f"{key}_effective": value for key, value in ec50_agreement(
+            effective["inhibition_ec50_um"], effective["true_ec50_um"], effective["conc_min_um"], effective["conc_max_um"]).items()},
     }
 
 
