@@ -235,11 +235,16 @@ def test_fitted_error_is_the_leverage_of_a_linear_case():
     # Far below a steep EC50 the curve is flat at its bottom and only the bottom is free there:
     # the fit is then a mean, whose error is s / sqrt(n) with s^2 = RSS / (n - rank).
     y = np.array([0.1, 0.3, 0.2, 0.2])
-    fit = {"bottom": 0.2, "top": 1.0, "log_ec50": 2.0, "hill": 10.0, "chi2": float(np.sum((y - 0.2) ** 2)),
-           "at_bound": np.array([False, True, True, True])}
-    value, se, df = fitted_at(fit, [0.01, 0.01, 0.1, 0.1], [0.01])
+    fit = {"bottom": 0.2, "top": 1.0, "log_ec50": 2.0, "hill": 10.0, "at_bound": np.array([False, True, True, True])}
+    value, se, df = fitted_at(fit, [0.01, 0.01, 0.1, 0.1], y, [0.01])
     assert value[0] == pytest.approx(0.2) and df == 3
     assert se[0] == pytest.approx(np.sqrt(np.sum((y - 0.2) ** 2) / 3) / 2, rel=1e-6)
+    # With the first two wells four times as noisy: the mean's variance is sum(v_i) s^2 / n^2,
+    # s^2 = sum(r_i^2 / v_i) / (n - rank) (sandwich form).
+    variance = np.array([4.0, 4.0, 1.0, 1.0])
+    _, se, _ = fitted_at(fit, [0.01, 0.01, 0.1, 0.1], y, [0.01], variance)
+    scale = np.sum((y - 0.2) ** 2 / variance) / 3
+    assert se[0] == pytest.approx(np.sqrt(scale * variance.sum()) / 4, rel=1e-6)
 
 
 def test_fitted_error_stays_bounded_where_the_parameters_are_not_determined():
@@ -282,7 +287,7 @@ def test_variance_trend_pools_each_bin_and_fills_empty_ones():
     assert trend["df"].tolist() == [6, 0, 0, 6]
     assert trend_sd(trend, [0.0, 0.25, 0.5, 2.0]) == pytest.approx([low, low, 0.5 * (low + high), high])
     assert variance_trend(groups, min_df=13) is None
-    # A screen without replicate wells: no groups, no trend (the fits stay unweighted).
+    # A screen without replicate wells: no groups, no trend.
     empty = replicate_groups(pd.DataFrame({"role": [TREATED], "plate_id": ["P1"], "treatment": ["A"], "treatment_conc": [1.0],
                                            "inhibition": [0.5], "used": [True]}))
     assert empty.empty and variance_trend(empty) is None
@@ -326,7 +331,7 @@ def test_weighted_curve_keeps_its_false_calls_at_the_bar_near_alpha():
     trend = heteroscedastic_trend()
     curves = [inhibition_curve(*heteroscedastic_wells(0.5, rng), bar=0.5, noise=trend) for _ in range(200)]
     p = np.array([curve["hit_p_value"] for curve in curves])
-    assert all(curve["inhibition_weighted"] for curve in curves)
+    assert all(curve["inhibition_noise_trend"] for curve in curves)
     assert np.mean(p < 0.05) < 0.1
 
 

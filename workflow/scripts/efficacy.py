@@ -59,9 +59,9 @@ def main(inference_tables, nuclei_path, output, log, efficacy, qc, readout, mode
                      row.treatment, row.treatment_conc, row.viability_fitted, row.viability_median)
     noise = quantitative["noise"]
     if noise.empty:
-        logging.info("too few replicate wells for a noise trend: the inhibition curves are fitted unweighted")
+        logging.info("too few replicate wells for a noise trend: every well's noise is taken as equal in the curves' errors")
     else:
-        logging.info("spread of well inhibition between replicate wells, by level (curves weighted by 1/sd^2):\n%s",
+        logging.info("spread of well inhibition between replicate wells, by level (it shapes the curves' errors):\n%s",
                      noise.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     wells = quantitative["wells"]
     reasons = wells.loc[wells["role"] == TREATED, "reason"].replace("", "used").value_counts()

@@ -44,22 +44,19 @@ def logistic4(log_c, bottom: float, top: float, log_ec50: float, hill: float):
 
 def _failed(n_points: int, status: str) -> dict:
     return {"n_points": n_points, **{name: np.nan for name in PARAMETERS}, "ec50_um": np.nan, "rmse": np.nan, "status": status,
-            "covariance": np.full((4, 4), np.nan), "at_bound": np.zeros(4, dtype=bool), "chi2": np.nan}
+            "covariance": np.full((4, 4), np.nan), "at_bound": np.zeros(4, dtype=bool)}
 
 
 def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance: float = 1e-3, limits=None,
-                 ec50_margin: float = 1.0, sigma=None) -> dict:
+                 ec50_margin: float = 1.0) -> dict:
     """Fit :func:`logistic4` to efficacies against concentrations (µM).
 
     ``bottom`` and ``top`` are kept within one data range of the data, and within
     ``limits`` = (low, high) when given (e(t,c) lies in [0, 1]); log10 EC50 within
     ``ec50_margin`` decades of the tested concentrations; hill within HILL_BOUNDS.
-    ``sigma`` (one per point, optional): each point's relative standard deviation, for a
-    weighted fit (curve_fit's ``sigma``; points with a non-positive or NaN sigma are left
-    out). Points with a NaN efficacy (a dose without an interval) or a concentration <= 0
-    are left out. Returns a dict with n_points, bottom, top, log_ec50, ec50_um, hill, rmse
-    (unweighted), chi2 (the sum of squared residuals over sigma^2; the plain sum without
-    sigma) and status: "ok", or why no curve was fitted ("too few doses (...)", "flat response",
+    Points with a NaN efficacy (a dose without an interval) or a concentration <= 0 are
+    left out. Returns a dict with n_points, bottom, top, log_ec50, ec50_um, hill, rmse
+    and status: "ok", or why no curve was fitted ("too few doses (...)", "flat response",
     "fit failed: ..."), in which case the parameters are NaN; ``covariance`` (curve_fit's) and
     ``at_bound``, which of (bottom, top, log_ec50, hill) ended on one of their bounds.
     """
@@ -67,9 +64,8 @@ def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance
     e = np.asarray(efficacies, dtype=np.float64)
     if c.shape != e.shape or c.ndim != 1:
         raise ValueError(f"concentrations and efficacies must be 1-d of one length, got {c.shape} and {e.shape}")
-    w = np.ones_like(e) if sigma is None else np.asarray(sigma, dtype=np.float64)
-    keep = np.isfinite(c) & (c > 0) & np.isfinite(e) & np.isfinite(w) & (w > 0)
-    c, e, w = c[keep], e[keep], w[keep]
+    keep = np.isfinite(c) & (c > 0) & np.isfinite(e)
+    c, e = c[keep], e[keep]
     n = int(len(e))
     n_levels = len(np.unique(c))
     if n < min_points or n_levels < 3:
@@ -94,7 +90,7 @@ def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
-            params, covariance = curve_fit(logistic4, x, e, p0=start, sigma=w, bounds=(lower, upper), maxfev=20000)
+            params, covariance = curve_fit(logistic4, x, e, p0=start, bounds=(lower, upper), maxfev=20000)
     except (RuntimeError, ValueError, FloatingPointError) as error:
         return _failed(n, f"fit failed: {error}")
     if not np.all(np.isfinite(params)):
@@ -102,8 +98,7 @@ def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance
     bottom, top, log_ec50, hill = (float(v) for v in params)
     width = np.subtract(upper, lower)
     at_bound = (params <= np.add(lower, BOUND_TOLERANCE * width)) | (params >= np.subtract(upper, BOUND_TOLERANCE * width))
-    residuals = logistic4(x, *params) - e
-    rmse = float(np.sqrt(np.mean(residuals**2)))
+    rmse = float(np.sqrt(np.mean((logistic4(x, *params) - e) ** 2)))
     return {
         "n_points": n,
         "bottom": bottom,
@@ -117,8 +112,6 @@ def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance
         # (curve_fit's default); inf where the data do not determine a parameter.
         "covariance": np.asarray(covariance, dtype=np.float64),
         "at_bound": np.asarray(at_bound, dtype=bool),
-        # Sum of squared residuals in units of sigma (plain RSS without sigma).
-        "chi2": float(np.sum((residuals / w) ** 2)),
     }
 
 

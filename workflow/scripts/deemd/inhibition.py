@@ -55,8 +55,8 @@ MIN_FIT_WELLS = 5  # a 4PL with one residual degree of freedom at least
 # data do not determine (fitted_at).
 RANK_TOLERANCE = 1e-8
 # The noise trend (variance_trend): replicate groups are pooled in these bins of inhibition,
-# and a trend needs this many residual degrees of freedom in all, or the fit stays
-# unweighted. A bin's standard deviation is held to at least 1/MAX_SD_RATIO of the largest,
+# and a trend needs this many residual degrees of freedom in all, or the errors take every
+# well's noise as equal. A bin's standard deviation is held to at least 1/MAX_SD_RATIO of the largest,
 # so that a few identical wells cannot give one dose an unbounded weight.
 NOISE_BIN_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0)
 MIN_NOISE_DF = 10
@@ -87,7 +87,7 @@ CURVE_COLUMNS = {
     "inhibition_hill": "float64",
     "n_wells_tested": "int64",
     "hit_p_value": "float64",
-    "inhibition_weighted": "bool",
+    "inhibition_noise_trend": "bool",
     "inhibition_status": "object",
 }
 
@@ -313,16 +313,22 @@ def _logistic_jacobian(log_c, params: np.ndarray) -> np.ndarray:
     return jacobian
 
 
-def fitted_at(fit: dict, data_concentrations, concentrations, data_sigma=None) -> tuple[np.ndarray, np.ndarray, int]:
+def fitted_at(fit: dict, data_concentrations, data_values, concentrations, relative_variance=None) -> tuple[np.ndarray, np.ndarray, int]:
     """The fitted curve at ``concentrations`` (µM), its standard error and the residual
     degrees of freedom, from the fit's linearisation at the data it was fitted to
-    (``data_concentrations``, the same points in the same number).
+    (``data_concentrations``, ``data_values``: the same points in the same number).
 
-    se(c)^2 = s^2 g(c)' (J'J)^+ g(c): J is the Jacobian of the curve at the data in the
-    parameters that are not on a bound (a bound holds them), g(c) its row at c, ^+ the
-    pseudo-inverse over the directions the data determine (singular values of J above
-    RANK_TOLERANCE of the largest), and s^2 = RSS / (n - rank). At a tested concentration
-    g is a row of J, so the error is its leverage times s, never above s. curve_fit's
+    Near the fit, the curve at c is a linear function of the data, f(c) ~ a(c)' y with
+    a(c)' = g(c)' (J'J)^+ J': J is the Jacobian of the curve at the data in the parameters
+    that are not on a bound (a bound holds them), g(c) its row at c, ^+ the pseudo-inverse
+    over the directions the data determine (singular values of J above RANK_TOLERANCE of
+    the largest). So se(c)^2 = sum_i a_i(c)^2 sigma_i^2, with sigma_i^2 = s^2 v_i:
+    ``relative_variance`` v (one per point; 1 for all when None, which gives the usual
+    s^2 g'(J'J)^+ g) shapes how the wells' noise differs, and s^2 = sum_i r_i^2 / v_i /
+    (n - rank) scales it to the fit's own residuals r. This is the sandwich
+    (heteroscedasticity-consistent) form: the curve keeps its unweighted fit, and only its
+    error follows the noise of the wells that determine it. At a tested concentration the
+    error is then about the leverage of that dose's wells times their noise. curve_fit's
     covariance cannot give this where the data leave parameters undetermined (a step
     between two doses, a plateau beyond them): it is then near-singular, and g' C g
     explodes although the curve at the tested doses is pinned by their wells."""
@@ -334,21 +340,23 @@ def fitted_at(fit: dict, data_concentrations, concentrations, data_sigma=None) -
     n = len(data)
     if not free.any():
         return value, np.full(c.shape, np.nan), n
-    scale = np.ones(n) if data_sigma is None else np.asarray(data_sigma, dtype=np.float64)
-    _, singular, right = np.linalg.svd(_logistic_jacobian(data, params)[:, free] / scale[:, None], full_matrices=False)
+    variance = np.ones(n) if relative_variance is None else np.asarray(relative_variance, dtype=np.float64)
+    left, singular, right = np.linalg.svd(_logistic_jacobian(data, params)[:, free], full_matrices=False)
     determined = singular > RANK_TOLERANCE * singular[0] if singular.size and singular[0] > 0 else np.zeros(0, dtype=bool)
     rank = int(determined.sum())
     df = n - rank
     if rank == 0 or df <= 0:
         return value, np.full(c.shape, np.nan), max(df, 0)
-    residual_variance = fit["chi2"] / df
-    unit = (_logistic_jacobian(np.log10(c), params)[:, free] @ right[determined].T) / singular[determined]
-    return value, np.sqrt(residual_variance * np.sum(unit**2, axis=1)), df
+    residuals = np.asarray(data_values, dtype=np.float64) - logistic4(data, *params)
+    scale = np.sum(residuals**2 / variance) / df
+    # a(c) for every c at once: (len(c) x n) = g(c) V S^-1 U'.
+    weights = ((_logistic_jacobian(np.log10(c), params)[:, free] @ right[determined].T) / singular[determined]) @ left[:, determined].T
+    return value, np.sqrt(scale * (weights**2 @ variance)), df
 
 
 def _no_curve(n_wells: int, status: str, best: float = np.nan) -> dict:
     row = {name: np.nan for name in CURVE_COLUMNS}
-    row.update(inhibition_max=best, n_wells_tested=n_wells, inhibition_weighted=False, inhibition_status=status)
+    row.update(inhibition_max=best, n_wells_tested=n_wells, inhibition_noise_trend=False, inhibition_status=status)
     return row
 
 
@@ -381,10 +389,11 @@ def variance_trend(groups: pd.DataFrame, edges=NOISE_BIN_EDGES, min_df: int = MI
     least 1/MAX_SD_RATIO of the largest. None when the groups hold fewer than ``min_df``
     degrees of freedom in all: too little to tell a trend from noise.
 
-    Why: the readout is a count of infection (how much of a site looks infected), and its
-    spread grows with it; wells near the infected controls vary several times more than
-    wells that look clean (both synthetic worlds; docs/method.md §10). A curve fitted
-    without weights lets the noisy low doses set the error of its value at the best dose."""
+    Why: the spread of a readout of infection depends on its level (docs/method.md §10):
+    M's map readout varies several times more between wells near the infected controls
+    than between wells that look clean, W's site probability most half-way. One pooled
+    residual variance per curve lets noisy doses set the error of its value at a quiet
+    best dose."""
     edges = np.asarray(edges, dtype=np.float64)
     level, variance, df = (groups[c].to_numpy(np.float64) for c in ("level", "variance", "df"))
     keep = np.isfinite(level) & np.isfinite(variance) & (df > 0)
@@ -421,10 +430,12 @@ def inhibition_curve(concentrations, well_inhibition, bar: float, noise: dict | 
     p-value of inhibition_max > ``bar`` (t distribution with the residual degrees of
     freedom, n_wells less the parameters the data determine; :func:`fitted_at`).
 
-    With a noise trend (:func:`variance_trend`) the fit is weighted: each well by
-    1 / sd^2 of the trend at the unweighted curve's value at its dose, then refitted. The
-    trend sets only the relative weights; the error's scale still comes from the
-    treatment's own residuals. ``inhibition_weighted`` says whether weights were used.
+    With a noise trend (:func:`variance_trend`) the standard error follows it: each
+    well's variance is taken proportional to the trend's at the curve's value at its dose
+    (:func:`fitted_at`, sandwich form), so the error of a plateau measured on quiet wells is
+    not inflated by noisy wells elsewhere on the curve. The trend sets only the relative
+    variances; their scale still comes from the treatment's own residuals, and the fit
+    itself stays unweighted. ``inhibition_noise_trend`` says whether a trend was used.
 
     Without a usable fit (too few wells or doses, a failed fit) the p-value is NaN and
     inhibition_max falls back to the best per-dose median, with the reason as status."""
@@ -443,13 +454,8 @@ def inhibition_curve(concentrations, well_inhibition, bar: float, noise: dict | 
     fit = fit_logistic(c, y, min_points=MIN_FIT_WELLS, limits=INHIBITION_LIMITS)
     if fit["status"] != OK:
         return _no_curve(n, fit["status"], best_median)
-    sigma = None
-    if noise is not None:
-        weights = trend_sd(noise, fitted_curve(fit, c))
-        weighted = fit_logistic(c, y, min_points=MIN_FIT_WELLS, limits=INHIBITION_LIMITS, sigma=weights)
-        if weighted["status"] == OK:
-            fit, sigma = weighted, weights
-    values, errors, df = fitted_at(fit, c, levels, sigma)
+    variance = None if noise is None else trend_sd(noise, fitted_curve(fit, c)) ** 2
+    values, errors, df = fitted_at(fit, c, y, levels, variance)
     best = int(np.argmax(values))
     se = float(errors[best])
     p_value = float(stats.t.sf((values[best] - bar) / se, df)) if np.isfinite(se) and se > 0 else np.nan
@@ -467,7 +473,7 @@ def inhibition_curve(concentrations, well_inhibition, bar: float, noise: dict | 
         "inhibition_hill": fit["hill"],
         "n_wells_tested": n,
         "hit_p_value": p_value,
-        "inhibition_weighted": sigma is not None,
+        "inhibition_noise_trend": variance is not None,
         "inhibition_status": status,
     }
 
@@ -555,8 +561,8 @@ def dose_inhibition(sites: pd.DataFrame, used_wells: pd.DataFrame, conf_level: f
 
 def treatment_curves(used_wells: pd.DataFrame, doses: pd.DataFrame, bar: float, fdr: float, noise: dict | None = None) -> pd.DataFrame:
     """One row per treatment that has any treated well or dose: its inhibition curve
-    (:func:`inhibition_curve` over its used wells, weighted by the screen's ``noise``
-    trend where one is given), n_toxic_doses, the BH q-value and ``hit`` = q <= ``fdr``."""
+    (:func:`inhibition_curve` over its used wells, its error shaped by the screen's
+    ``noise`` trend where one is given), n_toxic_doses, the BH q-value and ``hit`` = q <= ``fdr``."""
     treated = used_wells[used_wells["role"] == TREATED]
     names = sorted(set(treated["treatment"]) | set(doses["treatment"]))
     rows = []
@@ -637,7 +643,8 @@ def quantitative_efficacy(
 
 def noise_table(noise: dict | None) -> pd.DataFrame:
     """The noise trend (:func:`variance_trend`) as a table: level, sd, df per bin; empty
-    when the screen had too few replicate wells for one (the fits are then unweighted)."""
+    when the screen had too few replicate wells for one (every well's noise is then taken
+    as equal)."""
     if noise is None:
         return pd.DataFrame({"level": pd.Series(dtype="float64"), "sd": pd.Series(dtype="float64"), "df": pd.Series(dtype="int64")})
     return pd.DataFrame({"level": noise["level"], "sd": noise["sd"], "df": noise["df"]})
