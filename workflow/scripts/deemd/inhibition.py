@@ -18,7 +18,8 @@ and testing sites would inflate n. Per treatment, a four-parameter logistic of w
 inhibition against log10 concentration over its non-toxic doses pools every dose, so a
 dose with one or two wells still contributes. The hit test asks whether the fitted
 inhibition at the best non-toxic dose exceeds a bar: a one-sided t-test with the fitted
-value's standard error from the fit's linearisation at the data (:func:`fitted_at`) and
+value's standard error from the fit's linearisation at the data (:func:`fitted_at`), each
+well's noise shaped by the screen's noise trend (:func:`variance_trend`), and
 n_wells - rank degrees of freedom, then Benjamini-Hochberg across the screen. Doses that cost cells (the nucleus count's
 flags, or a fitted viability curve below ``min_viability``) are left out of the curve: the
 readout falls with the cells, which would read as inhibition.
@@ -56,8 +57,8 @@ MIN_FIT_WELLS = 5  # a 4PL with one residual degree of freedom at least
 RANK_TOLERANCE = 1e-8
 # The noise trend (variance_trend): replicate groups are pooled in these bins of inhibition,
 # and a trend needs this many residual degrees of freedom in all, or the errors take every
-# well's noise as equal. A bin's standard deviation is held to at least 1/MAX_SD_RATIO of the largest,
-# so that a few identical wells cannot give one dose an unbounded weight.
+# well's noise as equal. A bin's standard deviation is held to at least 1/MAX_SD_RATIO of
+# the largest, so that a few identical wells cannot make a dose look noiseless.
 NOISE_BIN_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0)
 MIN_NOISE_DF = 10
 MAX_SD_RATIO = 10.0
@@ -350,8 +351,8 @@ def fitted_at(fit: dict, data_concentrations, data_values, concentrations, relat
     residuals = np.asarray(data_values, dtype=np.float64) - logistic4(data, *params)
     scale = np.sum(residuals**2 / variance) / df
     # a(c) for every c at once: (len(c) x n) = g(c) V S^-1 U'.
-    weights = ((_logistic_jacobian(np.log10(c), params)[:, free] @ right[determined].T) / singular[determined]) @ left[:, determined].T
-    return value, np.sqrt(scale * (weights**2 @ variance)), df
+    linear_map = ((_logistic_jacobian(np.log10(c), params)[:, free] @ right[determined].T) / singular[determined]) @ left[:, determined].T
+    return value, np.sqrt(scale * (linear_map**2 @ variance)), df
 
 
 def _no_curve(n_wells: int, status: str, best: float = np.nan) -> dict:
