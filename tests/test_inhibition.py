@@ -313,18 +313,18 @@ def heteroscedastic_trend(sd_infected=0.3, sd_clean=0.05):
     return variance_trend(groups)
 
 
-def test_weighted_curve_gains_power_where_the_clean_doses_are_quiet():
+def test_noise_trend_gains_power_where_the_clean_doses_are_quiet():
     rng = np.random.default_rng(3)
     trend = heteroscedastic_trend()
-    weighted_p, plain_p = [], []
+    trend_p, plain_p = [], []
     for _ in range(40):
         c, y = heteroscedastic_wells(0.7, rng)
-        weighted_p.append(inhibition_curve(c, y, bar=0.5, noise=trend)["hit_p_value"])
+        trend_p.append(inhibition_curve(c, y, bar=0.5, noise=trend)["hit_p_value"])
         plain_p.append(inhibition_curve(c, y, bar=0.5)["hit_p_value"])
-    assert np.mean(np.array(weighted_p) < 0.01) > np.mean(np.array(plain_p) < 0.01) + 0.2
+    assert np.mean(np.array(trend_p) < 0.01) > np.mean(np.array(plain_p) < 0.01) + 0.2
 
 
-def test_weighted_curve_keeps_its_false_calls_at_the_bar_near_alpha():
+def test_noise_trend_keeps_false_calls_at_the_bar_near_alpha():
     # A compound whose plateau sits exactly at the bar: the test's p-value must not fall
     # below 0.05 much more often than 5 % of the time.
     rng = np.random.default_rng(5)
