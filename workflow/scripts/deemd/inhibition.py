@@ -375,8 +375,8 @@ def replicate_groups(wells: pd.DataFrame) -> pd.DataFrame:
     parts = [grouped.agg(level="mean", variance="var", n="size") for grouped in (doses, controls)]
     groups = pd.concat(parts, ignore_index=True)
     groups = groups[groups["n"] >= 2]
-    return pd.DataFrame({"level": groups["level"].to_numpy(np.float64), "variance": groups["variance"].to_numpy(np.float64),
-                         "df": (groups["n"] - 1).to_numpy(np.int64)})
+    groups = groups.assign(df=groups["n"] - 1)[["level", "variance", "df"]].reset_index(drop=True)
+    return groups.astype({"level": "float64", "variance": "float64", "df": "int64"})
 
 
 def variance_trend(groups: pd.DataFrame, edges=NOISE_BIN_EDGES, min_df: int = MIN_NOISE_DF) -> dict | None:
