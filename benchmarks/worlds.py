@@ -15,7 +15,7 @@ Each run takes about as long as the demo (minutes on 2 cores). Runs already fini
 ``--score DIR ...`` runs nothing: it scores finished run directories ({world}_seed{seed},
 from any --workdir) with this checkout's code, e.g. to pool sweeps made at different times.
 
-``--readouts a map_mean z`` also recomputes, from each run's inference shards, the
+``--readouts a map_mean logit z`` also recomputes, from each run's inference shards, the
 inhibition statistics with each site readout in turn (the efficacy rule's code, in this
 process) and scores them against the truth, to compare readouts on the same models.
 ``--set efficacy.min_viability=0.9`` (with ``--readouts``) recomputes them with other
@@ -108,7 +108,7 @@ def gather(results: Path, world: str, seed: int, seconds: float) -> tuple[pd.Dat
 
 
 def readout_scores(results: Path, config: dict, readouts: list[str], world: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per model with maps and readout: the inhibition statistics recomputed from the
+    """Per model and readout its shards hold: the inhibition statistics recomputed from the
     run's shards with that readout, scored against the truth (docs/method.md §10), and
     the recomputed per-plate QC rows (plate_id, model, readout, zprime, ssmd, ...)."""
     from deemd.efficacy import efficacy_tables, sign_test_intervals
@@ -151,7 +151,7 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/deemd-worlds"))
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--output", type=Path, default=None, help="TSV of every run's scores (default: WORKDIR/scores.tsv)")
-    parser.add_argument("--readouts", nargs="*", default=[], help="also score these shard readouts offline (a, map_mean, z)")
+    parser.add_argument("--readouts", nargs="*", default=[], help="also score these shard readouts offline (a, map_mean, logit, z)")
     parser.add_argument("--score", nargs="+", type=Path, default=None, metavar="DIR", help="run nothing: score these finished run directories")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="with --readouts: recompute with these config values, e.g. efficacy.min_viability=0.9")

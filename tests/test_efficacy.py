@@ -334,3 +334,6 @@ def test_glue_main_end_to_end(tmp_path):
     assert "too few sites (n=4)" in (tmp_path / "log.txt").read_text()
     with pytest.raises(ValueError, match="model"):
         main(paths, str(nuclei_path), output, str(tmp_path / "log.txt"), efficacy, qc, "z", "W")
+    # A shard without the chosen readout (written before W kept its logit) is named.
+    with pytest.raises(ValueError, match=r"E_1\.parquet.*readout 'logit'.*rerun"):
+        main(paths, str(nuclei_path), output, str(tmp_path / "log.txt"), efficacy, qc, "logit", "M")

@@ -490,10 +490,10 @@ def nuclei_wells(wells):
 
 
 def plate_qc_table(models=("M", "W", "V")):
-    """plate_qc rows of each model (W: z only); V's second plate fails."""
+    """plate_qc rows of each model (W: z and logit, M and V: z and a); V's second plate fails."""
     tables = []
     for model in models:
-        readouts = ["z"] if model == "W" else ["z", "a"]
+        readouts = ["z", "logit"] if model == "W" else ["z", "a"]
         for readout in readouts:
             fails = model == "V"
             tables.append(pd.DataFrame({

@@ -68,6 +68,20 @@ def test_build_resnet34_five_channels_one_logit(tmp_path):
         build_resnet34(5, str(tmp_path / "bad.pth"))
 
 
+def test_whole_site_logit_is_the_site_mean_of_its_class_activation_map():
+    """W's inhibition readout (docs/method.md §10): the network averages its last feature
+    maps over the site before one linear layer, so its logit is the mean over positions of
+    that layer applied at each position (the class activation map)."""
+    torch.manual_seed(0)
+    model = build_resnet34(2).eval()
+    sites = torch.randn(3, 2, 96, 96)
+    with torch.no_grad():
+        trunk = torch.nn.Sequential(*list(model.children())[:-2])
+        features = trunk(sites)  # (3, 512, 3, 3)
+        activation_map = torch.einsum("bchw,c->bhw", features, model.fc.weight[0]) + model.fc.bias[0]
+        torch.testing.assert_close(model(sites)[:, 0], activation_map.mean(dim=(1, 2)), rtol=1e-5, atol=1e-5)
+
+
 def test_normalise_per_channel():
     sites = torch.full((1, 2, 2, 2), 10, dtype=torch.uint8)
     out = normalise(sites, torch.tensor([10.0, 0.0]), torch.tensor([1.0, 5.0]))

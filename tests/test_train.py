@@ -146,9 +146,11 @@ def test_fit_runs_checkpoints_and_scores(kind, tmp_path):
     result = fit(setup(kind, epochs=2), Sites(12, 0), Sites(8, 1), loaders, CPU, tmp_path / "last.pt", "d", log=lambda *_: None)
     assert result["finished"] and [row["epoch"] for row in result["history"]] == [1, 2]
     assert (tmp_path / "last.pt").exists() and result["best_state"] is not None
-    scores, labels, rows, patches = site_scores(setup(kind), _model(kind, result["best_state"]), loaders(Sites(6, 2), 3, None), CPU)
+    scores, labels, rows, patches, logits = site_scores(setup(kind), _model(kind, result["best_state"]), loaders(Sites(6, 2), 3, None), CPU)
     assert scores.shape == (6,) and ((scores >= 0) & (scores <= 1)).all()
-    assert (patches is None) == (kind == "W")
+    assert (patches is None) == (kind == "W") and (logits is None) == (kind != "W")
+    if kind == "W":  # the probability is the logit's sigmoid
+        np.testing.assert_allclose(scores, 1 / (1 + np.exp(-logits.astype(np.float64))), rtol=1e-6)
 
 
 def _model(kind, state):

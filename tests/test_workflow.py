@@ -221,6 +221,19 @@ def test_training_and_evaluation_outputs(tiny_run):
     assert (results / "evaluation" / "pr_curves.png").stat().st_size > 10_000
 
 
+def test_inference_shards_keep_each_models_readouts(tiny_run):
+    """M's shards hold its map readouts and no logit; W's hold its logit, whose sigmoid is
+    z, and no map readouts; each model's plate QC is on z and on its inhibition readout."""
+    results = tiny_run / "results" / "tiny"
+    for model, present, absent, readout in (("M", ["a", "map_mean"], ["logit"], "map_mean"), ("W", ["logit"], ["a", "map_mean"], "logit")):
+        shards = pd.concat([pd.read_parquet(path) for path in sorted((results / "inference" / model).glob("*.parquet"))])
+        assert len(shards) and shards[present].notna().all().all() and shards[absent].isna().all().all()
+        if model == "W":
+            np.testing.assert_allclose(shards["z"], 1 / (1 + np.exp(-shards["logit"].to_numpy(np.float64))), rtol=1e-5, atol=1e-7)
+        qc = pd.read_parquet(results / "efficacy" / model / "plate_qc.parquet")
+        assert set(qc["readout"]) == {"z", readout}
+
+
 def _popen(directory, *args):
     command = ["snakemake", *args, "-s", str(REPO / "Snakefile"), "--directory", str(directory), "--cores", "2",
                "--configfile", str(directory / "config.yaml")]

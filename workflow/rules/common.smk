@@ -132,9 +132,11 @@ if REFERENCE:
 
 def efficacy_readout(wildcards):
     """The shard column inhibition is computed from: efficacy.map_readout for the models
-    with maps, the site probability z_i for the whole-site model (docs/method.md §10).
+    with maps, efficacy.whole_site_readout for the whole-site model (docs/method.md §10).
     """
-    return config["efficacy"]["map_readout"] if wildcards.model in MAP_MODELS else "z"
+    if wildcards.model in MAP_MODELS:
+        return config["efficacy"]["map_readout"]
+    return config["efficacy"]["whole_site_readout"]
 
 
 def model_train_params(model):

@@ -109,6 +109,8 @@ rule plate_qc_figure:
     params:
         models=MODELS,
         min_zprime=config["qc"]["min_zprime"],
+        map_readout=config["efficacy"]["map_readout"],
+        whole_site_readout=config["efficacy"]["whole_site_readout"],
     script:
         "../scripts/figures_plate_qc.py"
 

@@ -13,10 +13,23 @@ from deemd.io import write_parquet_atomic
 from deemd.logs import start_rule_log
 
 
+def read_shards(paths, model, readout) -> pd.DataFrame:
+    """The inference tables of one model, each checked to hold the inhibition readout."""
+    tables = []
+    for path in paths:
+        table = pd.read_parquet(path).drop(columns=["patch_probabilities"], errors="ignore")
+        if len(table) and (readout not in table.columns or table[readout].isna().all()):
+            raise ValueError(
+                f"{path}: inference table of model {model} has no values of readout {readout!r}; it was written "
+                "by an older infer rule or for another readout: rerun it (snakemake --forcerun infer)"
+            )
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
 def main(inference_tables, nuclei_path, output, log, efficacy, qc, readout, model=None):
     start_rule_log(log)
-    sites = pd.concat([pd.read_parquet(path) for path in inference_tables], ignore_index=True)
-    sites = sites.drop(columns=["patch_probabilities"], errors="ignore")
+    sites = read_shards(inference_tables, model, readout)
     if model is not None and "model" in sites.columns:
         other = sorted(set(sites["model"].astype(str)) - {model})
         if other:

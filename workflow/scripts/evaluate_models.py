@@ -24,7 +24,7 @@ def main(model_paths, models, split_path, store_paths, output, device_settings, 
     dataset = SiteDataset(test, store_paths)
     rows, table = [], []
     for model, path in zip(models, model_paths):
-        (scores, labels, order, probabilities), setup = score_dataset(
+        (scores, labels, order, probabilities, _), setup = score_dataset(
             path, dataset, device, device_settings["workers"], precision=device_settings["precision"]
         )
         ap = average_precision(labels, scores)

@@ -1,6 +1,7 @@
 """Snakemake glue: score every treated site and every held-out control site of one shard
-(a plate, or a part of one) with a trained model, keeping every patch probability, z_i and
-(M, V) the infected share a_i of the site's infection map."""
+(a plate, or a part of one) with a trained model, keeping every patch probability, z_i,
+(M, V) the infected share a_i and the mean of the site's infection map, and (W) the site's
+logit."""
 
 import logging
 
@@ -36,7 +37,7 @@ def main(model_path, model, split_path, store_path, plate_id, part, parts, outpu
             if done % max(1, total // 10) == 0 or done == total:
                 logging.info("batch %d/%d", done, total)
 
-        (scores, _, order, probabilities), setup = score_dataset(
+        (scores, _, order, probabilities, logits), setup = score_dataset(
             model_path, SiteDataset(treated, {plate_id: store_path}), select_device(device_settings["device"]),
             device_settings["workers"], progress, device_settings["precision"],
         )
@@ -44,12 +45,14 @@ def main(model_path, model, split_path, store_path, plate_id, part, parts, outpu
         table["score"] = scores
         table["z"] = site_z(setup, scores, probabilities)
         table["a"] = table["map_mean"] = np.nan
+        table["logit"] = logits if logits is not None else np.nan
         if probabilities is not None:
             readouts = map_readouts(probabilities, setup.grid, maps["alpha"], maps["sigma"], maps["reference_site_size"], setup.eta)
             table["a"], table["map_mean"] = readouts["a"], readouts["map_mean"]
         table["patch_probabilities"] = list(probabilities.astype(np.float32)) if probabilities is not None else None
     else:
-        table = table.assign(score=np.float32(0), z=np.float32(0), a=np.nan, map_mean=np.nan, patch_probabilities=None)
+        table = table.assign(score=np.float32(0), z=np.float32(0), a=np.nan, map_mean=np.nan, logit=np.nan,
+                             patch_probabilities=None)
     write_parquet_atomic(table, output)
     logging.info("wrote %d sites", len(table))
 

@@ -25,7 +25,7 @@ def main(model_paths, ks, moi, maps_cfg, split_path, store_paths, output, device
     dataset = SiteDataset(val, store_paths)
     rows = []
     for k, path in zip(ks, model_paths):
-        (scores, labels, _, probabilities), setup = score_dataset(
+        (scores, labels, _, probabilities, _), setup = score_dataset(
             path, dataset, device, device_settings["workers"], precision=device_settings["precision"]
         )
         if k > setup.grid.n_patches:

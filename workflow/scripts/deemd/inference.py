@@ -5,6 +5,7 @@ Training imports this module, never the reverse."""
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -36,18 +37,19 @@ def infer_patches(network, loader, grid: PatchGrid, device_precision: DevicePrec
 
 @torch.inference_mode()
 def infer_sites(network, loader, device_precision: DevicePrecision, progress=None):
-    """Whole-site model W: (probabilities (n_sites,), labels, rows)."""
+    """Whole-site model W: (logits (n_sites,) float32, labels, rows). The logit is kept
+    rather than the probability: a float32 sigmoid rounds every logit above about 17 to
+    exactly 1, which a readout needs to tell apart."""
     network.eval()
-    probabilities, labels, rows = [], [], []
+    logits, labels, rows = [], [], []
     for step, (sites, label, index) in enumerate(loader):
         with device_precision.autocast():
-            logits = network(device_precision.layout(device_precision.prepare(sites), inference=True)).float()
-        probabilities.append(torch.sigmoid(logits).view(-1).cpu())
+            logits.append(network(device_precision.layout(device_precision.prepare(sites), inference=True)).float().view(-1).cpu())
         labels.append(label)
         rows.append(index)
         if progress is not None:
             progress(step + 1, len(loader))
-    return torch.cat(probabilities).numpy(), torch.cat(labels).numpy(), torch.cat(rows).numpy()
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy(), torch.cat(rows).numpy()
 
 
 # Pixels an inference forward pass holds at least: 1024 patches of 32 px, 64 sites of
@@ -70,14 +72,27 @@ def inference_sites_per_batch(setup: TrainSetup) -> int:
     return max(1, inference_patches_per_forward(setup) // setup.grid.n_patches)
 
 
-def site_scores(setup: TrainSetup, network, loader, device_precision: DevicePrecision, progress=None):
-    """Site scores of any model: the k-th largest patch probability (M, V), or the site
-    probability (W). Returns (scores, labels, rows, patch probabilities or None)."""
+class SiteScores(NamedTuple):
+    """What scoring a set of sites gives: ``scores`` (the k-th largest patch probability of
+    M and V, the site probability of W), ``labels``, ``rows`` (the dataset index of each
+    site, in the order scored), ``patch_probabilities`` (n_sites x N; M and V, else None)
+    and ``logits`` (W's pre-sigmoid output, the mean of its class activation map over the
+    site; else None)."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+    rows: np.ndarray
+    patch_probabilities: np.ndarray | None
+    logits: np.ndarray | None
+
+
+def site_scores(setup: TrainSetup, network, loader, device_precision: DevicePrecision, progress=None) -> SiteScores:
+    """Site scores of any model (:class:`SiteScores`)."""
     if setup.kind == "W":
-        scores, labels, rows = infer_sites(network, loader, device_precision, progress)
-        return scores, labels, rows, None
+        logits, labels, rows = infer_sites(network, loader, device_precision, progress)
+        return SiteScores(torch.sigmoid(torch.from_numpy(logits)).numpy(), labels, rows, None, logits)
     probabilities, labels, rows = infer_patches(network, loader, setup.grid, device_precision, inference_patches_per_forward(setup), progress)
-    return kth_largest(probabilities, setup.k), labels, rows, probabilities
+    return SiteScores(kth_largest(probabilities, setup.k), labels, rows, probabilities, None)
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -137,8 +152,8 @@ def load_trained(path: str, device: torch.device, precision: str = "fp32"):
 
 
 def score_dataset(path: str, dataset, device: torch.device, workers: int, progress=None, precision: str = "fp32"):
-    """Site scores (and patch probabilities for M and V) of every site of ``dataset``,
-    read in order by ``workers`` DataLoader processes, with ``precision`` autocast."""
+    """(:class:`SiteScores`, setup) of every site of ``dataset`` scored with the model file
+    ``path``, read in order by ``workers`` DataLoader processes, with ``precision`` autocast."""
     network, setup, device_precision = load_trained(path, device, precision)
     loader = site_loader(dataset, inference_sites_per_batch(setup), workers, None, pin_memory=device_precision.cuda)
     return site_scores(setup, network, loader, device_precision, progress), setup

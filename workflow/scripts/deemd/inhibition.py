@@ -4,9 +4,11 @@ FDR-controlled hit calls.
 
 A site's *readout* is how infected it looks: for the patch models M and V, the mean of its
 smoothed infection map (``map_mean``, the default) or a_i, the share of the map at or above
-eta (:func:`deemd.maps.map_readouts`); for the whole-site model W, which has no map, the
-site probability z_i. Per plate, the readout is scaled between the medians of the
-untreated controls that the model was not trained on (validation and test wells):
+eta (:func:`deemd.maps.map_readouts`); for the whole-site model W, its logit (the default:
+the output before the sigmoid, a linear layer on globally average-pooled features, so the
+mean of its class activation map over the site) or the site probability z_i. Per plate, the
+readout is scaled between the medians of the untreated controls that the model was not
+trained on (validation and test wells):
 
     inhibition_i = 1 - (r_i - r_noninfected) / (r_infected - r_noninfected)
 
@@ -607,7 +609,7 @@ def quantitative_efficacy(
     """The inhibition statistics of one model's scored sites (docs/method.md §10).
 
     ``sites``: the inference shards (role, well_id, plate_id, well, treatment,
-    treatment_conc, z, and ``readout`` = "a" or "z"). ``nuclei_wells``: the per-well
+    treatment_conc, z, and ``readout``: "a", "map_mean", "logit" or "z"). ``nuclei_wells``: the per-well
     nucleus table (plate_id, well, treatment, treatment_conc, toxic, no_nuclei).
     ``settings``: inhibition_bar, fdr, confidence, min_zprime, min_control_wells,
     min_viability (:func:`inhibition_settings`).

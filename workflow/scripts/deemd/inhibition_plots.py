@@ -204,7 +204,8 @@ def deemd_vs_inhibition_figure(treatments: pd.DataFrame, zeta: float, bar: float
 ZPRIME_FLOOR = -2.0
 
 
-READOUT_NOTES = {"z": " (site score)", "a": " (a: infected share of the map)", "map_mean": " (mean of the map)"}
+READOUT_NOTES = {"z": " (site score)", "a": " (a: infected share of the map)", "map_mean": " (mean of the map)",
+                 "logit": " (W: logit, the mean of its activation map)"}
 
 
 def plate_qc_figure(qc: pd.DataFrame, min_zprime: float):
