@@ -223,7 +223,8 @@ def select_patches(setup: TrainSetup, network, train_data, loader_factory, devic
 
 def evaluate(setup: TrainSetup, network, loader, device_precision: DevicePrecision, weights: torch.Tensor) -> dict:
     """Validation AP, class-weighted loss and accuracy at eta of the site scores."""
-    scores, labels = site_scores(setup, device_precision.inference_copy(network), loader, device_precision)[:2]
+    scored = site_scores(setup, device_precision.inference_copy(network), loader, device_precision)
+    scores, labels = scored.scores, scored.labels
     return {
         "val_ap": average_precision(labels, scores),
         "val_loss": site_loss(labels, scores, weights.cpu().numpy()),
