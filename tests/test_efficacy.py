@@ -316,7 +316,8 @@ def test_glue_main_end_to_end(tmp_path):
         sites.iloc[part].to_parquet(path)
         paths.append(str(path))
     output = {name: str(tmp_path / "out" / f"{name}.parquet") for name in ("doses", "treatments", "wells", "plate_qc")}
-    efficacy = {"zeta": 0.5, "confidence": 0.95, "inhibition_bar": 0.5, "fdr": 0.05, "min_viability": 0.8}
+    efficacy = {"zeta": 0.5, "confidence": 0.95, "inhibition_bar": 0.5, "fdr": 0.05, "min_viability": 0.8,
+                "curve_bottom": "free"}
     qc = {"min_zprime": 0.0, "min_control_wells": 3}
     main(paths, str(nuclei_path), output, str(tmp_path / "log.txt"), efficacy, qc, "a", "M")
     doses = pd.read_parquet(output["doses"])

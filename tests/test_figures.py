@@ -69,6 +69,16 @@ def test_fit_recovers_the_parameters_of_a_noiseless_curve():
     assert not fit["at_bound"].any()
 
 
+def test_fit_with_a_held_bottom_is_a_three_parameter_fit():
+    # A curve that starts above the tested range's low end still has its bottom held.
+    e = logistic4(np.log10(CONCENTRATIONS), 0.0, 0.6, np.log10(0.05), 1.0)
+    fit = fit_logistic(CONCENTRATIONS, e, bottom=0.0)
+    assert fit["status"] == "ok" and fit["bottom"] == 0.0
+    assert fit["top"] == pytest.approx(0.6, abs=1e-3) and fit["ec50_um"] == pytest.approx(0.05, rel=1e-2)
+    assert list(fit["held"]) == [True, False, False, False] and not fit["at_bound"][0]
+    assert np.all(fit["covariance"][0] == 0) and np.all(fit["covariance"][:, 0] == 0)
+
+
 def test_fit_of_a_falling_response_puts_top_below_bottom():
     e = logistic4(np.log10(CONCENTRATIONS), 0.7, 0.1, np.log10(2.0), 2.0)
     fit = fit_logistic(CONCENTRATIONS, e)

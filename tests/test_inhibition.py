@@ -185,10 +185,12 @@ def test_selectivity_index():
 
 
 def test_inhibition_settings_take_every_key_from_the_config_sections():
-    efficacy = {"zeta": 0.5, "confidence": 0.95, "inhibition_bar": 0.5, "fdr": 0.05, "min_viability": 0.8}
+    efficacy = {"zeta": 0.5, "confidence": 0.95, "inhibition_bar": 0.5, "fdr": 0.05, "min_viability": 0.8,
+                "curve_bottom": "free"}
     settings = inhibition_settings(efficacy, {"min_zprime": 0.0, "min_control_wells": 3})
     assert settings == {"inhibition_bar": 0.5, "fdr": 0.05, "confidence": 0.95, "min_viability": 0.8,
-                        "min_zprime": 0.0, "min_control_wells": 3}
+                        "min_zprime": 0.0, "min_control_wells": 3, "curve_bottom": None}
+    assert inhibition_settings({**efficacy, "curve_bottom": "zero"}, {"min_zprime": 0.0, "min_control_wells": 3})["curve_bottom"] == 0.0
 
 
 def noisy_wells(emax, ec50=0.5, hill=1.5, wells_per_dose=3, sd=0.05, seed=0):
@@ -217,6 +219,30 @@ def test_curve_of_an_inactive_compound_is_not(seed):
     assert curve["inhibition_max"] < 0.3
 
 
+def test_curve_bottom_held_at_zero_lowers_the_upward_bias_of_inactive_compounds():
+    # The best of six noisy doses is biased upward; a free bottom lets the curve chase the
+    # noise at both ends, a bottom held at the untreated level only at the top.
+    held, free = [], []
+    for seed in range(30):
+        c, y = noisy_wells(0.0, seed=100 + seed, sd=0.1)
+        held.append(inhibition_curve(c, y, bar=0.5, bottom=0.0)["inhibition_max"])
+        free.append(inhibition_curve(c, y, bar=0.5)["inhibition_max"])
+    assert np.mean(held) < np.mean(free) - 0.01
+    assert np.mean(held) < 0.15
+
+
+def test_free_curve_bottom_follows_a_vehicle_shift():
+    # Every dose reads 0.2 above the untreated controls (the vehicle itself inhibits):
+    # only a free bottom can fit the flat low-dose end.
+    c, y = noisy_wells(0.8, ec50=1.0, sd=0.02, seed=6)
+    y = y + 0.2
+    free = inhibition_curve(c, y, bar=0.5)
+    held = inhibition_curve(c, y, bar=0.5, bottom=0.0)
+    assert free["inhibition_bottom"] == pytest.approx(0.2, abs=0.05)
+    assert held["inhibition_bottom"] == 0.0
+    assert free["inhibition_max"] == pytest.approx(1.0, abs=0.05)
+
+
 def test_curve_keeps_power_with_one_well_per_dose():
     c, y = noisy_wells(0.95, wells_per_dose=1, sd=0.03, seed=4)
     curve = inhibition_curve(c, y, bar=0.5)
@@ -235,7 +261,7 @@ def test_fitted_error_is_the_leverage_of_a_linear_case():
     # Far below a steep EC50 the curve is flat at its bottom and only the bottom is free there:
     # the fit is then a mean, whose error is s / sqrt(n) with s^2 = RSS / (n - rank).
     y = np.array([0.1, 0.3, 0.2, 0.2])
-    fit = {"bottom": 0.2, "top": 1.0, "log_ec50": 2.0, "hill": 10.0, "at_bound": np.array([False, True, True, True])}
+    fit = {"bottom": 0.2, "top": 1.0, "log_ec50": 2.0, "hill": 10.0, "held": np.array([False, True, True, True])}
     value, se, df = fitted_at(fit, [0.01, 0.01, 0.1, 0.1], y, [0.01])
     assert value[0] == pytest.approx(0.2) and df == 3
     assert se[0] == pytest.approx(np.sqrt(np.sum((y - 0.2) ** 2) / 3) / 2, rel=1e-6)
@@ -384,7 +410,7 @@ def screen(seed=0, min_wells=3):
         nuclei.append({"plate_id": plate, "well": "E01", "treatment": "Tox", "treatment_conc": 10.0, "toxic": True,
                        "no_nuclei": False, "nuclei_per_site": 12.0, "infected_control_median": 40.0})
     settings = {"inhibition_bar": 0.5, "fdr": 0.05, "confidence": 0.95, "min_zprime": 0.0, "min_control_wells": min_wells,
-                "min_viability": 0.8}
+                "min_viability": 0.8, "curve_bottom": None}
     return pd.DataFrame(rows), pd.DataFrame(nuclei), settings
 
 

@@ -44,21 +44,25 @@ def logistic4(log_c, bottom: float, top: float, log_ec50: float, hill: float):
 
 def _failed(n_points: int, status: str) -> dict:
     return {"n_points": n_points, **{name: np.nan for name in PARAMETERS}, "ec50_um": np.nan, "rmse": np.nan, "status": status,
-            "covariance": np.full((4, 4), np.nan), "at_bound": np.zeros(4, dtype=bool)}
+            "covariance": np.full((4, 4), np.nan), "at_bound": np.zeros(4, dtype=bool), "held": np.zeros(4, dtype=bool)}
 
 
 def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance: float = 1e-3, limits=None,
-                 ec50_margin: float = 1.0) -> dict:
+                 ec50_margin: float = 1.0, bottom: float | None = None) -> dict:
     """Fit :func:`logistic4` to efficacies against concentrations (µM).
 
     ``bottom`` and ``top`` are kept within one data range of the data, and within
     ``limits`` = (low, high) when given (e(t,c) lies in [0, 1]); log10 EC50 within
     ``ec50_margin`` decades of the tested concentrations; hill within HILL_BOUNDS.
+    ``bottom``, when given, holds the low-dose asymptote at that value (a three-parameter
+    fit: for a response normalised to untreated controls, no compound means no effect).
     Points with a NaN efficacy (a dose without an interval) or a concentration <= 0 are
     left out. Returns a dict with n_points, bottom, top, log_ec50, ec50_um, hill, rmse
     and status: "ok", or why no curve was fitted ("too few doses (...)", "flat response",
-    "fit failed: ..."), in which case the parameters are NaN; ``covariance`` (curve_fit's) and
-    ``at_bound``, which of (bottom, top, log_ec50, hill) ended on one of their bounds.
+    "fit failed: ..."), in which case the parameters are NaN; ``covariance`` (curve_fit's;
+    zero in the row and column of a held bottom), ``at_bound``, which of (bottom, top,
+    log_ec50, hill) ended on one of their bounds, and ``held``, which were not estimated
+    (held by a bound or by ``bottom``).
     """
     c = np.asarray(concentrations, dtype=np.float64)
     e = np.asarray(efficacies, dtype=np.float64)
@@ -86,18 +90,32 @@ def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance
     # Start at the concentration where the data cross half-way between the ends.
     crossing = x[order][np.argmin(np.abs(e[order] - middle))]
     start = np.clip([low_end, high_end, crossing, 1.0], lower, upper)
+    fixed = np.array([bottom is not None, False, False, False])
+    if bottom is not None:
+        lower[0] = upper[0] = start[0] = float(bottom)
+
+    def curve(log_c, *free):
+        params = start.astype(np.float64)
+        params[~fixed] = free
+        return logistic4(log_c, *params)
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
-            params, covariance = curve_fit(logistic4, x, e, p0=start, bounds=(lower, upper), maxfev=20000)
+            estimated, free_covariance = curve_fit(curve, x, e, p0=start[~fixed],
+                                                   bounds=(np.array(lower)[~fixed], np.array(upper)[~fixed]), maxfev=20000)
     except (RuntimeError, ValueError, FloatingPointError) as error:
         return _failed(n, f"fit failed: {error}")
-    if not np.all(np.isfinite(params)):
+    if not np.all(np.isfinite(estimated)):
         return _failed(n, "fit failed: non-finite parameters")
+    params = start.astype(np.float64)
+    params[~fixed] = estimated
+    covariance = np.zeros((4, 4))
+    covariance[np.ix_(~fixed, ~fixed)] = free_covariance
     bottom, top, log_ec50, hill = (float(v) for v in params)
     width = np.subtract(upper, lower)
-    at_bound = (params <= np.add(lower, BOUND_TOLERANCE * width)) | (params >= np.subtract(upper, BOUND_TOLERANCE * width))
+    at_bound = ~fixed & ((params <= np.add(lower, BOUND_TOLERANCE * width)) | (params >= np.subtract(upper, BOUND_TOLERANCE * width)))
     rmse = float(np.sqrt(np.mean((logistic4(x, *params) - e) ** 2)))
     return {
         "n_points": n,
@@ -112,6 +130,7 @@ def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance
         # (curve_fit's default); inf where the data do not determine a parameter.
         "covariance": np.asarray(covariance, dtype=np.float64),
         "at_bound": np.asarray(at_bound, dtype=bool),
+        "held": np.asarray(at_bound | fixed, dtype=bool),
     }
 
 

@@ -54,6 +54,9 @@ INHIBITION_LIMITS = (-0.25, 1.25)
 # more cells than the infected controls (it spares them the virus's damage).
 VIABILITY_LIMITS = (0.0, 1.5)
 MIN_FIT_WELLS = 5  # a 4PL with one residual degree of freedom at least
+# efficacy.curve_bottom: "free" fits the curve's low-dose asymptote; "zero" holds it at the
+# infected controls' level (no compound, no inhibition).
+CURVE_BOTTOMS = {"zero": 0.0, "free": None}
 # Singular values of a fit's Jacobian below this share of the largest are directions the
 # data do not determine (fitted_at).
 RANK_TOLERANCE = 1e-8
@@ -323,7 +326,7 @@ def fitted_at(fit: dict, data_concentrations, data_values, concentrations, relat
 
     Near the fit, the curve at c is a linear function of the data, f(c) ~ a(c)' y with
     a(c)' = g(c)' (J'J)^+ J': J is the Jacobian of the curve at the data in the parameters
-    that are not on a bound (a bound holds them), g(c) its row at c, ^+ the pseudo-inverse
+    the fit estimated (not ``held`` by a bound or a fixed bottom), g(c) its row at c, ^+ the pseudo-inverse
     over the directions the data determine (singular values of J above RANK_TOLERANCE of
     the largest). So se(c)^2 = sum_i a_i(c)^2 sigma_i^2, with sigma_i^2 = s^2 v_i:
     ``relative_variance`` v (one per point; 1 for all when None, which gives the usual
@@ -338,7 +341,7 @@ def fitted_at(fit: dict, data_concentrations, data_values, concentrations, relat
     c = np.asarray(concentrations, dtype=np.float64)
     params = np.array([fit["bottom"], fit["top"], fit["log_ec50"], fit["hill"]], dtype=np.float64)
     value = logistic4(np.log10(c), *params)
-    free = ~np.asarray(fit.get("at_bound", np.zeros(4, dtype=bool)), dtype=bool)
+    free = ~np.asarray(fit.get("held", np.zeros(4, dtype=bool)), dtype=bool)
     data = np.log10(np.asarray(data_concentrations, dtype=np.float64))
     n = len(data)
     if not free.any():
@@ -425,7 +428,7 @@ def trend_sd(trend: dict, levels) -> np.ndarray:
     return np.interp(np.asarray(levels, dtype=np.float64), trend["level"], trend["sd"])
 
 
-def inhibition_curve(concentrations, well_inhibition, bar: float, noise: dict | None = None) -> dict:
+def inhibition_curve(concentrations, well_inhibition, bar: float, noise: dict | None = None, bottom: float | None = None) -> dict:
     """The dose-response of one treatment from its usable wells (concentration in µM,
     well inhibition): a 4PL fit, the fitted inhibition at the best tested dose
     (``inhibition_max``, the maximum of the curve over the tested concentrations) with its
@@ -454,7 +457,7 @@ def inhibition_curve(concentrations, well_inhibition, bar: float, noise: dict | 
     best_median = float(per_dose.max())
     if n < MIN_FIT_WELLS:
         return _no_curve(n, f"too few wells for a curve ({n} < {MIN_FIT_WELLS})", best_median)
-    fit = fit_logistic(c, y, min_points=MIN_FIT_WELLS, limits=INHIBITION_LIMITS)
+    fit = fit_logistic(c, y, min_points=MIN_FIT_WELLS, limits=INHIBITION_LIMITS, bottom=bottom)
     if fit["status"] != OK:
         return _no_curve(n, fit["status"], best_median)
     variance = None if noise is None else trend_sd(noise, fitted_curve(fit, c)) ** 2
@@ -562,10 +565,12 @@ def dose_inhibition(sites: pd.DataFrame, used_wells: pd.DataFrame, conf_level: f
     return table
 
 
-def treatment_curves(used_wells: pd.DataFrame, doses: pd.DataFrame, bar: float, fdr: float, noise: dict | None = None) -> pd.DataFrame:
+def treatment_curves(used_wells: pd.DataFrame, doses: pd.DataFrame, bar: float, fdr: float, noise: dict | None = None,
+                     bottom: float | None = None) -> pd.DataFrame:
     """One row per treatment that has any treated well or dose: its inhibition curve
     (:func:`inhibition_curve` over its used wells, its error shaped by the screen's
-    ``noise`` trend where one is given), n_toxic_doses, the BH q-value and ``hit`` = q <= ``fdr``."""
+    ``noise`` trend where one is given, its low-dose asymptote held at ``bottom`` where
+    one is given), n_toxic_doses, the BH q-value and ``hit`` = q <= ``fdr``."""
     treated = used_wells[used_wells["role"] == TREATED]
     names = sorted(set(treated["treatment"]) | set(doses["treatment"]))
     rows = []
@@ -576,7 +581,7 @@ def treatment_curves(used_wells: pd.DataFrame, doses: pd.DataFrame, bar: float, 
             status = "every dose toxic" if n_toxic else "no usable well"
             curve = _no_curve(0, status)
         else:
-            curve = inhibition_curve(wells["treatment_conc"], wells["inhibition"], bar, noise)
+            curve = inhibition_curve(wells["treatment_conc"], wells["inhibition"], bar, noise, bottom)
         rows.append({"treatment": name, **curve, "n_toxic_doses": n_toxic})
     table = pd.DataFrame(rows, columns=["treatment", *CURVE_COLUMNS, "n_toxic_doses"])
     table = table.astype({**CURVE_COLUMNS, "n_toxic_doses": "int64"})
@@ -595,6 +600,7 @@ def inhibition_settings(efficacy: dict, qc: dict) -> dict:
         "min_viability": efficacy["min_viability"],
         "min_zprime": qc["min_zprime"],
         "min_control_wells": qc["min_control_wells"],
+        "curve_bottom": CURVE_BOTTOMS[efficacy["curve_bottom"]],
     }
 
 
@@ -636,7 +642,7 @@ def quantitative_efficacy(
     doses["toxic"] = doses["toxic"].fillna(False).astype(bool)
     doses["toxic_reason"] = doses["toxic_reason"].fillna("")
     noise = variance_trend(replicate_groups(wells))
-    curves = treatment_curves(wells, doses, settings["inhibition_bar"], settings["fdr"], noise)
+    curves = treatment_curves(wells, doses, settings["inhibition_bar"], settings["fdr"], noise, settings["curve_bottom"])
     curves = curves.merge(viability, on="treatment", how="left")
     # Only a hit has an antiviral EC50 to compare with; elsewhere the fitted EC50 is noise.
     window = selectivity_index(curves["viability_cc50_um"], curves["inhibition_ec50_um"])
