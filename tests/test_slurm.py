@@ -64,6 +64,7 @@ def profile_for_test_cluster(directory: Path) -> Path:
     assert profile["executor"] == "slurm" and profile["slurm-status-command"] == "squeue"
     assert set(GPU_RULES) <= set(profile["set-resources"]), "profiles/slurm must ask for every GPU rule's GPU"
     assert all(profile["set-resources"][rule]["gpu"] == 1 for rule in GPU_RULES)
+    assert all(profile["set-threads"][rule] == profile["set-resources"][rule]["cpus_per_gpu"] for rule in GPU_RULES)
     assert "gpu" not in str(profile.get("resources", "")), "no global GPU limit on a cluster"
     profile["default-resources"]["slurm_partition"] = slurm_cluster.PARTITION
     for resources in profile["set-resources"].values():

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from snakemake.exceptions import WorkflowError
 
 # The library lives beside the scripts; the Snakefile imports it for validation and
 # the input functions below. WORKFLOW_DIR is this repository's workflow/ folder, found
@@ -11,6 +12,7 @@ import pandas as pd
 # folder when deemd runs as a module (snakedeploy deploy-workflow, README).
 WORKFLOW_DIR = Path(workflow.current_basedir).parent
 sys.path.insert(0, str(WORKFLOW_DIR / "scripts"))
+from deemd.hardware import local_gpu_present, network_rule_threads
 from deemd.metadata import plate_digests
 from deemd.stitch import image_manifest_digest
 from deemd.store import damage_marker
@@ -115,6 +117,22 @@ DEMO_LIBRARY_PARAMS = {
 MODELS = config["train"]["models"]
 # Where and how the rules that score sites with a trained model run (train.* keys).
 TORCH_DEVICE = {key: config["train"][key] for key in ("device", "workers", "precision")}
+
+
+def snakemake_cores():
+    """--cores of this run, or None where it has none (a cluster run, --lint)."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return None
+
+
+# The local GPU slot: the rules that run a network take the machine's one GPU in turn
+# (profiles/default caps gpu at 1); without a GPU they take no slot and share the cores.
+# profiles/slurm asks for a GPU per rule instead (set-resources), which overrides this.
+NETWORK_GPU = int(local_gpu_present(TORCH_DEVICE["device"]))
+# Their threads; profiles/slurm sets its own (set-threads).
+NETWORK_THREADS = network_rule_threads(bool(NETWORK_GPU), snakemake_cores())
 
 
 # Figures and report (workflow/rules/figures.smk).

@@ -1,7 +1,8 @@
 # Infer (GPU rule): every treated site and every held-out control site scored with each
 # trained model, one shard per plate (or inference.shards_per_plate per plate), every patch
 # probability and (M, V) the map's infected share a_i kept. A failed or killed shard reruns
-# alone. The GPU is requested in the profile (set-resources gpu).
+# alone. A GPU rule (NETWORK_GPU, NETWORK_THREADS in common.smk; profiles/slurm asks for the
+# GPU).
 
 
 rule infer:
@@ -18,8 +19,9 @@ rule infer:
     priority: SCIENCE_PATH_PRIORITY
     conda:
         "../../envs/torch.yaml"
-    threads: 4
+    threads: NETWORK_THREADS
     resources:
+        gpu=NETWORK_GPU,
         mem_mb=8000,
         runtime=240,
     params:

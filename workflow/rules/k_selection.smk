@@ -1,7 +1,7 @@
 # Choice of k (docs/method.md §6), its own target: `snakemake --cores N k_selection`.
 # M is trained once per k; on the validation sites, the infection-map area above eta is
 # compared with the Poisson expectation 1 - exp(-MOI), and AP is reported per k.
-# GPU rules; the GPU is requested in the profile (set-resources gpu).
+# GPU rules (NETWORK_GPU, NETWORK_THREADS in common.smk; profiles/slurm asks for the GPU).
 
 
 # train_k: the train rule for M at one k of the sweep, into k_selection/k{k}/.
@@ -39,8 +39,9 @@ rule k_selection:
         f"{BENCH}/k_selection/k_selection.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 4
+    threads: NETWORK_THREADS
     resources:
+        gpu=NETWORK_GPU,
         mem_mb=8000,
         runtime=600,
     params:

@@ -1,6 +1,7 @@
 # Train (GPU rule): the MIL model M and the baselines W and V, then their evaluation on
-# the untreated test sites. GPU rules request their GPU in the profile (set-resources gpu),
-# not here, so that they also schedule on CPU-only machines and clusters.
+# the untreated test sites. GPU rules: on a machine with a GPU they take its one slot in
+# turn; on the CPU alone they share the cores (NETWORK_GPU, NETWORK_THREADS in common.smk);
+# profiles/slurm asks for a GPU per job.
 
 
 rule train:
@@ -24,8 +25,9 @@ rule train:
     priority: SCIENCE_PATH_PRIORITY
     conda:
         "../../envs/torch.yaml"
-    threads: 4
+    threads: NETWORK_THREADS
     resources:
+        gpu=NETWORK_GPU,
         mem_mb=16000,
         runtime=2880,
     params:
@@ -58,8 +60,9 @@ rule evaluate:
     priority: SCIENCE_PATH_PRIORITY
     conda:
         "../../envs/torch.yaml"
-    threads: 4
+    threads: NETWORK_THREADS
     resources:
+        gpu=NETWORK_GPU,
         mem_mb=8000,
         runtime=600,
     params:

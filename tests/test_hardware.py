@@ -1,0 +1,19 @@
+"""deemd.hardware: where the rules that run a network find a GPU, and their threads."""
+
+from deemd.hardware import local_gpu_present, network_rule_threads
+
+
+def test_gpu_needs_the_driver_and_a_device_other_than_cpu(tmp_path):
+    control = tmp_path / "nvidiactl"
+    assert not local_gpu_present("auto", control)
+    control.touch()
+    assert local_gpu_present("auto", control) and local_gpu_present("cuda:1", control)
+    assert not local_gpu_present("cpu", control)
+
+
+def test_threads_feed_a_gpu_or_split_the_cores():
+    assert network_rule_threads(True, 2) == 4
+    assert network_rule_threads(False, 2) == 1
+    assert network_rule_threads(False, 1) == 1
+    assert network_rule_threads(False, 16) == 8
+    assert network_rule_threads(False, None) == 4
