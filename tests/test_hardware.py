@@ -1,6 +1,6 @@
 """deemd.hardware: where the rules that run a network find a GPU, and their threads."""
 
-from deemd.hardware import local_gpu_present, network_rule_threads
+from deemd.hardware import local_gpu_present, network_rule_threads, threads_beside_another
 
 
 def test_gpu_needs_the_driver_and_a_device_other_than_cpu(tmp_path):
@@ -17,3 +17,9 @@ def test_threads_feed_a_gpu_or_split_the_cores():
     assert network_rule_threads(False, 1) == 1
     assert network_rule_threads(False, 16) == 8
     assert network_rule_threads(False, None) == 4
+
+
+def test_threads_beside_another_take_half_the_cores_up_to_their_most():
+    assert threads_beside_another(2, 2) == 1 and threads_beside_another(2, 16) == 2
+    assert threads_beside_another(4, 8) == 4 and threads_beside_another(None, 12) == 6
+    assert threads_beside_another(2, None) == 2 and threads_beside_another(None, None) == 1

@@ -12,7 +12,11 @@ from snakemake.exceptions import WorkflowError
 # folder when deemd runs as a module (snakedeploy deploy-workflow, README).
 WORKFLOW_DIR = Path(workflow.current_basedir).parent
 sys.path.insert(0, str(WORKFLOW_DIR / "scripts"))
-from deemd.hardware import local_gpu_present, network_rule_threads
+from deemd.hardware import (
+    local_gpu_present,
+    network_rule_threads,
+    threads_beside_another,
+)
 from deemd.metadata import plate_digests
 from deemd.stitch import image_manifest_digest
 from deemd.store import damage_marker
@@ -133,6 +137,10 @@ def snakemake_cores():
 NETWORK_GPU = int(local_gpu_present(TORCH_DEVICE["device"]))
 # Their threads; profiles/slurm sets its own (set-threads).
 NETWORK_THREADS = network_rule_threads(bool(NETWORK_GPU), snakemake_cores())
+# Threads of the per-plate image rules (stitch, nuclei) and of channel_stats: at most 2 and
+# 4, and no more than half the cores, so that two plates go side by side.
+PLATE_THREADS = threads_beside_another(2, snakemake_cores())
+CHANNEL_STATS_THREADS = threads_beside_another(4, snakemake_cores())
 
 
 # Figures and report (workflow/rules/figures.smk).

@@ -44,7 +44,7 @@ rule channel_stats:
     priority: SCIENCE_PATH_PRIORITY
     conda:
         "../../envs/imaging.yaml"
-    threads: 4
+    threads: CHANNEL_STATS_THREADS
     resources:
         mem_mb=4000,
         runtime=120,

@@ -16,7 +16,7 @@ rule stitch:
     priority: SCIENCE_PATH_PRIORITY
     conda:
         "../../envs/imaging.yaml"
-    threads: 2
+    threads: PLATE_THREADS
     resources:
         mem_mb=4000,
         runtime=120,
