@@ -149,6 +149,16 @@ FIGURES = config["figures"]
 # place that says which they are.
 PATCH_MODELS = ("M", "V")
 MAP_MODELS = [model for model in MODELS if model in PATCH_MODELS]
+
+
+def train_priority(wildcards):
+    """The patch models (M, V) start training before W: they score many patches per site
+    and take several times longer, so with few cores the run ends sooner when they start
+    first (on 2 cores W, V, then M was the order Snakemake took, and M's training, inference
+    and figures came last)."""
+    return SCIENCE_PATH_PRIORITY + int(wildcards.model in PATCH_MODELS)
+
+
 # A reference score table to compare e(t) with, or None; {dataset} in its path stands
 # for dataset.name (the demo compares with its own hidden truth).
 REFERENCE = config.get("reference") or None

@@ -14,6 +14,7 @@ use rule train as train_k with:
         f"{LOGS}/k_selection/train_k{{k}}.log",
     benchmark:
         f"{BENCH}/k_selection/train_k{{k}}.tsv"
+    priority: SCIENCE_PATH_PRIORITY
     params:  # merged with train's
         kind="M",
         train=k_train_params,

@@ -22,7 +22,7 @@ rule train:
         f"{LOGS}/train/{{model}}.log",
     benchmark:
         f"{BENCH}/train/{{model}}.tsv"
-    priority: SCIENCE_PATH_PRIORITY
+    priority: train_priority
     conda:
         "../../envs/torch.yaml"
     threads: NETWORK_THREADS
