@@ -29,6 +29,7 @@ import torch
 import yaml
 
 import slurm_cluster
+from deemd.hardware import local_gpu_present, network_rule_threads
 from workflow_utils import REPO, TINY, write_config
 
 # One worker of pytest-xdist runs the whole module: it has one cluster.
@@ -71,8 +72,12 @@ def profile_for_test_cluster(directory: Path) -> Path:
         for name in GPU_RESOURCES:
             resources.pop(name, None)
         resources["slurm_partition"] = slurm_cluster.PARTITION
+    # The GPU rules with the threads of the local run beside it (--cores 2), so that both
+    # train the same models to the bit: a thread count changes torch's floating point sums.
+    local_threads = min(network_rule_threads(local_gpu_present("auto"), 2), 2)
+    profile["set-threads"] = {rule: local_threads for rule in profile["set-threads"]}
     profile.update({
-        "max-threads": NODE_CPUS,  # the GPU rules' 4 threads do not fit; the local run has 2 too
+        "max-threads": NODE_CPUS,  # the other rules' threads above 2 do not fit
         "slurm-no-account": True,  # no accounting here: nothing to charge, no account to guess
         "slurm-init-seconds-before-status-checks": 1,  # then +10 s per check while no job ends
         "seconds-between-status-checks": 1,

@@ -15,6 +15,7 @@ import yaml
 import zarr
 from scipy.special import expit
 
+from deemd.hardware import local_gpu_present
 from deemd.mil import TrainSetup
 from workflow_utils import REPO, TINY, WELLS, copy_run, deep_merge, job_counts, snakemake, write_config
 
@@ -57,6 +58,19 @@ def test_second_run_does_nothing(tiny_run):
     directory = tiny_run
     result = snakemake(directory, "-n")
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_network_rules_share_the_cores_without_a_gpu(tiny_run):
+    # A dry run of the tiny run's trainings with 6 cores: on the CPU alone each takes half
+    # of them and no GPU slot; with a GPU, 4 threads and the one slot.
+    # The target goes before --configfile, which takes several values.
+    command = ["snakemake", "results/tiny/models/M/model.pt", "-n", "--forcerun", "train", "--cores", "6",
+               "-s", str(REPO / "Snakefile"), "--directory", str(tiny_run), "--configfile", str(tiny_run / "config.yaml")]
+    plan = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    job = plan[plan.index("rule train:"):].split("\n\n")[0]
+    gpu = local_gpu_present(TINY["train"].get("device", "auto"))
+    assert ("threads: 4" if gpu else "threads: 3") in job, job
+    assert f"gpu={int(gpu)}" in job, job
 
 
 def test_adding_a_plate_reruns_only_that_plate_and_the_aggregates(tiny_run, tmp_path):
