@@ -443,6 +443,7 @@ def inhibition_treatments():
         "inhibition_max_se": [0.05, 0.04, 0.05, np.nan],
         "inhibition_best_conc_um": [1.0, 10.0, 0.03, np.nan],
         "inhibition_ec50_um": [0.5, 1.0, np.nan, np.nan],
+        "inhibition_ec50_qualifier": ["=", "=", "", ""],
         "inhibition_emax": [0.95, 0.6, np.nan, np.nan],
         "inhibition_emax_se": [0.03, 0.05, np.nan, np.nan],
         "inhibition_bottom": [0.0, 0.05, np.nan, np.nan],

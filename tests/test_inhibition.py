@@ -28,6 +28,7 @@ from deemd.inhibition import (
     scored_sites,
     site_roles,
     cytotoxicity,
+    ec50_qualifier,
     inhibition_settings,
     selectivity_index,
     viability_curve,
@@ -241,6 +242,21 @@ def test_free_curve_bottom_follows_a_vehicle_shift():
     assert free["inhibition_bottom"] == pytest.approx(0.2, abs=0.05)
     assert held["inhibition_bottom"] == 0.0
     assert free["inhibition_max"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_ec50_qualifier_says_where_the_ec50_lies_against_the_doses():
+    assert ec50_qualifier(0.5, 0.03, 10.0) == "=" and ec50_qualifier(10.0, 0.03, 10.0) == "="
+    assert ec50_qualifier(20.0, 0.03, 10.0) == ">" and ec50_qualifier(0.01, 0.03, 10.0) == "<"
+    assert ec50_qualifier(np.nan, 0.03, 10.0) == ""
+
+
+def test_curve_still_rising_at_the_top_dose_has_an_extrapolated_ec50():
+    c, y = noisy_wells(0.95, ec50=30.0, hill=1.0, sd=0.02, seed=7)
+    curve = inhibition_curve(c, y, bar=0.5)
+    assert curve["inhibition_ec50_um"] > c.max() and curve["inhibition_ec50_qualifier"] == ">"
+    inside = inhibition_curve(*noisy_wells(0.95, seed=7), bar=0.5)
+    assert inside["inhibition_ec50_qualifier"] == "="
+    assert inhibition_curve([1.0, 10.0], [0.2, 0.8], bar=0.5)["inhibition_ec50_qualifier"] == ""
 
 
 def test_curve_keeps_power_with_one_well_per_dose():

@@ -98,7 +98,7 @@ def read_site_images(sites: pd.DataFrame, store_paths: dict[str, str]) -> np.nda
 # The ranking table's leading columns: both calls, the inhibition estimates, then DEEMD's.
 RANKING_COLUMNS = [
     "rank", "treatment", "hit", "effective", "inhibition_max", "inhibition_max_se", "inhibition_best_conc_um",
-    "inhibition_ec50_um", "inhibition_emax", "inhibition_emax_se", "inhibition_bottom", "inhibition_hill",
+    "inhibition_ec50_um", "inhibition_ec50_qualifier", "inhibition_emax", "inhibition_emax_se", "inhibition_bottom", "inhibition_hill",
     "hit_p_value", "hit_q_value", "n_toxic_doses", "n_wells_tested", "inhibition_noise_trend", "inhibition_status",
     "viability_cc50_um", "selectivity_index", "viability_status",
     "deemd_rank", "e_t", "n_doses", "n_doses_with_interval", "n_effective_doses", "max_e_dose", "status",

@@ -36,6 +36,8 @@ NUMBER_COLUMNS = {
     "hit": "hit",
     "inhibition_max": "inhibition_max",
     "EC50 (µM)": "inhibition_ec50_um",
+    # "=": inside the tested doses; ">" or "<": extrapolated beyond the highest or lowest.
+    "EC50 vs doses": "inhibition_ec50_qualifier",
     "q": "hit_q_value",
     "DEEMD e(t)": "e_t",
     "DEEMD effective": "effective",

@@ -86,6 +86,7 @@ CURVE_COLUMNS = {
     "inhibition_max_se": "float64",
     "inhibition_best_conc_um": "float64",
     "inhibition_ec50_um": "float64",
+    "inhibition_ec50_qualifier": "object",
     "inhibition_log_ec50_se": "float64",
     "inhibition_emax": "float64",
     "inhibition_emax_se": "float64",
@@ -360,9 +361,24 @@ def fitted_at(fit: dict, data_concentrations, data_values, concentrations, relat
     return value, np.sqrt(scale * (linear_map**2 @ variance)), df
 
 
+def ec50_qualifier(ec50_um: float, lowest_um: float, highest_um: float) -> str:
+    """Where a fitted EC50 lies against the concentrations its curve was fitted on: "=" inside
+    them, ">" above the highest (the curve still rises at the top dose; the EC50 is
+    extrapolated, read it as "more than the highest dose"), "<" below the lowest (it acts
+    from the first dose), "" without an EC50."""
+    if not np.isfinite(ec50_um):
+        return ""
+    if ec50_um > highest_um:
+        return ">"
+    if ec50_um < lowest_um:
+        return "<"
+    return "="
+
+
 def _no_curve(n_wells: int, status: str, best: float = np.nan) -> dict:
     row = {name: np.nan for name in CURVE_COLUMNS}
-    row.update(inhibition_max=best, n_wells_tested=n_wells, inhibition_noise_trend=False, inhibition_status=status)
+    row.update(inhibition_max=best, inhibition_ec50_qualifier="", n_wells_tested=n_wells, inhibition_noise_trend=False,
+               inhibition_status=status)
     return row
 
 
@@ -472,6 +488,7 @@ def inhibition_curve(concentrations, well_inhibition, bar: float, noise: dict | 
         "inhibition_max_se": se,
         "inhibition_best_conc_um": float(levels[best]),
         "inhibition_ec50_um": fit["ec50_um"],
+        "inhibition_ec50_qualifier": ec50_qualifier(fit["ec50_um"], levels.min(), levels.max()),
         "inhibition_log_ec50_se": float(np.sqrt(covariance[2, 2])) if covariance[2, 2] >= 0 else np.nan,
         "inhibition_emax": fit["top"],
         "inhibition_emax_se": float(np.sqrt(covariance[1, 1])) if covariance[1, 1] >= 0 else np.nan,
