@@ -135,12 +135,13 @@ def snakemake_cores():
 # (profiles/default caps gpu at 1); without a GPU they take no slot and share the cores.
 # profiles/slurm asks for a GPU per rule instead (set-resources), which overrides this.
 NETWORK_GPU = int(local_gpu_present(TORCH_DEVICE["device"]))
+CORES = snakemake_cores()
 # Their threads; profiles/slurm sets its own (set-threads).
-NETWORK_THREADS = network_rule_threads(bool(NETWORK_GPU), snakemake_cores())
+NETWORK_THREADS = network_rule_threads(bool(NETWORK_GPU), CORES)
 # Threads of the per-plate image rules (stitch, nuclei) and of channel_stats: at most 2 and
 # 4, and no more than half the cores, so that two plates go side by side.
-PLATE_THREADS = threads_beside_another(2, snakemake_cores())
-CHANNEL_STATS_THREADS = threads_beside_another(4, snakemake_cores())
+PLATE_THREADS = threads_beside_another(2, CORES)
+CHANNEL_STATS_THREADS = threads_beside_another(4, CORES)
 
 
 # Figures and report (workflow/rules/figures.smk).

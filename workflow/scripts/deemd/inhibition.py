@@ -635,7 +635,7 @@ def quantitative_efficacy(
     treatment_conc, z, and ``readout``: "a", "map_mean", "logit" or "z"). ``nuclei_wells``: the per-well
     nucleus table (plate_id, well, treatment, treatment_conc, toxic, no_nuclei).
     ``settings``: inhibition_bar, fdr, confidence, min_zprime, min_control_wells,
-    min_viability (:func:`inhibition_settings`).
+    min_viability, curve_bottom (:func:`inhibition_settings`).
     Returns the tables ``sites`` (with inhibition), ``wells``, ``plate_qc``, ``doses``
     (per-dose additions), ``treatments`` (per-treatment additions) and ``noise`` (the
     screen's noise trend, :func:`noise_table`)."""
