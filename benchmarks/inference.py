@@ -24,7 +24,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 from deemd.data import SiteDataset, site_loader  # noqa: E402
-from deemd.mil import PatchGrid, build_resnet34, patch_grid  # noqa: E402
+from deemd.grid import PatchGrid, patch_grid  # noqa: E402
+from deemd.mil import build_resnet34  # noqa: E402
 from deemd.inference import infer_patches  # noqa: E402
 from deemd.device import DevicePrecision, select_device  # noqa: E402
 

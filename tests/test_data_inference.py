@@ -5,7 +5,8 @@ import torch
 
 from deemd.data import SiteDataset, site_loader
 from deemd.inference import load_model_file, load_trained, shard_rows, site_z
-from deemd.mil import PatchGrid, TrainSetup, build_resnet34
+from deemd.grid import PatchGrid
+from deemd.mil import TrainSetup, build_resnet34
 from deemd.store import create_plate_store
 
 

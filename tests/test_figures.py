@@ -453,6 +453,7 @@ def inhibition_treatments():
         "hit": [True, True, False, False],
         "n_toxic_doses": [2, 0, 0, 1],
         "n_wells_tested": [12, 18, 18, 0],
+        "n_wells_failing_qc": [0, 0, 0, 0],
         "inhibition_noise_trend": [True, True, False, False],
         "inhibition_status": ["ok", "ok", "flat response", "no non-toxic dose"],
         "viability_cc50_um": [np.nan, 8.0, np.nan, 0.5],

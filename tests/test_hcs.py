@@ -10,15 +10,20 @@ from ome_zarr.format import FormatV04
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Multiscales, Plate, Reader, Well
 
+import zarr
+
 from deemd.hcs import (
+    FieldCopier,
     channel_color,
     display_windows,
+    field_attributes,
     local_mean_pyramid,
     multiscales_block,
     omero_metadata,
     plate_layout,
     pyramid_factors,
     tree_size,
+    write_field,
     write_hcs_plate,
 )
 from deemd.store import create_plate_store, open_plate_store
@@ -159,3 +164,25 @@ def test_multiscales_block_scales_and_centres_each_level():
     assert scale == {"type": "scale", "scale": [1.0, 2.0, 2.0]}
     # A level-1 pixel covers level-0 pixels 0 and 1: its centre is at 0.5.
     assert translation == {"type": "translation", "translation": [0.0, 0.5, 0.5]}
+
+
+def test_field_copier_writes_the_files_zarr_writes(tmp_path):
+    """A field copied from a zarr-written template has byte for byte the files zarr itself
+    writes for it, and reads back through zarr; a field of another shape is refused."""
+    rng = np.random.default_rng(1)
+    first, second = (rng.integers(0, 256, (5, 16, 16), dtype=np.uint8) for _ in range(2))
+    omero = omero_metadata(CHANNELS, [(0.0, 255.0)] * 5)
+    by_zarr = zarr.open_group(str(tmp_path / "zarr"), mode="w", zarr_format=2)
+    for name, pixels in (("0", first), ("1", second)):
+        write_field(by_zarr, name, pixels, 1, omero, {"well": "A01", "site": int(name) + 1})
+    copier = FieldCopier(tmp_path / "zarr" / "0")
+    pyramid = local_mean_pyramid(second, 1)
+    copier.write(tmp_path / "copy" / "1", pyramid, field_attributes(pyramid, omero, {"well": "A01", "site": 2}))
+    written = sorted(p.relative_to(tmp_path / "zarr" / "1") for p in (tmp_path / "zarr" / "1").rglob("*") if p.is_file())
+    copied = sorted(p.relative_to(tmp_path / "copy" / "1") for p in (tmp_path / "copy" / "1").rglob("*") if p.is_file())
+    assert copied == written and len(written) == 8  # .zgroup, .zattrs, 2 levels x (.zarray, .zattrs, chunk)
+    for name in written:
+        assert (tmp_path / "copy" / "1" / name).read_bytes() == (tmp_path / "zarr" / "1" / name).read_bytes(), name
+    assert np.array_equal(zarr.open_array(str(tmp_path / "copy" / "1" / "s0"), mode="r")[:], second)
+    with pytest.raises(ValueError, match="the template's is"):
+        copier.write(tmp_path / "copy" / "2", local_mean_pyramid(second[:, :8, :8], 1), {})

@@ -10,6 +10,7 @@ from scipy import stats
 
 from deemd.doseresponse import logistic4
 from deemd.inhibition import (
+    treatment_curves,
     INFECTED_CONTROL,
     NONINFECTED_CONTROL,
     TREATED,
@@ -471,7 +472,7 @@ def test_a_hit_that_kills_at_high_doses_gets_a_cc50_and_a_selectivity_index():
     assert np.isnan(treatments.loc["Null", "selectivity_index"])  # not a hit: no window
 
 
-def test_failing_plate_is_left_out_of_hit_calling():
+def test_failing_plate_informs_the_estimates_but_not_the_hit_test():
     sites, nuclei, settings = screen()
     noisy = (sites["plate_id"] == "E_2") & sites["role"].isin([INFECTED_CONTROL, NONINFECTED_CONTROL])
     sites.loc[noisy, "a"] = np.random.default_rng(1).uniform(0, 1, int(noisy.sum()))
@@ -480,11 +481,35 @@ def test_failing_plate_is_left_out_of_hit_calling():
     assert not qc.loc[("E_2", "a"), "passes"] and qc.loc[("E_1", "a"), "passes"]
     assert not qc.loc[("E_2", "z"), "passes"]  # one decision per plate, from the readout used
     wells = tables["wells"]
-    failed = wells[(wells["plate_id"] == "E_2") & (wells["role"] == TREATED)]
-    assert (~failed["used"]).all() and failed["reason"].str.startswith("plate QC: Z' of a ").all()
+    treated = wells[wells["role"] == TREATED]
+    failed, passed = treated[treated["plate_id"] == "E_2"], treated[treated["plate_id"] == "E_1"]
+    assert failed["used"].all() and (~failed["plate_passes_qc"]).all()
+    assert passed["used"].all() and passed["plate_passes_qc"].all() and (passed["reason"] == "").all()
     # The reason quotes the Z' that decided, that of the readout used (a), not z's.
-    assert failed["reason"].iloc[0] == f"plate QC: Z' of a {qc.loc[('E_2', 'a'), 'zprime']:.2f} < 0.0"
-    assert tables["treatments"].set_index("treatment").loc["Good", "n_wells_tested"] == 6
+    assert failed["reason"].iloc[0] == f"plate QC: Z' of a {qc.loc[('E_2', 'a'), 'zprime']:.2f} < 0.0, so not in the hit test"
+    good = tables["treatments"].set_index("treatment").loc["Good"]
+    assert good["n_wells_tested"] == 12 and good["n_wells_failing_qc"] == 6
+
+
+def test_treatment_curves_test_hits_on_passing_plates_only():
+    """The estimates use every used well; the p-value is that of the passing plate's wells
+    alone; a treatment only on the failing plate is never a hit."""
+    sites, nuclei, settings = screen()
+    tables = quantitative_efficacy(sites, nuclei, "M", "a", settings, reference_intervals)
+    wells, doses = tables["wells"], tables["doses"]
+    failing = wells.assign(plate_passes_qc=wells["plate_id"] != "E_2")
+    # "Only": Good's wells of plate E_2 under another name, so all of its wells fail QC.
+    only = failing[(failing["treatment"] == "Good") & (failing["plate_id"] == "E_2")].assign(treatment="Only")
+    failing = pd.concat([failing, only], ignore_index=True)
+    both = treatment_curves(failing, doses, 0.5, 0.05).set_index("treatment")
+    alone = treatment_curves(wells[wells["plate_id"] != "E_2"], doses, 0.5, 0.05).set_index("treatment")
+    every = treatment_curves(wells, doses, 0.5, 0.05).set_index("treatment")
+    assert both.loc["Good", "hit_p_value"] == pytest.approx(alone.loc["Good", "hit_p_value"])
+    assert both.loc["Good", "inhibition_max"] == pytest.approx(every.loc["Good", "inhibition_max"])
+    assert both.loc["Good", "n_wells_failing_qc"] == 6 and every.loc["Good", "n_wells_failing_qc"] == 0
+    assert bool(both.loc["Good", "hit"]) and not bool(both.loc["Only", "hit"])
+    assert np.isfinite(both.loc["Only", "inhibition_max"]) and np.isnan(both.loc["Only", "hit_p_value"])
+    assert "no hit test on the plates passing QC: no usable well" in both.loc["Only", "inhibition_status"]
 
 
 def test_well_medians_one_row_per_well():

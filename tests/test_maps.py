@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from deemd.maps import area_above, infection_maps, scaled_sigma, smooth_maps
-from deemd.mil import PatchGrid
+from deemd.grid import PatchGrid
 
 GRID = PatchGrid(16, 8, 4)  # 3 x 3 patches
 

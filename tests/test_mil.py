@@ -3,8 +3,8 @@ import pytest
 import torch
 import torchvision
 
+from deemd.grid import PatchGrid
 from deemd.mil import (
-    PatchGrid,
     adapt_conv1_weight,
     build_resnet34,
     class_weights,
@@ -12,21 +12,10 @@ from deemd.mil import (
     extract_patches,
     kth_largest,
     normalise,
-    patch_grid,
     random_dihedral_codes,
     topk_patch_indices,
     weighted_bce,
 )
-
-
-def test_patch_grid_scales_and_checks_tiling():
-    grid = patch_grid(1024, 1024, 256, 128)
-    assert (grid.patch_size, grid.stride, grid.grid, grid.n_patches) == (256, 128, 7, 49)
-    assert patch_grid(128, 1024, 256, 128) == PatchGrid(128, 32, 16)
-    with pytest.raises(ValueError, match="do not tile"):
-        patch_grid(100, 100, 30, 20)
-    with pytest.raises(ValueError, match="scale to"):
-        patch_grid(64, 1024, 64, 32)
 
 
 def test_extract_patches_matches_slicing():

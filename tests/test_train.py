@@ -12,7 +12,8 @@ from deemd.inference import (
     average_precision, below_chance, chance_average_precision, chance_verdict, infer_patches, inference_patches_per_forward,
     inference_sites_per_batch, site_scores,
 )
-from deemd.mil import PatchGrid, TrainSetup, build_resnet34
+from deemd.grid import PatchGrid
+from deemd.mil import TrainSetup, build_resnet34
 from deemd.device import DevicePrecision, autocast_dtype, cpu_has_native_bf16, select_device
 from deemd.train import fit, load_checkpoint, recalibrate_batchnorm, sites_per_step, steps_per_epoch, training_batches
 

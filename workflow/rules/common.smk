@@ -12,6 +12,7 @@ from snakemake.exceptions import WorkflowError
 # folder when deemd runs as a module (snakedeploy deploy-workflow, README).
 WORKFLOW_DIR = Path(workflow.current_basedir).parent
 sys.path.insert(0, str(WORKFLOW_DIR / "scripts"))
+from deemd.grid import patch_grid
 from deemd.hardware import (
     local_gpu_present,
     network_rule_threads,
@@ -148,6 +149,17 @@ CHANNEL_STATS_THREADS = threads_beside_another(4, CORES)
 FIGURES = config["figures"]
 # Models that keep patch probabilities, and so have infection maps (W has none); the one
 # place that says which they are.
+# The patch grid the patch models are trained with (deemd.grid; train_model.py makes the
+# same one), for the rules that only map patch probabilities: they need no model file,
+# hence no torch.
+PATCH_GRID = vars(
+    patch_grid(
+        config["dataset"]["site_size"],
+        config["train"]["reference_site_size"],
+        config["train"]["patch_size"],
+        config["train"]["patch_stride"],
+    )
+)
 PATCH_MODELS = ("M", "V")
 MAP_MODELS = [model for model in MODELS if model in PATCH_MODELS]
 

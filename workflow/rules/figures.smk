@@ -143,7 +143,6 @@ rule plate_maps:
 
 rule infection_maps:
     input:
-        model=f"{RESULTS}/models/{{model}}/model.pt",
         split=f"{RESULTS}/split/sites.parquet",
         test_scores=f"{RESULTS}/evaluation/test_scores.parquet",
         shards=inference_shards,
@@ -166,13 +165,14 @@ rule infection_maps:
     wildcard_constraints:
         model="|".join(PATCH_MODELS),
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/plots.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
     params:
         maps=config["maps"],
+        grid=PATCH_GRID,
         controls=FIGURES["map_control_sites"],
         treated=FIGURES["map_treated_sites"],
         overlay_alpha=FIGURES["map_overlay_alpha"],
@@ -261,7 +261,6 @@ if SOURCE == "synthetic":
                 f"{RESULTS}/efficacy/{{model}}/treatments.parquet", model=MODELS
             ),
             doses=expand(f"{RESULTS}/efficacy/{{model}}/doses.parquet", model=MODELS),
-            models=expand(f"{RESULTS}/models/{{model}}/model.pt", model=MODELS),
             test_scores=f"{RESULTS}/evaluation/test_scores.parquet",
             masks=truth_masks,
         output:
@@ -276,7 +275,7 @@ if SOURCE == "synthetic":
         benchmark:
             f"{BENCH}/figures/truth_scores.tsv"
         conda:
-            "../../envs/torch.yaml"
+            "../../envs/plots.yaml"
         threads: 1
         resources:
             mem_mb=4000,
@@ -285,5 +284,6 @@ if SOURCE == "synthetic":
             models=MODELS,
             threshold=FIGURES["truth_effective_threshold"],
             maps=config["maps"],
+            grid=PATCH_GRID,
         script:
             "../scripts/figures_truth_scores.py"

@@ -11,7 +11,6 @@ CONFIG_DIGEST = hashlib.sha256(
 
 rule hit_table:
     input:
-        model=f"{RESULTS}/models/{{model}}/model.pt",
         split=f"{RESULTS}/split/sites.parquet",
         shards=inference_shards,
         doses=f"{RESULTS}/efficacy/{{model}}/doses.parquet",
@@ -32,13 +31,14 @@ rule hit_table:
     benchmark:
         f"{BENCH}/figures/hit_table_{{model}}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/plots.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
     params:
         maps=config["maps"],
+        grid=PATCH_GRID,
         zeta=config["efficacy"]["zeta"],
         bar=config["efficacy"]["inhibition_bar"],
         readout=efficacy_readout,

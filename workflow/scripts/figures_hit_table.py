@@ -5,9 +5,9 @@ import logging
 
 import numpy as np
 import pandas as pd
-from deemd.figures import read_site_images, select_treated_sites
+from deemd.figures import read_site_images, select_treated_sites, store_channel_names
+from deemd.grid import PatchGrid
 from deemd.hit_table import array_data_uri, dose_plot, hit_rows, hit_table_html, png_data_uri, thumbnail, treatment_plate_qc
-from deemd.inference import load_model_file
 from deemd.io import write_text_atomic
 from deemd.logs import start_rule_log
 from deemd.maps import site_maps
@@ -24,18 +24,17 @@ def typical_sites(inputs, treatments, doses):
     return select_treated_sites(treated, doses, treatments, len(treatments))
 
 
-def thumbnails(inputs, sites, store_paths, maps_cfg, with_maps):
+def thumbnails(sites, store_paths, maps_cfg, grid, with_maps):
     """treatment -> data URI of its site's composite (and infection map, for M and V)."""
     if sites.empty:
         return {}
-    saved = load_model_file(inputs["model"])
     images = read_site_images(sites[["plate_id", "well_index", "site"]], store_paths)
-    names = list(saved.get("channel_names") or [])
+    names = store_channel_names(store_paths)
     if len(names) != images.shape[1]:
         names = [f"channel {c + 1}" for c in range(images.shape[1])]
     maps = [None] * len(sites)
     if with_maps and sites["patch_probabilities"].notna().all():
-        maps = site_maps(np.stack(list(sites["patch_probabilities"])), saved["setup"].grid, maps_cfg["alpha"], maps_cfg["sigma"],
+        maps = site_maps(np.stack(list(sites["patch_probabilities"])), PatchGrid(**grid), maps_cfg["alpha"], maps_cfg["sigma"],
                          maps_cfg["reference_site_size"])
     return {row.treatment: array_data_uri(thumbnail(image, names, m)) for row, image, m in zip(sites.itertuples(), images, maps)}
 
@@ -48,7 +47,7 @@ def main(inputs, output, model, params, store_paths, log):
     plots = {row.treatment: png_data_uri(dose_plot(row, doses[doses["treatment"] == row.treatment], params["bar"], params["zeta"]))
              for row in treatments.itertuples()}
     sites = typical_sites(inputs, treatments, doses)
-    thumbs = thumbnails(inputs, sites, store_paths, params["maps"], params["with_maps"])
+    thumbs = thumbnails(sites, store_paths, params["maps"], params["grid"], params["with_maps"])
     logging.info("model %s: %d treatments, %d with a typical site", model, len(treatments), len(thumbs))
     notes = [
         f"Model {model}, readout {params['readout']}. One row per treatment; sort by any column, search all, or filter by column "

@@ -6,8 +6,8 @@ import logging
 
 import numpy as np
 import pandas as pd
-from deemd.figures import read_site_images, select_control_sites, select_treated_sites
-from deemd.inference import load_model_file
+from deemd.figures import read_site_images, select_control_sites, select_treated_sites, store_channel_names
+from deemd.grid import PatchGrid
 from deemd.logs import start_rule_log
 from deemd.maps import site_maps
 from deemd.plots import infection_map_figure, save_figure_atomic
@@ -15,10 +15,8 @@ from deemd.store import store_paths_by_plate
 from deemd.truth import load_masks
 
 
-def main(inputs, output, model, maps_cfg, n_controls, n_treated, overlay_alpha, store_paths, mask_paths, log):
+def main(inputs, output, model, maps_cfg, grid, n_controls, n_treated, overlay_alpha, store_paths, mask_paths, log):
     start_rule_log(log)
-    saved = load_model_file(inputs["model"])
-    setup = saved["setup"]
     split = pd.read_parquet(inputs["split"])
     locations = split[["site_id", "plate_id", "well_index", "site", "disease_condition"]]
     test = pd.read_parquet(inputs["test_scores"])
@@ -34,10 +32,10 @@ def main(inputs, output, model, maps_cfg, n_controls, n_treated, overlay_alpha, 
         raise ValueError(f"model {model}: sites without patch probabilities (is it the whole-site model W?)")
     logging.info("model %s: %d control and %d treated sites: %s", model, len(controls), len(top), shown["site_id"].tolist())
     images = read_site_images(shown[columns], store_paths)
-    maps = site_maps(np.stack(list(shown["patch_probabilities"])), setup.grid, maps_cfg["alpha"], maps_cfg["sigma"], maps_cfg["reference_site_size"])
+    maps = site_maps(np.stack(list(shown["patch_probabilities"])), PatchGrid(**grid), maps_cfg["alpha"], maps_cfg["sigma"], maps_cfg["reference_site_size"])
     masks = load_masks(mask_paths, shown["site_id"]) if mask_paths else None
     labels = [f"{row.group}\n{row.site_id}\n{row.what} = {row.value:.2f}" for row in shown.itertuples()]
-    channel_names = list(saved.get("channel_names") or [])
+    channel_names = store_channel_names(store_paths)
     if len(images) and len(channel_names) != images.shape[1]:
         channel_names = [f"channel {c + 1}" for c in range(images.shape[1])]
     title = f"model {model}: infection maps (alpha {maps_cfg['alpha']:g}, sigma {maps_cfg['sigma']:g} px at {maps_cfg['reference_site_size']} px)"
@@ -53,6 +51,7 @@ if "snakemake" in globals():
         snakemake.output,
         snakemake.wildcards.model,
         snakemake.params.maps,
+        snakemake.params.grid,
         snakemake.params.controls,
         snakemake.params.treated,
         snakemake.params.overlay_alpha,

@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from deemd.inference import load_model_file
+from deemd.grid import PatchGrid
 from deemd.io import write_table_atomic
 from deemd.logs import start_rule_log
 from deemd.maps import site_maps
@@ -28,7 +28,7 @@ from deemd.truth import (
 )
 
 
-def main(inputs, models, threshold, maps_cfg, output, log):
+def main(inputs, models, threshold, maps_cfg, grid, output, log):
     start_rule_log(log)
     compounds = pd.read_csv(inputs["truth"])
     truth = reference_scores(compounds, "treatment", "max_efficacy")
@@ -42,7 +42,7 @@ def main(inputs, models, threshold, maps_cfg, output, log):
     if "patch_probabilities" not in test.columns:
         raise ValueError(f"{inputs['test_scores']} has no patch_probabilities column; rerun the evaluate rule")
     rows = []
-    for model, treatments_path, doses_path, model_path in zip(models, inputs["treatments"], inputs["doses"], inputs["models"]):
+    for model, treatments_path, doses_path in zip(models, inputs["treatments"], inputs["doses"]):
         treatments = pd.read_parquet(treatments_path)
         correlation = reference_correlation(treatments, truth)
         row = {
@@ -59,8 +59,7 @@ def main(inputs, models, threshold, maps_cfg, output, log):
         infected = test[(test["model"] == model) & (test["label"] == 1)]
         has_maps = len(infected) and infected["patch_probabilities"].notna().all()
         if has_maps:
-            grid = load_model_file(model_path)["setup"].grid
-            maps = site_maps(np.stack(list(infected["patch_probabilities"])), grid, maps_cfg["alpha"], maps_cfg["sigma"], maps_cfg["reference_site_size"])
+            maps = site_maps(np.stack(list(infected["patch_probabilities"])), PatchGrid(**grid), maps_cfg["alpha"], maps_cfg["sigma"], maps_cfg["reference_site_size"])
             masks = load_masks(inputs["masks"], infected["site_id"])
             row.update(
                 map_roc_auc=map_localisation_auc(maps, masks),
@@ -78,6 +77,7 @@ if "snakemake" in globals():
         snakemake.params.models,
         snakemake.params.threshold,
         snakemake.params.maps,
+        snakemake.params.grid,
         snakemake.output,
         snakemake.log[0],
     )

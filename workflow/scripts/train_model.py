@@ -14,7 +14,8 @@ from deemd.data import SiteDataset, site_loader
 from deemd.inference import chance_verdict
 from deemd.io import write_atomic, write_parquet_atomic
 from deemd.logs import start_rule_log
-from deemd.mil import TrainSetup, patch_grid
+from deemd.grid import patch_grid
+from deemd.mil import TrainSetup
 from deemd.plots import save_figure_atomic, training_curves_figure
 from deemd.device import DevicePrecision, select_device
 from deemd.store import store_paths_by_plate

@@ -78,6 +78,12 @@ def select_treated_sites(sites: pd.DataFrame, doses: pd.DataFrame, treatments: p
     return pd.concat(rows, ignore_index=True)
 
 
+def store_channel_names(store_paths: dict[str, str]) -> list[str]:
+    """The channel names of the first of the plates' stores (every store of a run is
+    stitched with the same channels); none without stores."""
+    return open_plate_store(next(iter(store_paths.values()))).channel_names if store_paths else []
+
+
 def read_site_images(sites: pd.DataFrame, store_paths: dict[str, str]) -> np.ndarray:
     """The 5-channel uint8 pixels (n, C, S, S) of each site (plate_id, well_index, site)
     of ``sites``, in its row order, read from the per-plate stores."""
@@ -99,7 +105,7 @@ def read_site_images(sites: pd.DataFrame, store_paths: dict[str, str]) -> np.nda
 RANKING_COLUMNS = [
     "rank", "treatment", "hit", "effective", "inhibition_max", "inhibition_max_se", "inhibition_best_conc_um",
     "inhibition_ec50_um", "inhibition_ec50_qualifier", "inhibition_emax", "inhibition_emax_se", "inhibition_bottom", "inhibition_hill",
-    "hit_p_value", "hit_q_value", "n_toxic_doses", "n_wells_tested", "inhibition_noise_trend", "inhibition_status",
+    "hit_p_value", "hit_q_value", "n_toxic_doses", "n_wells_tested", "n_wells_failing_qc", "inhibition_noise_trend", "inhibition_status",
     "viability_cc50_um", "selectivity_index", "viability_status",
     "deemd_rank", "e_t", "n_doses", "n_doses_with_interval", "n_effective_doses", "max_e_dose", "status",
 ]

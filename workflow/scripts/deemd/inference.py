@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from deemd.data import site_loader
-from deemd.mil import PatchGrid, TrainSetup, build_resnet34, extract_patches, kth_largest
+from deemd.grid import PatchGrid
+from deemd.mil import TrainSetup, build_resnet34, extract_patches, kth_largest
 from deemd.device import DevicePrecision
 
 

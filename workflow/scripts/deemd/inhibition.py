@@ -544,10 +544,12 @@ def plate_qc(wells: pd.DataFrame, model: str, readouts: list[str], decisive: str
 
 
 def usable_wells(wells: pd.DataFrame, doses: pd.DataFrame, qc: pd.DataFrame, readout: str, min_zprime: float) -> pd.DataFrame:
-    """``used`` and ``reason`` for every well: a treated well is used for its treatment's
-    curve unless its dose is toxic, its plate fails QC (the Z' of ``readout``, the one
-    inhibition is computed from, is named in the reason) or its inhibition is undefined;
-    control wells are references, never used."""
+    """``used``, ``plate_passes_qc`` and ``reason`` for every well. A treated well is used
+    for its treatment's curve unless its dose is toxic or its inhibition is undefined
+    (the reason says which); control wells are references, never used. A used well on a
+    plate that fails QC (the Z' of ``readout``, the one inhibition is computed from, below
+    ``min_zprime``) stays in the curve's estimates but not in its hit test
+    (:func:`treatment_curves`); its reason names the Z'."""
     decisive = qc[qc["readout"] == readout].set_index("plate_id")
     passes, zprime = decisive["passes"], decisive["zprime"]
     toxic = wells.merge(doses[["treatment", "treatment_conc", "toxic"]], on=["treatment", "treatment_conc"], how="left")["toxic"]
@@ -557,10 +559,12 @@ def usable_wells(wells: pd.DataFrame, doses: pd.DataFrame, qc: pd.DataFrame, rea
     reason[~treated] = "control"
     reason[treated & wells["inhibition"].isna().to_numpy()] = "controls do not separate"
     failing = ~wells["plate_id"].map(passes).fillna(False).astype(bool).to_numpy()
-    plate_reason = [f"plate QC: Z' of {readout} {zprime.get(p, np.nan):.2f} < {min_zprime}" for p in wells["plate_id"]]
-    reason = np.where(treated & failing & (reason == ""), plate_reason, reason)
     reason[treated & toxic & (reason == "")] = "toxic dose"
-    return wells.assign(toxic=toxic & treated, used=reason == "", reason=reason)
+    used = reason == ""
+    plate_reason = [f"plate QC: Z' of {readout} {zprime.get(p, np.nan):.2f} < {min_zprime}, so not in the hit test"
+                    for p in wells["plate_id"]]
+    reason = np.where(used & failing, plate_reason, reason)
+    return wells.assign(toxic=toxic & treated, used=used, plate_passes_qc=~failing, reason=reason)
 
 
 def dose_inhibition(sites: pd.DataFrame, used_wells: pd.DataFrame, conf_level: float, intervals) -> pd.DataFrame:
@@ -587,21 +591,33 @@ def treatment_curves(used_wells: pd.DataFrame, doses: pd.DataFrame, bar: float, 
     """One row per treatment that has any treated well or dose: its inhibition curve
     (:func:`inhibition_curve` over its used wells, its error shaped by the screen's
     ``noise`` trend where one is given, its low-dose asymptote held at ``bottom`` where
-    one is given), n_toxic_doses, the BH q-value and ``hit`` = q <= ``fdr``."""
+    one is given), n_toxic_doses, the BH q-value and ``hit`` = q <= ``fdr``.
+
+    Wells on plates that fail QC (``plate_passes_qc`` False, counted in
+    ``n_wells_failing_qc``) inform the estimates, but no hit rests on them: where a
+    treatment has any, its p-value comes from the same curve fitted to its other wells
+    alone (NaN, never a hit, where those are too few)."""
     treated = used_wells[used_wells["role"] == TREATED]
     names = sorted(set(treated["treatment"]) | set(doses["treatment"]))
     rows = []
     for name in names:
         wells = treated[(treated["treatment"] == name) & treated["used"]]
         n_toxic = int(doses.loc[doses["treatment"] == name, "toxic"].sum())
+        passing = wells["plate_passes_qc"].to_numpy(dtype=bool)
         if wells.empty:
             status = "every dose toxic" if n_toxic else "no usable well"
             curve = _no_curve(0, status)
         else:
             curve = inhibition_curve(wells["treatment_conc"], wells["inhibition"], bar, noise, bottom)
-        rows.append({"treatment": name, **curve, "n_toxic_doses": n_toxic})
-    table = pd.DataFrame(rows, columns=["treatment", *CURVE_COLUMNS, "n_toxic_doses"])
-    table = table.astype({**CURVE_COLUMNS, "n_toxic_doses": "int64"})
+        if not passing.all():
+            tested = wells[passing]
+            test = inhibition_curve(tested["treatment_conc"], tested["inhibition"], bar, noise, bottom)
+            curve["hit_p_value"] = test["hit_p_value"]
+            if not np.isfinite(test["hit_p_value"]):
+                curve["inhibition_status"] += f"; no hit test on the plates passing QC: {test['inhibition_status']}"
+        rows.append({"treatment": name, **curve, "n_toxic_doses": n_toxic, "n_wells_failing_qc": int((~passing).sum())})
+    table = pd.DataFrame(rows, columns=["treatment", *CURVE_COLUMNS, "n_toxic_doses", "n_wells_failing_qc"])
+    table = table.astype({**CURVE_COLUMNS, "n_toxic_doses": "int64", "n_wells_failing_qc": "int64"})
     table["hit_q_value"] = benjamini_hochberg(table["hit_p_value"])
     table["hit"] = (table["hit_q_value"] <= fdr).to_numpy()
     return table

@@ -4,31 +4,31 @@ the patches that cover it, A = (mean mu^(1/alpha))^alpha, then a Gaussian filter
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy import ndimage as ndi
-from torch.nn import functional as F
 
-from deemd.mil import PatchGrid
+from deemd.grid import PatchGrid
 
 
 def infection_maps(probabilities: np.ndarray, grid: PatchGrid, alpha: float = 0.2) -> np.ndarray:
     """(n_sites, N) patch probabilities -> (n_sites, S, S) maps before smoothing.
 
     With alpha < 1 the mean is dominated by the larger probabilities, so a high patch is
-    not washed out by the low ones overlapping it. Overlaps are summed with torch's fold
-    (no loop over patches).
+    not washed out by the low ones overlapping it. Each patch's powered probability is added
+    to its square of the site (a loop over the g x g patch positions, vectorised over
+    sites), in float64; pixels no patch covers are 0.
     """
     if probabilities.ndim != 2 or probabilities.shape[1] != grid.n_patches:
         raise ValueError(f"expected (n_sites, {grid.n_patches}) probabilities, got {probabilities.shape}")
-    mu = torch.as_tensor(probabilities, dtype=torch.float64).clamp(0, 1)
-    n, area = mu.shape[0], grid.patch_size**2
-    powered = (mu ** (1.0 / alpha)).unsqueeze(1).expand(n, area, grid.n_patches)
-    shape = dict(output_size=(grid.site_size, grid.site_size), kernel_size=grid.patch_size, stride=grid.stride)
-    total = F.fold(powered, **shape)
-    count = F.fold(torch.ones(1, area, grid.n_patches, dtype=torch.float64), **shape)
-    covered = count > 0
-    mean = torch.where(covered, total / count.clamp(min=1), torch.zeros_like(total))
-    return (mean ** alpha).squeeze(1).numpy().astype(np.float32)
+    powered = np.clip(np.asarray(probabilities, dtype=np.float64), 0.0, 1.0) ** (1.0 / alpha)
+    n, size, side = len(powered), grid.patch_size, grid.site_size
+    total = np.zeros((n, side, side), dtype=np.float64)
+    count = np.zeros((side, side), dtype=np.float64)
+    for index in range(grid.n_patches):  # row-major, as the patches are cut (deemd.mil)
+        y, x = (index // grid.grid) * grid.stride, (index % grid.grid) * grid.stride
+        total[:, y : y + size, x : x + size] += powered[:, index, None, None]
+        count[y : y + size, x : x + size] += 1.0
+    mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+    return (mean**alpha).astype(np.float32)
 
 
 def smooth_maps(maps: np.ndarray, sigma_px: float) -> np.ndarray:
