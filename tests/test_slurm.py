@@ -6,7 +6,7 @@ cluster differs from a real one (no GPU request, its partition, 2 CPUs, fast sta
 polling). To keep the suite short the cluster runs a smaller case than the local run: model
 M alone (``train.models: [M]``), to its efficacy tables, the evaluation and one figure. That
 still holds a job of every stage and of both kinds of rule (CPU, and the GPU rules train,
-evaluate and infer). Every job must have run inside an sbatch job (the profile's job groups
+infer). Every job must have run inside an sbatch job (the profile's job groups
 put several in one), and M's results must equal those of the local run (the ``tiny_run``
 session fixture), which trains M the same way beside W and V.
 
@@ -35,7 +35,7 @@ from workflow_utils import REPO, TINY, write_config
 # One worker of pytest-xdist runs the whole module: it has one cluster.
 pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("slurm")]
 
-GPU_RULES = ("train", "train_k", "evaluate", "k_selection", "infer")
+GPU_RULES = ("train", "train_k", "k_selection", "infer")
 # The cluster's case: the tiny demo with model M alone, to these targets.
 SLURM_CONFIG = {"train": {"models": ["M"]}}
 SLURM_TARGETS = ["results/tiny/efficacy/M/treatments.parquet", "results/tiny/evaluation/average_precision.tsv",

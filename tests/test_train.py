@@ -8,10 +8,7 @@ import torch
 from scipy.special import expit
 from torch.utils.data import DataLoader
 
-from deemd.inference import (
-    average_precision, below_chance, chance_average_precision, chance_verdict, infer_patches, inference_patches_per_forward,
-    inference_sites_per_batch, site_scores,
-)
+from deemd.inference import infer_patches, inference_patches_per_forward, inference_sites_per_batch, site_scores
 from deemd.grid import PatchGrid
 from deemd.mil import TrainSetup, build_resnet34
 from deemd.device import DevicePrecision, autocast_dtype, cpu_has_native_bf16, select_device
@@ -109,28 +106,6 @@ def test_bf16_runtime_autocasts_and_scores_close_to_fp32():
             full = model(images)
     assert low.dtype == torch.bfloat16 and full.dtype == torch.float32
     assert torch.allclose(low.float(), full, atol=0.05, rtol=0.05)
-
-
-def test_average_precision():
-    assert average_precision(np.array([0, 1, 1]), np.array([0.1, 0.9, 0.8])) == 1.0
-    assert np.isnan(average_precision(np.array([1, 1]), np.array([0.1, 0.2])))
-
-
-def test_chance_level_is_the_share_of_positives_and_reversed_rankings_fall_below_it():
-    assert chance_average_precision(np.array([0, 0, 0, 1])) == 0.25
-    labels = np.array([0, 0, 1, 1])
-    backwards = average_precision(labels, np.array([0.9, 0.8, 0.2, 0.1]))  # (1/3 + 2/4) / 2
-    assert below_chance(backwards, labels) and not below_chance(1.0, labels)
-    assert not below_chance(float("nan"), labels)  # one class: no verdict
-
-
-def test_chance_verdict_gives_the_columns_and_warns_only_below_chance(caplog):
-    labels = np.array([0, 0, 1, 1])
-    with caplog.at_level(logging.WARNING):
-        assert chance_verdict("model W: test AP", 1.0, labels) == {"chance_ap": 0.5, "below_chance": False}
-        assert not caplog.records
-        assert chance_verdict("model W: test AP", 0.42, labels) == {"chance_ap": 0.5, "below_chance": True}
-    assert "model W: test AP 0.420 is below chance (0.500" in caplog.text
 
 
 def test_sites_per_step_in_whole_sites_holds_whatever_k():

@@ -147,8 +147,6 @@ CHANNEL_STATS_THREADS = threads_beside_another(4, CORES)
 
 # Figures and report (workflow/rules/figures.smk).
 FIGURES = config["figures"]
-# Models that keep patch probabilities, and so have infection maps (W has none); the one
-# place that says which they are.
 # The patch grid the patch models are trained with (deemd.grid; train_model.py makes the
 # same one), for the rules that only map patch probabilities: they need no model file,
 # hence no torch.
@@ -160,16 +158,20 @@ PATCH_GRID = vars(
         config["train"]["patch_stride"],
     )
 )
+# Models that keep patch probabilities, and so have infection maps (W has none); the one
+# place that says which they are.
 PATCH_MODELS = ("M", "V")
 MAP_MODELS = [model for model in MODELS if model in PATCH_MODELS]
 
 
 def train_priority(wildcards):
-    """The patch models (M, V) start training before W: they score many patches per site
-    and take several times longer, so with few cores the run ends sooner when they start
-    first (on 2 cores W, V, then M was the order Snakemake took, and M's training, inference
-    and figures came last)."""
-    return SCIENCE_PATH_PRIORITY + int(wildcards.model in PATCH_MODELS)
+    """Every training starts before any job that waits on a trained model, and the patch
+    models (M, V) before W: they score many patches per site and take several times
+    longer, so with few cores the run ends sooner when they start first (on 2 cores W, V,
+    then M was the order Snakemake took, and M's training, inference and figures came
+    last); and W then takes the first free core, rather than the inference of M or V,
+    which the figures of all three models can then share the cores with."""
+    return SCIENCE_PATH_PRIORITY + 1 + int(wildcards.model in PATCH_MODELS)
 
 
 # A reference score table to compare e(t) with, or None; {dataset} in its path stands
@@ -258,13 +260,22 @@ def plate_stores(wildcards):
     return expand(f"{RESULTS}/store/{{plate_id}}.zarr", plate_id=plate_ids())
 
 
-def inference_shards(wildcards):
+def model_shards(model):
     """Every inference shard of one model: each plate in shards_per_plate parts."""
     return expand(
-        f"{RESULTS}/inference/{wildcards.model}/{{plate_id}}.part{{part}}.parquet",
+        f"{RESULTS}/inference/{model}/{{plate_id}}.part{{part}}.parquet",
         plate_id=plate_ids(),
         part=range(config["inference"]["shards_per_plate"]),
     )
+
+
+def inference_shards(wildcards):
+    return model_shards(wildcards.model)
+
+
+def all_inference_shards(wildcards):
+    """Every inference shard of every model, model by model."""
+    return [path for model in MODELS for path in model_shards(model)]
 
 
 def split_plate_id(plate_id):

@@ -38,9 +38,8 @@ rule train:
 
 rule evaluate:
     input:
-        models=expand(f"{RESULTS}/models/{{model}}/model.pt", model=MODELS),
+        shards=all_inference_shards,
         split=f"{RESULTS}/split/sites.parquet",
-        stores=plate_stores,
     output:
         scores=f"{RESULTS}/evaluation/test_scores.parquet",
         table=report(
@@ -59,14 +58,13 @@ rule evaluate:
         f"{BENCH}/evaluate/evaluate.tsv"
     priority: SCIENCE_PATH_PRIORITY
     conda:
-        "../../envs/torch.yaml"
-    threads: NETWORK_THREADS
+        "../../envs/plots.yaml"
+    threads: 1
     resources:
-        gpu=NETWORK_GPU,
-        mem_mb=8000,
-        runtime=600,
+        mem_mb=4000,
+        runtime=30,
     params:
         models=MODELS,
-        device=TORCH_DEVICE,
+        eta=config["train"]["eta"],
     script:
         "../scripts/evaluate_models.py"

@@ -7,7 +7,8 @@ import pandas as pd
 import torch
 
 from deemd.data import SiteDataset
-from deemd.inference import average_precision, chance_verdict, score_dataset
+from deemd.evaluation import average_precision, chance_verdict
+from deemd.inference import score_dataset
 from deemd.io import write_table_atomic
 from deemd.logs import start_rule_log
 from deemd.maps import infected_share

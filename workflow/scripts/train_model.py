@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from deemd.data import SiteDataset, site_loader
-from deemd.inference import chance_verdict
+from deemd.evaluation import chance_verdict
 from deemd.io import write_atomic, write_parquet_atomic
 from deemd.logs import start_rule_log
 from deemd.grid import patch_grid

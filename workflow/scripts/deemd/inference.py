@@ -4,7 +4,6 @@ Training imports this module, never the reverse."""
 
 from __future__ import annotations
 
-import logging
 from typing import NamedTuple
 
 import numpy as np
@@ -94,42 +93,6 @@ def site_scores(setup: TrainSetup, network, loader, device_precision: DevicePrec
         return SiteScores(torch.sigmoid(torch.from_numpy(logits)).numpy(), labels, rows, None, logits)
     probabilities, labels, rows = infer_patches(network, loader, setup.grid, device_precision, inference_patches_per_forward(setup), progress)
     return SiteScores(kth_largest(probabilities, setup.k), labels, rows, probabilities, None)
-
-
-def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
-    """sklearn's average precision; NaN where ``labels`` hold one class only."""
-    # Imported here: sklearn takes 0.75 s to import, and the infer jobs never need it.
-    from sklearn.metrics import average_precision_score
-
-    labels = np.asarray(labels)
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    return float(average_precision_score(labels, scores))
-
-
-def chance_average_precision(labels: np.ndarray) -> float:
-    """The average precision of a ranking that knows nothing: the share of positives."""
-    return float(np.mean(np.asarray(labels) > 0.5))
-
-
-def below_chance(ap: float, labels: np.ndarray) -> bool:
-    """Whether ``ap`` is below chance on ``labels``: a model that ranks the sites worse
-    than a coin has learned nothing usable (or the labels backwards), whatever its loss."""
-    return bool(np.isfinite(ap) and ap < chance_average_precision(labels))
-
-
-def chance_verdict(what: str, ap: float, labels: np.ndarray) -> dict:
-    """The columns ``chance_ap`` and ``below_chance`` of a model scored at ``ap`` on
-    ``labels``, with a warning naming ``what`` (e.g. "model M: test AP") in the log when
-    it is below chance: that model has not trained validly and is not a result."""
-    chance = chance_average_precision(labels)
-    below = below_chance(ap, labels)
-    if below:
-        logging.getLogger("deemd.inference").warning(
-            "%s %.3f is below chance (%.3f, the share of infected sites): the model has not learned the classes "
-            "(check the split and train.batch_size / sites_per_step) and is not a result", what, ap, chance
-        )
-    return {"chance_ap": chance, "below_chance": below}
 
 
 def load_model_file(path: str) -> dict:

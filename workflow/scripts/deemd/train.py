@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from deemd.io import write_atomic
-from deemd.inference import average_precision, infer_patches, inference_patches_per_forward, inference_sites_per_batch, site_scores
+from deemd.evaluation import average_precision
+from deemd.inference import infer_patches, inference_patches_per_forward, inference_sites_per_batch, site_scores
 from deemd.mil import (
     TrainSetup,
     build_resnet34,
