@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from deemd import doseresponse
-from deemd.doseresponse import fit_dose_table, fit_logistic, fitted_curve, logistic4
+from deemd.doseresponse import fit_dose_table, fit_logistic, fitted_curve, logistic4, logistic4_jacobian
 from deemd.figures import (
     ACTIVE_GROUP,
     MOCK_GROUP,
@@ -588,3 +588,18 @@ def test_inhibition_panel_draws_the_treatments_own_curve(tmp_path):
     assert np.allclose(y, expected)
     assert "#1 C: hit" in ax.get_title()
     save(figure, tmp_path / "one.png")
+
+
+@pytest.mark.parametrize("params", [(0.1, 0.9, -0.5, 1.3), (0.0, 1.0, 1.5, 8.0), (0.2, -0.1, -2.0, 0.3), (0.0, 1.0, 0.0, 60.0)])
+def test_logistic4_jacobian_matches_central_differences(params):
+    """The closed-form Jacobian the fits use, against central differences of logistic4,
+    also where the exponent is clipped (hill 60: a step)."""
+    log_c, params = np.linspace(-3, 2, 50), np.array(params)
+    numeric = np.empty((len(log_c), 4))
+    for index in range(4):
+        step = 1e-6 * max(1.0, abs(params[index]))
+        up, down = params.copy(), params.copy()
+        up[index] += step
+        down[index] -= step
+        numeric[:, index] = (logistic4(log_c, *up) - logistic4(log_c, *down)) / (2 * step)
+    assert np.allclose(logistic4_jacobian(log_c, *params), numeric, atol=1e-7)

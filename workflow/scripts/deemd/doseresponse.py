@@ -42,6 +42,19 @@ def logistic4(log_c, bottom: float, top: float, log_ec50: float, hill: float):
     return bottom + (top - bottom) / (1.0 + np.power(10.0, exponent))
 
 
+def logistic4_jacobian(log_c, bottom: float, top: float, log_ec50: float, hill: float) -> np.ndarray:
+    """d logistic4 / d (bottom, top, log_ec50, hill) at ``log_c``, (len(log_c), 4), in closed
+    form: with s = 1 / (1 + 10^z), z = (log_ec50 - log_c) hill (clipped as in logistic4,
+    where the derivatives in log_ec50 and hill are 0), the curve is bottom + (top - bottom) s
+    and ds/dz = -ln(10) s (1 - s)."""
+    log_c = np.asarray(log_c, dtype=np.float64)
+    raw = (log_ec50 - log_c) * hill
+    exponent = np.clip(raw, -60, 60)
+    share = 1.0 / (1.0 + np.power(10.0, exponent))
+    slope = -np.log(10.0) * share * (1.0 - share) * (top - bottom) * (raw == exponent)
+    return np.column_stack([1.0 - share, share, slope * hill, slope * (log_ec50 - log_c)])
+
+
 def _failed(n_points: int, status: str) -> dict:
     return {"n_points": n_points, **{name: np.nan for name in PARAMETERS}, "ec50_um": np.nan, "rmse": np.nan, "status": status,
             "covariance": np.full((4, 4), np.nan), "at_bound": np.zeros(4, dtype=bool), "held": np.zeros(4, dtype=bool)}
@@ -99,11 +112,16 @@ def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance
         params[~fixed] = free
         return logistic4(log_c, *params)
 
+    def jacobian(log_c, *free):
+        params = start.astype(np.float64)
+        params[~fixed] = free
+        return logistic4_jacobian(log_c, *params)[:, ~fixed]
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
-            estimated, free_covariance = curve_fit(curve, x, e, p0=start[~fixed],
+            estimated, free_covariance = curve_fit(curve, x, e, p0=start[~fixed], jac=jacobian,
                                                    bounds=(np.array(lower)[~fixed], np.array(upper)[~fixed]), maxfev=20000)
     except (RuntimeError, ValueError, FloatingPointError) as error:
         return _failed(n, f"fit failed: {error}")

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from deemd.doseresponse import OK, fit_logistic, fitted_curve, logistic4
+from deemd.doseresponse import OK, fit_logistic, fitted_curve, logistic4, logistic4_jacobian
 
 TREATED = "treated"
 INFECTED_CONTROL = "infected_control"
@@ -307,19 +307,6 @@ def selectivity_index(cc50_um, ec50_um) -> np.ndarray:
         return np.where((cc50 > 0) & (ec50 > 0), cc50 / ec50, np.nan)
 
 
-def _logistic_jacobian(log_c, params: np.ndarray) -> np.ndarray:
-    """d logistic4 / d (bottom, top, log_ec50, hill) at ``log_c`` (len(log_c) x 4), by
-    central differences."""
-    steps = 1e-6 * np.maximum(1.0, np.abs(params))
-    jacobian = np.empty((len(log_c), len(params)))
-    for index, step in enumerate(steps):
-        up, down = params.copy(), params.copy()
-        up[index] += step
-        down[index] -= step
-        jacobian[:, index] = (logistic4(log_c, *up) - logistic4(log_c, *down)) / (2 * step)
-    return jacobian
-
-
 def fitted_at(fit: dict, data_concentrations, data_values, concentrations, relative_variance=None) -> tuple[np.ndarray, np.ndarray, int]:
     """The fitted curve at ``concentrations`` (µM), its standard error and the residual
     degrees of freedom, from the fit's linearisation at the data it was fitted to
@@ -348,7 +335,7 @@ def fitted_at(fit: dict, data_concentrations, data_values, concentrations, relat
     if not free.any():
         return value, np.full(c.shape, np.nan), n
     variance = np.ones(n) if relative_variance is None else np.asarray(relative_variance, dtype=np.float64)
-    left, singular, right = np.linalg.svd(_logistic_jacobian(data, params)[:, free], full_matrices=False)
+    left, singular, right = np.linalg.svd(logistic4_jacobian(data, *params)[:, free], full_matrices=False)
     determined = singular > RANK_TOLERANCE * singular[0] if singular.size and singular[0] > 0 else np.zeros(0, dtype=bool)
     rank = int(determined.sum())
     df = n - rank
@@ -357,7 +344,7 @@ def fitted_at(fit: dict, data_concentrations, data_values, concentrations, relat
     residuals = np.asarray(data_values, dtype=np.float64) - logistic4(data, *params)
     scale = np.sum(residuals**2 / variance) / df
     # a(c) for every c at once: (len(c) x n) = g(c) V S^-1 U'.
-    linear_map = ((_logistic_jacobian(np.log10(c), params)[:, free] @ right[determined].T) / singular[determined]) @ left[:, determined].T
+    linear_map = ((logistic4_jacobian(np.log10(c), *params)[:, free] @ right[determined].T) / singular[determined]) @ left[:, determined].T
     return value, np.sqrt(scale * (linear_map**2 @ variance)), df
 
 
