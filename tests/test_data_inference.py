@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from deemd.data import SiteDataset, site_loader
-from deemd.inference import load_model_file, load_trained, shard_rows, site_z
+from deemd.inference import load_model_file, load_trained, site_z
 from deemd.grid import PatchGrid
 from deemd.mil import TrainSetup, build_resnet34
 from deemd.store import create_plate_store
@@ -57,15 +57,6 @@ def test_site_z_is_the_median_of_the_top_k():
     probabilities = np.array([[0.1, 0.9, 0.5, 0.7], [0.2, 0.2, 0.0, 0.1]])
     assert np.allclose(site_z(setup("M"), None, probabilities), [0.8, 0.2])
     assert np.allclose(site_z(setup("W"), np.array([0.3, 0.6]), None), [0.3, 0.6])
-
-
-def test_shard_rows_deals_whole_wells():
-    table = pd.DataFrame({"well": ["A01", "A01", "A02", "B01", "B01", "B02"], "site": [1, 2, 1, 1, 2, 1]})
-    parts = [shard_rows(table, i, 3) for i in range(3)]
-    assert sorted(sum((p["well"].tolist() for p in parts), [])) == sorted(table["well"])
-    assert [sorted(p["well"].unique()) for p in parts] == [["A01", "B02"], ["A02"], ["B01"]]
-    with pytest.raises(ValueError, match="outside 0..2"):
-        shard_rows(table, 3, 3)
 
 
 def test_load_trained_round_trip(tmp_path):

@@ -86,6 +86,10 @@ def test_cross_key_rules(config):
     bad["dataset"]["site_layout"] = [[1, 1], [3, 4]]
     with pytest.raises(ConfigError, match="site_layout"):
         check_config(bad, SCHEMA)
+    bad = copy.deepcopy(config)
+    bad["inference"] = {"shards_per_plate": 2, "plates_per_job": 0}
+    with pytest.raises(ConfigError, match="inference.shards_per_plate: 2 parts a plate need inference.plates_per_job 1, not 0"):
+        check_config(bad, SCHEMA)
 
 
 def _sites(**overrides):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -71,6 +72,25 @@ def test_network_rules_share_the_cores_without_a_gpu(tiny_run):
     gpu = local_gpu_present(TINY["train"].get("device", "auto"))
     assert ("threads: 4" if gpu else "threads: 3") in job, job
     assert f"gpu={int(gpu)}" in job, job
+
+
+def test_infer_jobs_follow_plates_per_job(tiny_run, tmp_path):
+    """A dry run of M's efficacy with each grouping of the infer jobs lists the shards it
+    would read: one per plate part, one per N plates, or one for every plate."""
+    cases = [
+        ({"plates_per_job": 1, "shards_per_plate": 2}, ["HRCE-1_1.part0", "HRCE-1_1.part1", "HRCE-1_2.part0", "HRCE-1_2.part1"]),
+        ({"plates_per_job": 1, "shards_per_plate": 1}, ["HRCE-1_1.part0", "HRCE-1_2.part0"]),
+        ({"plates_per_job": 2}, ["plates1"]),
+        ({"plates_per_job": 0}, ["all_plates"]),
+    ]
+    for index, (inference, shards) in enumerate(cases):
+        config = write_config(tmp_path, TINY, {"inference": inference}, name=f"config{index}.yaml")
+        command = ["snakemake", "results/tiny/efficacy/M/treatments.parquet", "-n", "--forcerun", "efficacy", "--cores", "2",
+                   "-s", str(REPO / "Snakefile"), "--directory", str(tiny_run), "--configfile", str(config)]
+        plan = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        job = plan[plan.index("rule efficacy:"):].split("\n\n")[0]
+        listed = sorted(re.findall(r"inference/M/([^,\s]+)\.parquet", job.split("output:")[0]))
+        assert listed == shards, (inference, job)
 
 
 def test_adding_a_plate_reruns_only_that_plate_and_the_aggregates(tiny_run, tmp_path):
@@ -353,7 +373,7 @@ def test_hcs_export_of_the_tiny_run_reads_back(tiny_run):
         # An efficacy parameter: efficacy and the figures after it, not training or inference.
         ({"efficacy": {"zeta": 0.6}}, {"efficacy": 3, "dose_response": 3, "model_comparison": 1}),
         # One model's own training value: that model only (V: 2 plates to infer).
-        ({"train": {"by_model": {"V": {"epochs": 2}}}}, {"train": 1, "infer": 2, "evaluate": 1, "efficacy": 1}),
+        ({"train": {"by_model": {"V": {"epochs": 2}}}}, {"train": 1, "infer": 1, "evaluate": 1, "efficacy": 1}),
     ],
     ids=["nucleus-parameter", "figure-parameter", "efficacy-parameter", "one-model-parameter"],
 )

@@ -19,6 +19,7 @@ from deemd.hardware import (
     threads_beside_another,
 )
 from deemd.metadata import plate_digests
+from deemd.sharding import inference_batches
 from deemd.stitch import image_manifest_digest
 from deemd.store import damage_marker
 from deemd.validate import (
@@ -68,7 +69,8 @@ wildcard_constraints:
     plate=r"\d+",
     model=r"M|W|V",
     k=r"\d+",
-    part=r"\d+",
+    # An infer job's shard: {plate_id}.part{part}, all_plates or plates{N}.
+    batch=r"[A-Za-z0-9][A-Za-z0-9._-]*",
 
 
 # Config values handed to the jobs through params (so that changing one reruns exactly
@@ -260,13 +262,35 @@ def plate_stores(wildcards):
     return expand(f"{RESULTS}/store/{{plate_id}}.zarr", plate_id=plate_ids())
 
 
-def model_shards(model):
-    """Every inference shard of one model: each plate in shards_per_plate parts."""
-    return expand(
-        f"{RESULTS}/inference/{model}/{{plate_id}}.part{{part}}.parquet",
-        plate_id=plate_ids(),
-        part=range(config["inference"]["shards_per_plate"]),
+def infer_jobs():
+    """The infer jobs of a model: batch name -> its [plate_id, part] shards (deemd.sharding)."""
+    return inference_batches(
+        plate_ids(),
+        config["inference"]["plates_per_job"],
+        config["inference"]["shards_per_plate"],
     )
+
+
+def batch_shards(wildcards):
+    """The [plate_id, part] shards of one infer job."""
+    batches = infer_jobs()
+    if wildcards.batch not in batches:
+        raise WorkflowError(
+            f"no inference batch {wildcards.batch!r} with inference.plates_per_job "
+            f"{config['inference']['plates_per_job']}; batches: {sorted(batches)}"
+        )
+    return batches[wildcards.batch]
+
+
+def batch_stores(wildcards):
+    """The stores of the plates one infer job scores."""
+    plates = dict.fromkeys(plate for plate, _ in batch_shards(wildcards))
+    return expand(f"{RESULTS}/store/{{plate_id}}.zarr", plate_id=plates)
+
+
+def model_shards(model):
+    """Every inference shard (one per infer job) of one model."""
+    return expand(f"{RESULTS}/inference/{model}/{{batch}}.parquet", batch=infer_jobs())
 
 
 def inference_shards(wildcards):

@@ -130,13 +130,3 @@ def site_z(setup, scores, probabilities):
         return scores
     k = min(setup.k, probabilities.shape[1])
     return np.median(np.sort(probabilities, axis=1)[:, -k:], axis=1)
-
-
-def shard_rows(table, part: int, parts: int):
-    """Rows of one of ``parts`` shards of a plate: whole wells, wells dealt round-robin in
-    order, so shards are balanced and a site never moves between shards."""
-    if not 0 <= part < parts:
-        raise ValueError(f"shard part {part} is outside 0..{parts - 1}")
-    wells = sorted(table["well"].unique())
-    chosen = set(wells[part::parts])
-    return table[table["well"].isin(chosen)].reset_index(drop=True)

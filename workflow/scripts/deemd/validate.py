@@ -210,6 +210,12 @@ def check_config(config: dict, schema: dict) -> None:
                 messages.append(
                     f"config key demo.site_size: {demo.get('site_size')} differs from dataset.site_size {dataset['site_size']}"
                 )
+        inference = config.get("inference") or {}
+        if inference.get("plates_per_job", 1) != 1 and inference.get("shards_per_plate", 1) > 1:
+            messages.append(
+                f"config key inference.shards_per_plate: {inference['shards_per_plate']} parts a plate need "
+                f"inference.plates_per_job 1, not {inference['plates_per_job']}"
+            )
         if dataset["source"] == "rxrx19a" and not config.get("download"):
             messages.append("config key download: required when dataset.source is 'rxrx19a'")
     if messages:
