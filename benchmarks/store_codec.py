@@ -37,7 +37,8 @@ from deemd.worlds import WORLDS  # noqa: E402
 NUCLEUS_RADIUS = 9 / 1024
 CELLS_PER_SITE = 300
 CODECS = [
-    ("lz4", 5, "shuffle"), ("lz4", 5, "bitshuffle"), ("lz4", 9, "bitshuffle"), ("blosclz", 5, "bitshuffle"),
+    ("lz4", 5, "shuffle"), ("lz4", 1, "bitshuffle"), ("lz4", 3, "bitshuffle"), ("lz4", 5, "bitshuffle"),
+    ("lz4", 9, "bitshuffle"), ("blosclz", 5, "bitshuffle"),
     ("zstd", 1, "shuffle"), ("zstd", 1, "bitshuffle"), ("zstd", 5, "bitshuffle"),
 ]
 SHUFFLE = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
