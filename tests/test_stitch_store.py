@@ -216,6 +216,11 @@ def test_read_well_into_places_sites_and_drops_bad_ones(tmp_path):
     valid, dropped = read_well_into(out, by_well["A01"][2:], [[2, 1], [4, 3]], 8, "error")
     assert valid.tolist() == [False, False, True, True] and dropped == []
     assert (out[0, 8:, 8:] == 30 + 1).all() and (out[:, :8, :] == 0).all()
+    # A gap of the layout (0) is zeroed too, whatever the buffer held before.
+    out[...] = 255
+    valid, dropped = read_well_into(out, by_well["A01"][1:3], [[2, 1], [0, 3]], 8, "error")
+    assert valid.tolist() == [False, True, True] and (out[1, :8, :8] == 20 + 2).all() and (out[0, 8:, 8:] == 30 + 1).all()
+    assert (out[:, 8:, :8] == 0).all() and (out[:, :8, 8:] == 0).all()  # the gap, and site 1 (absent)
 
 
 def test_open_plate_store_missing(tmp_path):

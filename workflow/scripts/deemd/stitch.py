@@ -226,7 +226,14 @@ def read_well_into(
     placement = site_slices(site_layout, site_size)
     valid = np.zeros(len(placement), dtype=bool)
     dropped = []
-    out[...] = 0
+    # Zero only what no site overwrites: the layout's gaps and the sites the well lacks (a
+    # decoded site fills its square; a dropped one is zeroed below). A whole well's memset
+    # costs about 1 % of its decode at 1024 px.
+    present = {int(site) for site, _, _ in well_sites}
+    for r, row in enumerate(site_layout):
+        for c, site in enumerate(row):
+            if int(site) not in present:
+                out[:, r * site_size : (r + 1) * site_size, c * site_size : (c + 1) * site_size] = 0
     for site, site_id, paths in well_sites:
         ys, xs = placement[site]
         try:
