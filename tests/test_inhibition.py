@@ -221,6 +221,17 @@ def test_curve_of_an_inactive_compound_is_not(seed):
     assert curve["inhibition_max"] < 0.3
 
 
+def test_inhibition_max_is_held_to_the_range_of_the_truth():
+    """A curve whose top lies above the non-infected controls' level reads 1, with the
+    p-value of its fitted value unchanged; a dose-wise fallback is held too."""
+    c, y = noisy_wells(1.15, seed=3, sd=0.02)
+    curve = inhibition_curve(c, y, bar=0.5)
+    assert curve["inhibition_max"] == 1.0 and curve["inhibition_emax"] > 1.05
+    assert curve["hit_p_value"] < 1e-6
+    below = inhibition_curve([0.1, 1.0, 10.0], [-0.3, -0.2, -0.25], bar=0.5)  # too few wells for a curve
+    assert below["inhibition_max"] == 0.0 and np.isnan(below["hit_p_value"])
+
+
 def test_curve_bottom_held_at_zero_lowers_the_upward_bias_of_inactive_compounds():
     # The best of six noisy doses is biased upward; a free bottom lets the curve chase the
     # noise at both ends, a bottom held at the untreated level only at the top.

@@ -364,7 +364,7 @@ def ec50_qualifier(ec50_um: float, lowest_um: float, highest_um: float) -> str:
 
 def _no_curve(n_wells: int, status: str, best: float = np.nan) -> dict:
     row = {name: np.nan for name in CURVE_COLUMNS}
-    row.update(inhibition_max=best, inhibition_ec50_qualifier="", n_wells_tested=n_wells, inhibition_noise_trend=False,
+    row.update(inhibition_max=float(np.clip(best, 0.0, 1.0)), inhibition_ec50_qualifier="", n_wells_tested=n_wells, inhibition_noise_trend=False,
                inhibition_status=status)
     return row
 
@@ -434,7 +434,8 @@ def trend_sd(trend: dict, levels) -> np.ndarray:
 def inhibition_curve(concentrations, well_inhibition, bar: float, noise: dict | None = None, bottom: float | None = None) -> dict:
     """The dose-response of one treatment from its usable wells (concentration in µM,
     well inhibition): a 4PL fit, the fitted inhibition at the best tested dose
-    (``inhibition_max``, the maximum of the curve over the tested concentrations) with its
+    (``inhibition_max``, the maximum of the curve over the tested concentrations, held to
+    [0, 1], the range of the share of infection a dose can remove) with its
     standard error, the EC50 and Emax (the fitted top) with theirs, and the one-sided
     p-value of inhibition_max > ``bar`` (t distribution with the residual degrees of
     freedom, n_wells less the parameters the data determine; :func:`fitted_at`).
@@ -447,7 +448,9 @@ def inhibition_curve(concentrations, well_inhibition, bar: float, noise: dict | 
     itself stays unweighted. ``inhibition_noise_trend`` says whether a trend was used.
 
     Without a usable fit (too few wells or doses, a failed fit) the p-value is NaN and
-    inhibition_max falls back to the best per-dose median, with the reason as status."""
+    inhibition_max falls back to the best per-dose median (also held to [0, 1]), with the
+    reason as status. The standard error and the p-value are those of the fitted value
+    itself: holding it to [0, 1] changes the estimate, not the test."""
     c = np.asarray(concentrations, dtype=np.float64)
     y = np.asarray(well_inhibition, dtype=np.float64)
     keep = np.isfinite(c) & (c > 0) & np.isfinite(y)
@@ -471,7 +474,9 @@ def inhibition_curve(concentrations, well_inhibition, bar: float, noise: dict | 
     covariance = np.asarray(fit["covariance"])
     status = OK if np.isfinite(p_value) else "fit without a finite standard error"
     return {
-        "inhibition_max": float(values[best]),
+        # The truth lies in [0, 1], so holding the estimate there never moves it further
+        # from it; above 1 is a well reading cleaner than the non-infected controls.
+        "inhibition_max": float(np.clip(values[best], 0.0, 1.0)),
         "inhibition_max_se": se,
         "inhibition_best_conc_um": float(levels[best]),
         "inhibition_ec50_um": fit["ec50_um"],
