@@ -2,25 +2,18 @@
 rules' mem_mb, the report's tables) and its CPU stages on a tiny plate. No timing is
 asserted: the figures depend on the machine."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from workflow_utils import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def scale():
-    spec = importlib.util.spec_from_file_location("deemd_bench_scale", REPO / "benchmarks" / "scale.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("scale")
 
 
 def test_plate_is_hrce_like_at_any_site_size(scale):

@@ -3,22 +3,14 @@ config files). The sweep itself runs the whole workflow and is not part of the s
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from workflow_utils import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def worlds():
-    spec = importlib.util.spec_from_file_location("deemd_bench_worlds", REPO / "benchmarks" / "worlds.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("worlds")
 
 
 def test_set_overrides_nest_and_read_values_as_yaml(worlds):

@@ -13,6 +13,8 @@ from deemd.mil import (
     kth_largest,
     normalise,
     random_dihedral_codes,
+    random_intensity_gains,
+    scale_intensities,
     topk_patch_indices,
     weighted_bce,
 )
@@ -113,6 +115,31 @@ def test_dihedral_transform_gives_the_eight_symmetries_of_the_square():
     # channels move together, and the input is left alone
     assert torch.equal(out[:, 1] - out[:, 0], torch.full((8, 3, 3), 9.0))
     assert torch.equal(images[3], image[0])
+
+
+def test_scale_intensities_equals_standardising_rescaled_raw_images():
+    raw = torch.randint(0, 256, (3, 4, 5, 5), dtype=torch.uint8)
+    mean, std = torch.tensor([10.0, 40.0, 80.0, 5.0]), torch.tensor([3.0, 12.0, 30.0, 2.0])
+    gains = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.8, 1.2, 1.0, 0.5], [1.1, 0.9, 1.3, 1.0]])
+    scaled = scale_intensities(normalise(raw, mean, std), gains, mean, std)
+    expected = (raw.float() * gains[:, :, None, None] - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    torch.testing.assert_close(scaled, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scaled[0], normalise(raw, mean, std)[0])  # gain 1 changes nothing
+    with pytest.raises(ValueError, match="gains"):
+        scale_intensities(normalise(raw, mean, std), gains[:2], mean, std)
+
+
+def test_random_intensity_gains_are_log_uniform_within_the_jitter():
+    gains = random_intensity_gains(4000, 5, 0.25, torch.Generator().manual_seed(1))
+    assert gains.shape == (4000, 5)
+    assert gains.min() >= 1 / 1.25 - 1e-6 and gains.max() <= 1.25 + 1e-6
+    assert gains.min() < 0.81 and gains.max() > 1.24  # the whole range is drawn
+    assert abs(float(torch.log(gains).mean())) < 0.01  # as often dimmer as brighter
+    again = random_intensity_gains(4000, 5, 0.25, torch.Generator().manual_seed(1))
+    assert torch.equal(gains, again)
+    assert torch.equal(random_intensity_gains(3, 2, 0.0, torch.Generator()), torch.ones(3, 2))
+    with pytest.raises(ValueError, match="jitter"):
+        random_intensity_gains(3, 2, -0.1, torch.Generator())
 
 
 def test_dihedral_transform_checks_its_input():

@@ -33,10 +33,10 @@ class Sites(torch.utils.data.Dataset):
         return torch.from_numpy(self.images[index]), torch.tensor(self.label[index]), index
 
 
-def setup(kind, epochs=3, patience=5, augment=False, batchnorm_steps=2):
+def setup(kind, epochs=3, patience=5, augment=False, batchnorm_steps=2, intensity_jitter=0.0):
     return TrainSetup(kind=kind, k=2, eta=0.5, grid=PatchGrid(32, 16, 8), epochs=epochs, patience=patience, batch_size=8,
                       whole_batch_size=4, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, seed=3, in_channels=2,
-                      augment=augment, batchnorm_steps=batchnorm_steps)
+                      augment=augment, batchnorm_steps=batchnorm_steps, intensity_jitter=intensity_jitter)
 
 
 def loaders(dataset, batch_size, shuffle_seed):
@@ -138,15 +138,16 @@ def _model(kind, state):
     return model
 
 
-@pytest.mark.parametrize("augment", [False, True])
-def test_resume_after_interruption_equals_uninterrupted_run(augment, tmp_path):
+@pytest.mark.parametrize("augment, jitter", [(False, 0.0), (True, 0.2)])
+def test_resume_after_interruption_equals_uninterrupted_run(augment, jitter, tmp_path):
     torch.set_num_threads(1)
     train, val = Sites(12, 0), Sites(8, 1)
-    whole = fit(setup("M", augment=augment), train, val, loaders, CPU, tmp_path / "a.pt", "d", log=lambda *_: None)
-    cut = fit(setup("M", augment=augment), train, val, loaders, CPU, tmp_path / "b.pt", "d", log=lambda *_: None, stop_after=1)
+    run = setup("M", augment=augment, intensity_jitter=jitter)
+    whole = fit(run, train, val, loaders, CPU, tmp_path / "a.pt", "d", log=lambda *_: None)
+    cut = fit(run, train, val, loaders, CPU, tmp_path / "b.pt", "d", log=lambda *_: None, stop_after=1)
     assert not cut["finished"] and cut["epoch"] == 1
     messages = []
-    resumed = fit(setup("M", augment=augment), train, val, loaders, CPU, tmp_path / "b.pt", "d", log=messages.append)
+    resumed = fit(run, train, val, loaders, CPU, tmp_path / "b.pt", "d", log=messages.append)
     assert any("resumed" in m for m in messages)
     assert resumed["finished"] and resumed["epoch"] == whole["epoch"]
     for a, b in zip(whole["history"], resumed["history"]):
@@ -165,6 +166,8 @@ def test_augmentation_changes_what_the_model_is_trained_on(tmp_path):
     plain = fit(setup("M", epochs=1), train, val, loaders, CPU, tmp_path / "a.pt", "d", log=lambda *_: None)
     turned = fit(setup("M", epochs=1, augment=True), train, val, loaders, CPU, tmp_path / "b.pt", "d", log=lambda *_: None)
     assert plain["history"][0]["train_loss"] != turned["history"][0]["train_loss"]
+    rescaled = fit(setup("M", epochs=1, intensity_jitter=0.2), train, val, loaders, CPU, tmp_path / "c.pt", "d", log=lambda *_: None)
+    assert rescaled["history"][0]["train_loss"] not in (plain["history"][0]["train_loss"], turned["history"][0]["train_loss"])
 
 
 def test_early_stopping_on_validation_ap(tmp_path):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -35,6 +37,16 @@ TINY = {
 
 # Targets up to the per-well table, for tests about the image steps.
 WELLS = "results/tiny/nuclei/wells.parquet"
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py imported as a module (the benchmarks are scripts, not a package);
+    registered in sys.modules, where dataclasses look their module up."""
+    spec = importlib.util.spec_from_file_location(f"deemd_bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def deep_merge(base: dict, override: dict) -> dict:

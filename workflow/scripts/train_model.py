@@ -40,6 +40,7 @@ def make_setup(kind, train, site_size, in_channels):
         pretrained_weights=train["pretrained_weights"],
         ap_tolerance=train["ap_tolerance"],
         augment=train["augment"],
+        intensity_jitter=train["intensity_jitter"],
         batchnorm_steps=train["batchnorm_steps"],
         sites_per_step=train["sites_per_step"],
     )

@@ -43,6 +43,9 @@ class TrainSetup:
     batchnorm_steps: int = 0
     # Whole sites per step of M and V whatever k (0: batch_size // k, at least 1).
     sites_per_step: int = 0
+    # Train on each patch (or site) with every channel's intensity multiplied by a random
+    # gain in [1 / (1 + j), 1 + j] (0: off), so that brightness alone is not read as infection.
+    intensity_jitter: float = 0.0
 
     @property
     def train_k(self) -> int:
@@ -157,3 +160,27 @@ def dihedral_transform(images: torch.Tensor, codes: torch.Tensor) -> torch.Tenso
 def random_dihedral_codes(n: int, generator: torch.Generator) -> torch.Tensor:
     """n symmetry codes (0..7) for dihedral_transform, drawn from ``generator``."""
     return torch.randint(0, 8, (n,), generator=generator)
+
+
+def random_intensity_gains(n: int, channels: int, jitter: float, generator: torch.Generator) -> torch.Tensor:
+    """(n, channels) gains, log-uniform in [1 / (1 + jitter), 1 + jitter], drawn from
+    ``generator`` (float32, on the CPU); all 1 when ``jitter`` is 0."""
+    if jitter < 0:
+        raise ValueError(f"intensity jitter must be >= 0, got {jitter}")
+    spread = float(np.log1p(jitter))
+    return torch.exp((2.0 * torch.rand((n, channels), generator=generator) - 1.0) * spread)
+
+
+def scale_intensities(images: torch.Tensor, gains: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Standardised images (B, C, H, W) as they would be had each image's raw channel
+    intensities been multiplied by ``gains`` (B, C) before standardising with ``mean`` and
+    ``std`` (C,): (g x - m) / s = g (x - m) / s + (g - 1) m / s.
+
+    Stain intensity varies between wells and plates (exposure, dispensing, cell health)
+    without any change in infection; training on rescaled copies keeps a model from
+    reading a dimmer well as a less infected one."""
+    if gains.shape != images.shape[:2]:
+        raise ValueError(f"gains {tuple(gains.shape)} do not match images {tuple(images.shape[:2])}")
+    gains = gains.to(images.device, images.dtype)
+    offset = (gains - 1.0) * (mean / std).to(images.device, images.dtype)
+    return images * gains[:, :, None, None] + offset[:, :, None, None]

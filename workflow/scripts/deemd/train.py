@@ -35,6 +35,8 @@ from deemd.mil import (
     dihedral_transform,
     extract_patches,
     random_dihedral_codes,
+    random_intensity_gains,
+    scale_intensities,
     topk_patch_indices,
     weighted_bce,
 )
@@ -74,14 +76,20 @@ def training_batches(setup: TrainSetup, loader, selected, device_precision: Devi
 
 def train_one_epoch(setup, network, loader, selected, device_precision, weights, optimizer, scheduler, progress=None, augment_seed=None) -> float:
     """One pass over the training sites (``training_batches``).
-    With ``setup.augment``, each training image is flipped or turned at random by a
-    generator seeded with ``augment_seed`` (so a resumed epoch repeats exactly)."""
+    With ``setup.augment``, each training image is flipped or turned at random; with
+    ``setup.intensity_jitter``, its channels are rescaled at random (scale_intensities).
+    Both are drawn from a generator seeded with ``augment_seed`` (so a resumed epoch
+    repeats exactly)."""
     network.train()
-    generator = torch.Generator().manual_seed(int(augment_seed or 0)) if setup.augment else None
+    jitter = setup.intensity_jitter
+    generator = torch.Generator().manual_seed(int(augment_seed or 0)) if setup.augment or jitter > 0 else None
     losses, counts = 0.0, 0
     for step, (images, targets) in enumerate(training_batches(setup, loader, selected, device_precision)):
-        if generator is not None:
+        if setup.augment:
             images = dihedral_transform(images, random_dihedral_codes(len(images), generator))
+        if jitter > 0:
+            gains = random_intensity_gains(len(images), images.shape[1], jitter, generator)
+            images = scale_intensities(images, gains, device_precision.mean, device_precision.std)
         with device_precision.autocast():
             logits = network(device_precision.layout(images)).float().view(-1)
         loss = weighted_bce(logits, targets, weights)
