@@ -182,6 +182,23 @@ def test_curve_flags_a_dose_that_costs_cells_though_no_well_is_flagged():
     assert treatments["viability_cc50_um"].iloc[0] == pytest.approx(1.5 * np.sqrt(1.25), rel=0.05)
 
 
+def test_toxicity_of_an_antiviral_is_its_loss_from_the_cells_it_spares():
+    # An antiviral keeps 1.25x the infected controls' cells (it spares those the virus
+    # kills) until its toxicity takes a share of them. Against the infected controls the
+    # 3 uM dose still has 0.88 of their cells; against its own level it has lost 30 %.
+    c, v = cytotoxic_wells(cc50=3.0, sd=0.0)
+    v = 1.25 * (1.0 - (1.0 - v) / 0.9 * 0.6)  # from 1.25 down to 0.5
+    doses, _ = cytotoxicity(nucleus_table("Antiviral", c, v), min_viability=0.8)
+    at_3 = doses.set_index("treatment_conc").loc[3.0]
+    assert at_3["viability_fitted"] == pytest.approx(1.25 * 0.7, abs=0.02)
+    assert at_3["viability_relative"] == pytest.approx(0.7, abs=0.02)
+    assert at_3["toxic"] and at_3["toxic_reason"] == "viability curve"
+    # A compound below the infected controls' level at low doses is measured from 1, never
+    # from its own lower level (no dose becomes less toxic for it).
+    low = cytotoxicity(nucleus_table("Low", c, 0.9 * cytotoxic_wells(cc50=3.0, sd=0.0)[1]), min_viability=0.8)[0]
+    np.testing.assert_allclose(low["viability_relative"], low["viability_fitted"])
+
+
 def test_selectivity_index():
     assert selectivity_index([10.0, np.nan, 5.0], [0.1, 1.0, 0.0]) == pytest.approx([100.0, np.nan, np.nan], nan_ok=True)
 

@@ -65,11 +65,11 @@ def main(inference_tables, nuclei_path, output, log, efficacy, qc, readout, mode
                         row.plate_id, readout, qc["min_zprime"])
     toxic = quantitative["doses"]
     by_curve = toxic["toxic_reason"] == "viability curve"
-    logging.info("%d toxic doses, %d of them by the viability curve (fitted viability < %s)",
+    logging.info("%d toxic doses, %d of them by the viability curve (fitted viability relative to the compound's untoxic level < %s)",
                  int(toxic["toxic"].sum()), int(by_curve.sum()), settings["min_viability"])
     for row in toxic.loc[by_curve].itertuples():
-        logging.info("  %s at %s µM: fitted viability %.2f (wells' median %.2f)",
-                     row.treatment, row.treatment_conc, row.viability_fitted, row.viability_median)
+        logging.info("  %s at %s µM: relative viability %.2f (fitted %.2f, wells' median %.2f of the infected controls' cells)",
+                     row.treatment, row.treatment_conc, row.viability_relative, row.viability_fitted, row.viability_median)
     noise = quantitative["noise"]
     if noise.empty:
         logging.info("too few replicate wells for a noise trend: every well's noise is taken as equal in the curves' errors")

@@ -271,9 +271,11 @@ def cytotoxicity(nuclei_wells: pd.DataFrame, min_viability: float) -> tuple[pd.D
 
     Doses (treatment, treatment_conc): n_wells_plated, n_wells_toxic, viability_median
     (of the dose's wells), viability_fitted (its viability curve at the dose, NaN without
-    a falling curve), ``toxic`` and ``toxic_reason``: "well flags" when at least half of
-    its counted wells are flagged by the nucleus count (§3), else "viability curve" when
-    the fitted viability is below ``min_viability``, else "". A toxic dose is
+    a falling curve), viability_relative (viability_fitted over the larger of 1 and the
+    curve at the lowest tested dose: the share of the cells the compound would keep
+    without its toxicity that it keeps), ``toxic`` and ``toxic_reason``: "well flags" when at least
+    half of its counted wells are flagged by the nucleus count (§3), else "viability curve"
+    when viability_relative is below ``min_viability``, else "". A toxic dose is
     left out of the inhibition curve and cannot be a treatment's best dose: where cells die
     (and the survivors change), the infection readout falls with them and would read as
     inhibition. Treatments: viability_cc50_um and viability_status."""
@@ -284,15 +286,21 @@ def cytotoxicity(nuclei_wells: pd.DataFrame, min_viability: float) -> tuple[pd.D
     ).reset_index()
     doses["n_wells_toxic"] = doses["n_wells_toxic"].astype(np.int64)
     doses["viability_fitted"] = np.nan
+    doses["viability_relative"] = np.nan
     rows = []
     for name, wells in treated.groupby("treatment", sort=True):
         curve = viability_curve(wells["treatment_conc"], wells["viability"])
         rows.append({"treatment": name, "viability_cc50_um": curve["cc50_um"], "viability_status": curve["status"]})
         if curve["fit"] is not None:
             at = (doses["treatment"] == name).to_numpy()
-            doses.loc[at, "viability_fitted"] = fitted_curve(curve["fit"], doses.loc[at, "treatment_conc"])
+            fitted = fitted_curve(curve["fit"], doses.loc[at, "treatment_conc"])
+            doses.loc[at, "viability_fitted"] = fitted
+            # An antiviral also spares cells the virus kills, so its untoxic level can lie
+            # above the infected controls': its toxicity is the loss from that level, read
+            # at its lowest tested dose (the asymptote beyond it is an extrapolation).
+            doses.loc[at, "viability_relative"] = fitted / max(1.0, float(np.max(fitted)))
     by_wells = (2 * doses["n_wells_toxic"] >= doses["n_wells_plated"]).to_numpy(dtype=bool)
-    by_curve = (doses["viability_fitted"] < min_viability).to_numpy(dtype=bool)
+    by_curve = (doses["viability_relative"] < min_viability).to_numpy(dtype=bool)
     doses["toxic"] = by_wells | by_curve
     doses["toxic_reason"] = np.where(by_wells, "well flags", np.where(by_curve, "viability curve", ""))
     treatments = pd.DataFrame(rows, columns=["treatment", "viability_cc50_um", "viability_status"])
