@@ -16,6 +16,7 @@ from deemd.stitch import (
     image_manifest_digest,
     image_path,
     linear_luts,
+    png_header_dtype,
     read_site,
     read_well_into,
     reference_wells,
@@ -394,3 +395,21 @@ def test_a_plate_mixing_8_and_16_bit_images_names_the_odd_file(tmp_path):
     store = create_plate_store(tmp_path / "p.zarr", ["A01"], ["a", "b"], 8, LAYOUT)
     with ThreadPoolExecutor(2) as pool, pytest.raises(ImageReadError, match="A01_s3_w2.png: pixel type uint16, but the plate's other images are uint8"):
         stitch_plate(sites, store, pattern, [1, 2], "error", pool)
+
+
+def test_png_header_dtype_reads_the_pixel_type_without_decoding(tmp_path):
+    import imagecodecs
+
+    grey8, grey16, rgb = tmp_path / "g8.png", tmp_path / "g16.png", tmp_path / "rgb.png"
+    grey8.write_bytes(imagecodecs.png_encode(np.zeros((4, 5), np.uint8)))
+    grey16.write_bytes(imagecodecs.png_encode(np.zeros((4, 5), np.uint16)))
+    rgb.write_bytes(imagecodecs.png_encode(np.zeros((4, 5, 3), np.uint8)))
+    assert png_header_dtype(str(grey8)) == np.uint8
+    assert png_header_dtype(str(grey16)) == np.uint16
+    # Anything else is left to the decoder, which names the fault.
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(grey8.read_bytes()[:20])
+    not_png = tmp_path / "x.png"
+    not_png.write_bytes(b"not an image at all, but long enough to hold a header")
+    for path in (rgb, truncated, not_png, tmp_path / "missing.png"):
+        assert png_header_dtype(str(path)) is None
