@@ -30,6 +30,7 @@ from deemd.store import (
     StoreIntegrityError,
     create_plate_store,
     damage_marker,
+    gap_slices,
     has_checksums,
     open_plate_store,
     site_slices,
@@ -47,6 +48,11 @@ def test_site_slices_follow_layout():
     slices = site_slices([[2, 1], [4, 3]], 8)
     assert slices[2] == (slice(0, 8), slice(0, 8))
     assert slices[3] == (slice(8, 16), slice(8, 16))
+    # A 0 is a gap: not a site, and the one place gap_slices names.
+    with_gap = [[1, 0], [0, 2]]
+    assert list(site_slices(with_gap, 8)) == [1, 2]
+    assert gap_slices(with_gap, 8) == [(slice(0, 8), slice(8, 16)), (slice(8, 16), slice(0, 8))]
+    assert gap_slices([[2, 1], [4, 3]], 8) == []
 
 
 def write_png(path, array):

@@ -16,7 +16,7 @@ import tifffile
 
 from deemd.figures import row_label, well_position
 from deemd.nuclei import estimate_wells
-from deemd.store import layout_sites, site_slices
+from deemd.store import gap_slices, layout_sites, site_slices
 
 # The pixel types a site image may have; anything else is an error naming the file.
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
@@ -248,10 +248,9 @@ def read_well_into(
     # decoded site fills its square; a dropped one is zeroed below). A whole well's memset
     # costs about 1 % of its decode at 1024 px.
     present = {int(site) for site, _, _ in well_sites}
-    for r, row in enumerate(site_layout):
-        for c, site in enumerate(row):
-            if int(site) not in present:
-                out[:, r * site_size : (r + 1) * site_size, c * site_size : (c + 1) * site_size] = 0
+    absent = [place for site, place in placement.items() if site not in present]
+    for ys, xs in gap_slices(site_layout, site_size) + absent:
+        out[:, ys, xs] = 0
     for site, site_id, paths in well_sites:
         ys, xs = placement[site]
         try:

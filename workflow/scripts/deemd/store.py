@@ -338,15 +338,22 @@ def store_paths_by_plate(paths) -> dict[str, str]:
     return by_plate
 
 
+def _field_slices(site_layout: list[list[int]], site_size: int):
+    """(site number, (y slice, x slice)) of every field of the layout, 0 for a gap."""
+    for r, row in enumerate(site_layout):
+        for c, site in enumerate(row):
+            yield int(site), (slice(r * site_size, (r + 1) * site_size), slice(c * site_size, (c + 1) * site_size))
+
+
 def site_slices(site_layout: list[list[int]], site_size: int) -> dict[int, tuple[slice, slice]]:
     """Where each site lies in the stitched well image: site -> (y slice, x slice), in
     site order; a 0 in the layout is a field that was not imaged (a gap, left zero)."""
-    placement = {}
-    for r, row in enumerate(site_layout):
-        for c, site in enumerate(row):
-            if int(site):
-                placement[int(site)] = (slice(r * site_size, (r + 1) * site_size), slice(c * site_size, (c + 1) * site_size))
-    return dict(sorted(placement.items()))
+    return dict(sorted((site, place) for site, place in _field_slices(site_layout, site_size) if site))
+
+
+def gap_slices(site_layout: list[list[int]], site_size: int) -> list[tuple[slice, slice]]:
+    """(y slice, x slice) of each gap of the layout (a 0: a field that was not imaged)."""
+    return [place for site, place in _field_slices(site_layout, site_size) if not site]
 
 
 def layout_sites(site_layout: list[list[int]]) -> list[int]:
