@@ -28,10 +28,11 @@ from snakemake.utils import update_config, validate
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+from deemd.data import SiteDataset  # noqa: E402
 from deemd.inference import load_trained, site_scores  # noqa: E402
 from deemd.inhibition import inhibition  # noqa: E402
 from deemd.maps import map_readouts  # noqa: E402
-from deemd.store import open_plate_store  # noqa: E402
+from deemd.store import store_paths_by_plate  # noqa: E402
 
 
 def run_config(path: Path) -> dict:
@@ -50,13 +51,9 @@ def held_out_controls(split: pd.DataFrame, per_class: int, seed: int = 0) -> pd.
 
 
 def read_sites(results: Path, sites: pd.DataFrame) -> torch.Tensor:
-    stores = {}
-    images = []
-    for row in sites.itertuples(index=False):
-        if row.plate_id not in stores:
-            stores[row.plate_id] = open_plate_store(str(results / "store" / f"{row.plate_id}.zarr"))
-        images.append(stores[row.plate_id].read_site(row.well_index, row.site))
-    return torch.from_numpy(np.stack(images))
+    """The sites' pixels (n, C, S, S) uint8, read as training and inference read them."""
+    dataset = SiteDataset(sites, store_paths_by_plate(sorted((results / "store").glob("*.zarr"))))
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
 
 
 def rescaled(images: torch.Tensor, gain: float) -> torch.Tensor:
@@ -64,9 +61,10 @@ def rescaled(images: torch.Tensor, gain: float) -> torch.Tensor:
     return (images.float() * gain).round().clamp(0, 255).to(torch.uint8)
 
 
-def readouts(model_file: Path, images: torch.Tensor, config: dict) -> np.ndarray:
-    """Each site's efficacy readout under the run's config (map readout or W's readout)."""
-    network, setup, device_precision = load_trained(str(model_file), torch.device("cpu"), config["train"]["precision"])
+def readouts(model, images: torch.Tensor, config: dict) -> np.ndarray:
+    """Each site's efficacy readout under the run's config (map readout or W's readout);
+    ``model`` is what load_trained returns."""
+    network, setup, device_precision = model
     dataset = torch.utils.data.TensorDataset(images, torch.zeros(len(images)), torch.arange(len(images)))
     scored = site_scores(setup, network, torch.utils.data.DataLoader(dataset, batch_size=16), device_precision)
     if setup.kind == "W":
@@ -82,10 +80,11 @@ def brightness_table(results: Path, config: dict, gains: list[float], per_class:
     infected = sites["label"].to_numpy() == 1
     rows = []
     for model_file in sorted((results / "models").glob("*/model.pt")):
-        unchanged = readouts(model_file, images, config)
+        model = load_trained(str(model_file), torch.device("cpu"), config["train"]["precision"])
+        unchanged = readouts(model, images, config)
         references = np.median(unchanged[infected]), np.median(unchanged[~infected])
         for gain in gains:
-            values = unchanged if gain == 1 else readouts(model_file, rescaled(images, gain), config)
+            values = unchanged if gain == 1 else readouts(model, rescaled(images, gain), config)
             share = inhibition(values, *references)
             rows.append({"model": model_file.parent.name, "gain": gain,
                          "infected_controls": float(np.median(share[infected])),
@@ -101,7 +100,6 @@ def main(argv=None) -> None:
     parser.add_argument("--gains", nargs="+", type=float, default=[0.8, 0.9, 0.95, 1.0, 1.05, 1.1])
     parser.add_argument("--sites", type=int, default=48, help="held-out control sites of each kind")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     config_file = args.config or (args.run / "config.yaml" if args.run else None)
     if config_file is None:
         parser.error("give RUN or --results and --config")
