@@ -1,13 +1,14 @@
 """The per-plate store's Blosc codec on RxRx19a-like sites: compressed size against the
-PNGs of the same images, and the time to write (encode) and read (decode) a stitched well
-against the bare PNG decode of its files, single-threaded, in one run.
+PNGs of the same images, and the time to write (encode) and read (decode) the chunks of a
+stitched well (one a site) against the bare PNG decode of its files, single-threaded, in
+one run.
 
 Usage: python benchmarks/store_codec.py [--wells N]   (about a minute on 2 cores)
 
 The images: the first N wells of a foci-world plate at 1024 px sites, 5 channels, with
 RxRx19a HRCE-like nuclei (about 18 px across, about 300 a site; 0.65 um a pixel). The
-PNGs are written as the demo writes them (Pillow's defaults); a well is the store's chunk,
-(5, 2048, 2048) uint8. Printed per codec: size / PNG size, encode / PNG decode, decode /
+PNGs are written as the demo writes them (Pillow's defaults); a site is the store's chunk,
+(5, 1024, 1024) uint8, four a well. Printed per codec: size / PNG size, encode / PNG decode, decode /
 PNG decode (medians over the wells; each time the fastest of 3 calls). The PNG decode is
 the stitch step's own (imagecodecs' libpng, as deemd.stitch.read_image).
 """
@@ -66,9 +67,9 @@ def png_files(sites: np.ndarray) -> list[bytes]:
     return files
 
 
-def well_chunk(sites: np.ndarray) -> np.ndarray:
-    """The store's chunk of a well: (C, 2S, 2S), sites tiled s1 s2 / s3 s4."""
-    return np.ascontiguousarray(np.concatenate([np.concatenate(sites[0:2], axis=-1), np.concatenate(sites[2:4], axis=-1)], axis=-2))
+def site_chunks(sites: np.ndarray) -> list[np.ndarray]:
+    """The store's chunks of a well: one (C, S, S) array a site."""
+    return [np.ascontiguousarray(site) for site in sites]
 
 
 def timed(function, *args, repeats: int = 3) -> float:
@@ -91,17 +92,17 @@ def main() -> None:
     png_bytes = sum(len(f) for files in pngs for f in files)
     # The floor: the stitch step's own PNG decoder (imagecodecs' libpng, deemd.stitch.read_image).
     decode = [sum(timed(imagecodecs.png_decode, f) for f in files) for files in pngs]
-    chunks = [well_chunk(sites) for sites in wells]
-    raw = sum(c.nbytes for c in chunks)
-    print(f"{len(wells)} wells of {chunks[0].shape} uint8: raw {raw / 1e6:.1f} MB, PNG {png_bytes / 1e6:.1f} MB"
+    chunks = [site_chunks(sites) for sites in wells]
+    raw = sum(c.nbytes for well in chunks for c in well)
+    print(f"{len(wells)} wells of {len(chunks[0])} x {chunks[0][0].shape} uint8: raw {raw / 1e6:.1f} MB, PNG {png_bytes / 1e6:.1f} MB"
           f" ({png_bytes / raw:.2f} of raw); PNG decode {statistics.median(decode):.3f} s a well (1 thread)")
     print(f"{'codec':22} {'size / PNG':>10} {'write / decode':>15} {'read / decode':>14}")
     for cname, clevel, shuffle in CODECS:
         codec = Blosc(cname=cname, clevel=clevel, shuffle=SHUFFLE[shuffle])
-        encoded = [codec.encode(c) for c in chunks]
-        write = [timed(codec.encode, c) / d for c, d in zip(chunks, decode)]
-        read = [timed(codec.decode, e) / d for e, d in zip(encoded, decode)]
-        size = sum(len(e) for e in encoded) / png_bytes
+        encoded = [[codec.encode(c) for c in well] for well in chunks]
+        write = [sum(timed(codec.encode, c) for c in well) / d for well, d in zip(chunks, decode)]
+        read = [sum(timed(codec.decode, e) for e in well) / d for well, d in zip(encoded, decode)]
+        size = sum(len(e) for well in encoded for e in well) / png_bytes
         print(f"{f'{cname} {clevel} {shuffle}':22} {size:10.2f} {statistics.median(write):15.3f} {statistics.median(read):14.3f}")
 
 

@@ -1,6 +1,7 @@
 """What the store's integrity checks cost a read: one RxRx19a-sized well (5 x 2048 x 2048
-uint8) read from a Blosc-only array (no checks) against the per-plate store (Blosc +
-crc32c, read through PlateStore, which also checks that the chunk exists).
+uint8, four 1024 px sites) and one site read from a Blosc-only array of the same chunks
+and codec (no checks) against the per-plate store (Blosc + crc32c, read through
+PlateStore, which also checks that each chunk exists).
 
 Usage: python benchmarks/store_read.py [--repeats N]
 Prints medians of interleaved repeats (a passing load on the machine hits both alike).
@@ -47,19 +48,24 @@ def main() -> None:
     store = open_plate_store(tmp / "store.zarr")
     plain = zarr.open_group(str(tmp / "plain.zarr"), mode="w").create_array(
         "images", shape=store.images.shape, chunks=store.images.chunks, dtype="uint8",
-        compressors=zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), fill_value=0,
+        compressors=zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), fill_value=0,
         chunk_key_encoding={"name": "default", "separator": "."}, config={"write_empty_chunks": True},
     )
     for i in range(len(wells)):
         plain[i] = well
     assert np.array_equal(store.images[3], plain[3])
-    runs = [(timeit.timeit(lambda: plain[i % 8], number=1), timeit.timeit(lambda: store.images[i % 8], number=1)) for i in range(args.repeats)]
-    before, after = (statistics.median(r[k] for r in runs) for k in range(2))
+    reads = {
+        "well": (lambda i: plain[i % 8], lambda i: store.images[i % 8]),
+        "site": (lambda i: plain[i % 8, :, 1024:, :1024], lambda i: store.read_site(i % 8, 3)),
+    }
     stored = sum(f.stat().st_size for f in (tmp / "store.zarr" / "images").glob("c.*")) / len(wells)
+    print(f"one well of 5 x 2048 x 2048 uint8 in {store.images.chunks} chunks, {stored / 1e6:.1f} MB stored, median of {args.repeats}:")
+    for name, (unchecked, verified) in reads.items():
+        runs = [(timeit.timeit(lambda: unchecked(i), number=1), timeit.timeit(lambda: verified(i), number=1)) for i in range(args.repeats)]
+        before, after = (statistics.median(r[k] for r in runs) for k in range(2))
+        print(f"{name}: Blosc only, unchecked read   {before * 1e3:8.2f} ms")
+        print(f"{name}: Blosc + crc32c, verified read {after * 1e3:8.2f} ms   ratio {after / before:.3f}")
     shutil.rmtree(tmp)
-    print(f"one well of 5 x 2048 x 2048 uint8, {stored / 1e6:.1f} MB stored, median of {args.repeats}:")
-    print(f"Blosc only, unchecked read        {before * 1e3:8.2f} ms")
-    print(f"Blosc + crc32c, verified read     {after * 1e3:8.2f} ms   ratio {after / before:.3f}")
 
 
 if __name__ == "__main__":

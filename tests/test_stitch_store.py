@@ -18,11 +18,11 @@ from deemd.stitch import (
     linear_luts,
     png_header_dtype,
     read_site,
-    read_well_into,
     reference_wells,
     rescale_rule,
     site_paths_by_well,
     stitch_plate,
+    stitch_well_fields,
     well_fields,
 )
 from deemd.store import (
@@ -30,8 +30,8 @@ from deemd.store import (
     StoreIntegrityError,
     create_plate_store,
     damage_marker,
-    gap_slices,
     has_checksums,
+    layout_fields,
     open_plate_store,
     site_slices,
 )
@@ -48,11 +48,10 @@ def test_site_slices_follow_layout():
     slices = site_slices([[2, 1], [4, 3]], 8)
     assert slices[2] == (slice(0, 8), slice(0, 8))
     assert slices[3] == (slice(8, 16), slice(8, 16))
-    # A 0 is a gap: not a site, and the one place gap_slices names.
+    # A 0 is a gap: not a site, but a field of the layout.
     with_gap = [[1, 0], [0, 2]]
     assert list(site_slices(with_gap, 8)) == [1, 2]
-    assert gap_slices(with_gap, 8) == [(slice(0, 8), slice(8, 16)), (slice(8, 16), slice(0, 8))]
-    assert gap_slices([[2, 1], [4, 3]], 8) == []
+    assert layout_fields(with_gap) == [(1, 0, 0), (0, 0, 1), (0, 1, 0), (2, 1, 1)]
 
 
 def write_png(path, array):
@@ -207,27 +206,41 @@ def test_bad_png_stops_or_is_dropped_and_listed(tmp_path):
     assert valid[1].tolist() == [True, True, False, True] and valid[[0, 2]].all()
 
 
-def test_read_well_into_places_sites_and_drops_bad_ones(tmp_path):
+def stitched_fields(well_sites, layout, on_bad_image="error", channels=2, size=8):
+    """stitch_well_fields into a (channel, y, x) well that starts all 255 (stale content
+    must not survive), and the order the fields were written in."""
+    out = np.full((channels, len(layout) * size, len(layout[0]) * size), 255, dtype=np.uint8)
+    order = []
+
+    def write_field(r, c, pixels):
+        order.append((r, c))
+        out[:, r * size : (r + 1) * size, c * size : (c + 1) * size] = pixels
+
+    buffer = np.full((channels, size, size), 7, dtype=np.uint8)
+    valid, dropped = stitch_well_fields(write_field, buffer, well_sites, layout, size, on_bad_image)
+    return out, order, valid, dropped
+
+
+def test_stitch_well_fields_writes_every_field_and_drops_bad_sites(tmp_path):
     sites, pattern = make_plate(tmp_path, wells=("A01",))
     (tmp_path / "E" / "Plate1" / "A01_s1_w1.png").unlink()
     by_well = site_paths_by_well(sites, pattern, [1, 2])
     assert by_well["A01"][0] == (1, "E_1_A01_1", [image_path(pattern, "E", 1, "A01", 1, c) for c in (1, 2)])
-    out = np.full((2, 16, 16), 255, dtype=np.uint8)  # stale content must not survive
-    valid, dropped = read_well_into(out, by_well["A01"], LAYOUT, 8, "drop")
+    out, order, valid, dropped = stitched_fields(by_well["A01"], LAYOUT, "drop")
     assert valid.tolist() == [False, True, True, True] and dropped[0]["site"] == 1
+    assert sorted(order) == [(0, 0), (0, 1), (1, 0), (1, 1)]  # each field once
     assert (out[:, :8, :8] == 0).all()
     assert (out[1, :8, 8:] == 20 + 2).all() and (out[0, 8:, :8] == 30 + 1).all() and (out[1, 8:, 8:] == 40 + 2).all()
     with pytest.raises(ImageReadError, match="A01_s1_w1.png: file not found"):
-        read_well_into(out, by_well["A01"], LAYOUT, 8, "error")
-    # A site missing from the metadata is simply absent.
-    valid, dropped = read_well_into(out, by_well["A01"][2:], [[2, 1], [4, 3]], 8, "error")
-    assert valid.tolist() == [False, False, True, True] and dropped == []
+        stitched_fields(by_well["A01"], LAYOUT)
+    # A site missing from the metadata is simply absent, and zero.
+    out, order, valid, dropped = stitched_fields(by_well["A01"][2:], [[2, 1], [4, 3]])
+    assert valid.tolist() == [False, False, True, True] and dropped == [] and len(order) == 4
     assert (out[0, 8:, 8:] == 30 + 1).all() and (out[:, :8, :] == 0).all()
-    # A gap of the layout (0) is zeroed too, whatever the buffer held before.
-    out[...] = 255
-    valid, dropped = read_well_into(out, by_well["A01"][1:3], [[2, 1], [0, 3]], 8, "error")
+    # A gap of the layout (0) is written as zeros too.
+    out, order, valid, dropped = stitched_fields(by_well["A01"][1:3], [[2, 1], [0, 3]])
     assert valid.tolist() == [False, True, True] and (out[1, :8, :8] == 20 + 2).all() and (out[0, 8:, 8:] == 30 + 1).all()
-    assert (out[:, 8:, :8] == 0).all() and (out[:, :8, 8:] == 0).all()  # the gap, and site 1 (absent)
+    assert (out[:, 8:, :8] == 0).all() and (out[:, :8, 8:] == 0).all() and len(order) == 4  # the gap, and site 1 (absent)
 
 
 def test_open_plate_store_missing(tmp_path):
@@ -268,21 +281,26 @@ def test_store_codec_shuffle_is_as_asked_and_round_trips(tmp_path, shuffle):
 
 
 @pytest.mark.parametrize("codec,shuffle,dtype", [("lz4", "bitshuffle", "uint8"), ("zstd", "shuffle", "uint8"), ("lz4", "bitshuffle", "uint16")])
-def test_write_well_stores_the_bytes_zarr_writes(tmp_path, codec, shuffle, dtype):
+def test_write_field_stores_the_bytes_zarr_writes(tmp_path, codec, shuffle, dtype):
     pixels = np.random.default_rng(2).poisson(6, (3, 2, 32, 32)).astype(dtype)
     paths = {}
-    for how in ("zarr", "write_well"):
+    for how in ("zarr", "write_field"):
         paths[how] = tmp_path / f"{how}.zarr"
         store = create_plate_store(paths[how], ["A01", "A02", "B01"], ["a", "b"], 16, [[1, 2], [3, 4]], codec=codec, shuffle=shuffle, dtype=dtype)
         for index, well in enumerate(pixels):
             if how == "zarr":
                 store.images[index] = well
             else:
-                store.write_well(index, well)
+                for r in range(2):
+                    for c in range(2):
+                        store.write_field(index, r, c, np.ascontiguousarray(well[:, r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16]))
+    assert store.group["images"].chunks == (1, 2, 16, 16)  # a chunk per site
     for index in range(3):
-        chunk = f"images/c.{index}.0.0.0"
-        assert (paths["zarr"] / chunk).read_bytes() == (paths["write_well"] / chunk).read_bytes()
-    reread = zarr.open_group(str(paths["write_well"]), mode="r")["images"][:]
+        for r in range(2):
+            for c in range(2):
+                chunk = f"images/c.{index}.0.{r}.{c}"
+                assert (paths["zarr"] / chunk).read_bytes() == (paths["write_field"] / chunk).read_bytes()
+    reread = zarr.open_group(str(paths["write_field"]), mode="r")["images"][:]
     assert np.array_equal(reread, pixels)
 
 
@@ -315,9 +333,11 @@ def test_damaged_chunk_is_an_error_naming_store_and_well(damage, tmp_path):
     assert store.images[2].shape == (2, 16, 16)
     reason = "is missing" if damage == "deleted" else "is corrupt"
     for read in (lambda: store.images[1], lambda: store.read_wells(), lambda: store.read_wells(1, 2, channel=0),
-                 lambda: store.images[1, :, :8, :8], lambda: store.images[...]):
-        with pytest.raises(StoreIntegrityError, match=rf"p\.zarr: chunk images/c\.1\.0\.0\.0 \(images of well A02\) {reason}"):
+                 lambda: store.images[1, :, :8, :8], lambda: store.images[...], lambda: store.read_site(1, 1)):
+        with pytest.raises(StoreIntegrityError, match=rf"p\.zarr: chunk images/c\.1\.0\.0\.0 \(images of well A02, site 1\) {reason}"):
             read()
+    # A read that does not touch the damaged site's chunk is not stopped by it.
+    assert store.read_site(1, 2).shape == (2, 8, 8) and store.images[1, 0, 8:, :].shape == (8, 16)
     # Marked for restitching: the marker is an input of the stitch rule.
     marker = damage_marker(path)
     assert marker == tmp_path / "p.zarr.damaged" and "A02" in marker.read_text()

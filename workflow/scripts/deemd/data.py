@@ -15,7 +15,7 @@ class SiteDataset(Dataset):
 
     ``sites`` needs plate_id, well_index, site (and label, -1 where unknown). Stores are
     opened lazily in each DataLoader worker (zarr handles are not shared across forks);
-    the well's chunk is read and the site's quadrant cut from it.
+    a site is one chunk of its plate's store (PlateStore.read_site).
     """
 
     def __init__(self, sites: pd.DataFrame, store_paths: dict[str, str]):

@@ -16,7 +16,7 @@ import tifffile
 
 from deemd.figures import row_label, well_position
 from deemd.nuclei import estimate_wells
-from deemd.store import gap_slices, layout_sites, site_slices
+from deemd.store import layout_fields, layout_sites
 
 # The pixel types a site image may have; anything else is an error naming the file.
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
@@ -222,8 +222,18 @@ AS_READ = IntensityRule(np.dtype(np.uint8), None, {"source_dtype": "uint8", "rul
 KEEP_16 = IntensityRule(np.dtype(np.uint16), None, {"source_dtype": "uint16", "rule": "stored as read"})
 
 
-def read_well_into(
-    out: np.ndarray,
+def read_site_into(out: np.ndarray, paths: list[str], site_size: int, channel_axis: int = 0, rule: IntensityRule = AS_READ) -> None:
+    """Decode one site's files into ``out`` (channel, S, S), uint8 (or uint16 with
+    KEEP_16), through ``rule``: 8-bit PNGs stored as read are decoded in place."""
+    if rule.luts is None:
+        read_site(paths, site_size, out.shape[0], channel_axis, rule.dtype, out=out)
+    else:
+        out[...] = rule.apply(read_site(paths, site_size, out.shape[0], channel_axis, rule.dtype))
+
+
+def stitch_well_fields(
+    write_field,
+    buffer: np.ndarray,
     well_sites: list[tuple[int, str, list[str]]],
     site_layout: list[list[int]],
     site_size: int,
@@ -231,39 +241,35 @@ def read_well_into(
     channel_axis: int = 0,
     rule: IntensityRule = AS_READ,
 ) -> tuple[np.ndarray, list[dict]]:
-    """Decode the sites of one well ((site, site_id, paths) as from site_paths_by_well)
-    into their places in ``out`` (channel, Y, X), uint8 (or uint16 with KEEP_16),
-    through ``rule``.
+    """Decode the sites of one well ((site, site_id, paths) as from site_paths_by_well),
+    one at a time, into ``buffer`` (channel, S, S), and hand every field of the layout to
+    ``write_field(row, column, pixels)``: a site's pixels, or zeros for a gap, a site the
+    well lacks, or a site dropped because a file is unreadable (``on_bad_image ==
+    "drop"``); with ``"error"`` the ImageReadError stops the job. ``pixels`` is
+    ``buffer``, valid until the call returns.
 
-    Returns a bool vector over the layout's sites 1..n (True = imaged) and the QC records
-    of dropped sites. A site that is absent, or dropped because a file is unreadable
-    (``on_bad_image == "drop"``), is zero in ``out`` and False in the vector, so no later
-    step mistakes it for a dark field (and so is a gap of the layout); with ``"error"``
-    the ImageReadError stops the job.
+    Returns a bool vector over the layout's sites 1..n (True = imaged), so no later step
+    mistakes a zeroed site for a dark field, and the QC records of dropped sites.
     """
-    placement = site_slices(site_layout, site_size)
-    valid = np.zeros(len(placement), dtype=bool)
+    fields = {site: (r, c) for site, r, c in layout_fields(site_layout)}
+    valid = np.zeros(len(layout_sites(site_layout)), dtype=bool)
     dropped = []
-    # Zero only what no site overwrites: the layout's gaps and the sites the well lacks (a
-    # decoded site fills its square; a dropped one is zeroed below). A whole well's memset
-    # costs about 1 % of its decode at 1024 px.
-    present = {int(site) for site, _, _ in well_sites}
-    absent = [place for site, place in placement.items() if site not in present]
-    for ys, xs in gap_slices(site_layout, site_size) + absent:
-        out[:, ys, xs] = 0
     for site, site_id, paths in well_sites:
-        ys, xs = placement[site]
         try:
-            if rule.luts is None:  # stored as read: decoded straight into its place
-                read_site(paths, site_size, out.shape[0], channel_axis, rule.dtype, out=out[:, ys, xs])
-            else:
-                out[:, ys, xs] = rule.apply(read_site(paths, site_size, out.shape[0], channel_axis, rule.dtype))
+            read_site_into(buffer, paths, site_size, channel_axis, rule)
             valid[site - 1] = True
         except ImageReadError as error:
             if on_bad_image != "drop":
                 raise
-            out[:, ys, xs] = 0
+            buffer[...] = 0
             dropped.append({"site_id": site_id, "site": site, "reason": str(error)})
+        write_field(*fields[int(site)], buffer)
+    present = {int(site) for site, _, _ in well_sites}
+    empty = [(r, c) for site, r, c in layout_fields(site_layout) if site not in present]
+    if empty:
+        buffer[...] = 0
+        for r, c in empty:
+            write_field(r, c, buffer)
     return valid, dropped
 
 
@@ -359,11 +365,12 @@ def stitch_plate(
     8-bit images are stored as read; 16-bit ones through the plate's rescale rule (kept
     as read where the store is uint16)
     (plate_intensity_rule, ``rescale``: low_percentile, high_percentile, reference_wells),
-    which is recorded in the store's ``intensity`` attribute. Each well is decoded,
-    compressed and written by one task on ``pool`` (PNG and TIFF decoding and Blosc
-    release the GIL), into a buffer of its thread's own (PlateStore.write_well): memory
-    is one stitched well a thread, and no thread waits on another. ``progress(done,
-    total)`` is called in plate order. Returns the QC records of dropped sites.
+    which is recorded in the store's ``intensity`` attribute. Each well is one task on
+    ``pool`` (PNG and TIFF decoding and Blosc release the GIL): its sites are decoded one
+    at a time into a buffer of the thread's own, and each is compressed and written as
+    its chunk at once (stitch_well_fields, PlateStore.write_field): memory is one site a
+    thread, and no thread waits on another. ``progress(done, total)`` is called in plate
+    order. Returns the QC records of dropped sites.
     """
     wells = store.wells
     by_well = site_paths_by_well(plate_sites, pattern, channels)
@@ -377,12 +384,11 @@ def stitch_plate(
     buffers = threading.local()
 
     def stitch_well(index: int):
-        buffer = getattr(buffers, "well", None)
+        buffer = getattr(buffers, "site", None)
         if buffer is None:
-            buffer = buffers.well = np.empty(store.images.shape[1:], dtype=store.images.dtype)
-        result = read_well_into(buffer, by_well.get(wells[index], []), layout, site_size, on_bad_image, channel_axis, rule)
-        store.write_well(index, buffer)
-        return result
+            buffer = buffers.site = np.empty((store.images.shape[1], site_size, site_size), dtype=store.images.dtype)
+        write_field = functools.partial(store.write_field, index)
+        return stitch_well_fields(write_field, buffer, by_well.get(wells[index], []), layout, site_size, on_bad_image, channel_axis, rule)
 
     for index, (valid, bad) in enumerate(pool.map(stitch_well, range(len(wells)))):
         valid_all[index] = valid

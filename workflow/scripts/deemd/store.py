@@ -1,15 +1,20 @@
 """The per-plate image store that every step after stitching reads instead of the PNGs.
 
 One Zarr (v3) group per plate:
-  images      uint8 (well, channel, y, x), one Blosc-compressed chunk per well, the sites
-              tiled by the layout (any grid; a gap of the layout stays zero);
+  images      uint8 (well, channel, y, x), the sites of a well tiled by the layout (any
+              grid; a gap of the layout is zero), one Blosc-compressed chunk per field of
+              the layout (a site's channels, or a gap);
   site_valid  bool (well, site): False where a site's image was dropped (on_bad_image: drop);
   attrs       wells, channel names, site size and layout, OME-NGFF-style axes, and (written
               by the stitch step) ``intensity``, how 16-bit images became uint8.
 
 Why one 4-D array and not one OME-Zarr HCS image per well: zarr-python pays about 2-3 ms
 of metadata and call overhead per array, which at demo size costs more than decoding the
-PNGs; one array per plate reads a well in one chunk (measured in benchmarks/stitch.py).
+PNGs (measured in benchmarks/stitch.py). Why a chunk per site and not per well: training
+and inference read single sites, which then decode a quarter of the bytes (RxRx19a has
+four sites a well); and the stitch step compresses and writes each site while its pixels
+are still in the CPU's cache, where a whole 1024 px well (20 MB) is not, and writes files
+of a few MB that cost the kernel less CPU to take into its page cache (benchmarks/scale.py).
 
 Every chunk ends in a CRC-32C checksum (zarr's crc32c codec, after Blosc), and every read
 checks that the chunks it touches exist (zarr would return the fill value for a missing
@@ -21,6 +26,7 @@ the stitch rule), so rerunning the same snakemake command restitches that plate.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -72,7 +78,7 @@ class ChunkEncoder:
 
     Why not ``array[i] = chunk``: zarr hands every write to its one event-loop thread and
     then to a thread per codec, which on a 1024 px plate left the cores idle for a third
-    of the stitch step (benchmarks/scale.py). Encoding and writing each well on the thread
+    of the stitch step (benchmarks/scale.py). Encoding and writing each site on the thread
     that decoded it keeps them busy. Only the codec chain create_plate_store makes is
     supported (``supports`` says whether an array has it); tests check that the bytes are
     those zarr writes."""
@@ -113,14 +119,14 @@ class ChunkEncoder:
 class VerifiedArray:
     """A zarr array whose every read checks its chunks: a missing chunk (which zarr would
     read as the fill value) or a checksum mismatch is a StoreIntegrityError naming the
-    store and the well. Chunks are one per index of the first axis (a well); writes and
-    every other attribute (shape, dtype, ...) go to the array unchanged."""
+    store, the well and (for a chunk of one site) the site. Writes and every other
+    attribute (shape, dtype, ...) go to the array unchanged."""
 
     def __init__(self, array: zarr.Array, store_path: Path, group: zarr.Group):
-        # The group's "wells" attribute names the wells (only needed for an error message).
+        # The group's "wells" and "site_layout" attributes name what a chunk holds (only
+        # needed for an error message).
         self._array, self._path, self._group = array, Path(store_path), group
-        self._chunk_rows = int(array.chunks[0])
-        self._tail = (0,) * (array.ndim - 1)
+        self._chunk_shape = tuple(int(c) for c in array.chunks)
 
     def __getattr__(self, name):
         if name.startswith("_"):  # not set yet (unpickling): never recurse
@@ -133,31 +139,43 @@ class VerifiedArray:
     def __setitem__(self, key, value) -> None:
         self._array[key] = value
 
-    def _chunk_name(self, chunk: int) -> str:
-        return f"{self._array.path}/{self._array.metadata.encode_chunk_key((chunk, *self._tail))}"
+    def _chunk_name(self, coords: tuple[int, ...]) -> str:
+        return f"{self._array.path}/{self._array.metadata.encode_chunk_key(tuple(int(c) for c in coords))}"
 
-    def _chunk_file(self, chunk: int) -> Path:
-        return self._path / self._chunk_name(chunk)
+    def _chunk_file(self, coords: tuple[int, ...]) -> Path:
+        return self._path / self._chunk_name(coords)
 
-    def _label(self, chunk: int) -> str:
-        rows = range(chunk * self._chunk_rows, min((chunk + 1) * self._chunk_rows, self._array.shape[0]))
+    def _label(self, coords: tuple[int, ...]) -> str:
+        """What the chunk at ``coords`` holds: its wells (first axis) and, where it is one
+        field of a stitched well, that field's site."""
+        rows = range(coords[0] * self._chunk_shape[0], min((coords[0] + 1) * self._chunk_shape[0], self._array.shape[0]))
         labels = list(self._group.attrs.get("wells", []))
         names = [labels[r] if r < len(labels) else f"index {r}" for r in rows]
-        if len(names) == 1:
-            return f"{self._array.path} of well {names[0]}"
-        shown = ", ".join(names) if len(names) <= 4 else f"{names[0]} to {names[-1]}"
-        return f"{self._array.path} of wells {shown}"
+        if len(names) != 1:
+            shown = ", ".join(names) if len(names) <= 4 else f"{names[0]} to {names[-1]}"
+            return f"{self._array.path} of wells {shown}"
+        label = f"{self._array.path} of well {names[0]}"
+        layout = self._group.attrs.get("site_layout")
+        if self._array.ndim == 4 and layout and self._chunk_shape[2:] == (self._group.attrs.get("site_size"),) * 2:
+            site = int(layout[coords[2]][coords[3]])
+            label += f", site {site}" if site else ", a gap of the layout"
+        return label
 
-    def _chunks(self, key) -> np.ndarray:
-        first = key[0] if isinstance(key, tuple) and key else key
-        if first is Ellipsis or (isinstance(key, tuple) and not key):
-            first = slice(None)
-        rows = np.atleast_1d(np.arange(self._array.shape[0])[first])
-        return np.unique(rows // self._chunk_rows)
+    def _chunks(self, key) -> list[tuple[int, ...]]:
+        """The chunk coordinates that ``key`` (ints, slices, an Ellipsis) touches."""
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            at = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:at] + (slice(None),) * (self._array.ndim - len(key) + 1) + key[at + 1 :]
+        key = key + (slice(None),) * (self._array.ndim - len(key))
+        per_axis = [
+            np.unique(np.atleast_1d(np.arange(size)[k]) // chunk) for k, size, chunk in zip(key, self._array.shape, self._chunk_shape)
+        ]
+        return list(itertools.product(*(axis.tolist() for axis in per_axis)))
 
     def __getitem__(self, key):
         chunks = self._chunks(key)
-        # One stat per chunk read: microseconds against milliseconds of decoding a well.
+        # One stat per chunk read: microseconds against milliseconds of decoding a site.
         for chunk in chunks:
             if not self._chunk_file(chunk).is_file():
                 raise integrity_error(self._path, f"chunk {self._chunk_name(chunk)} ({self._label(chunk)}) is missing")
@@ -167,7 +185,7 @@ class VerifiedArray:
             # Which chunk: read each alone (only on this failure path).
             for chunk in chunks:
                 try:
-                    self._array[chunk * self._chunk_rows]
+                    self._array[tuple(slice(c * n, (c + 1) * n) for c, n in zip(chunk, self._chunk_shape))]
                 except (ValueError, RuntimeError, OSError) as chunk_error:
                     raise integrity_error(
                         self._path, f"chunk {self._chunk_name(chunk)} ({self._label(chunk)}) is corrupt ({chunk_error})"
@@ -214,24 +232,28 @@ class PlateStore:
 
     def read_site(self, well_index: int, site: int) -> np.ndarray:
         """One site (channel, S, S) of the well in row ``well_index``, verified; only
-        that well's chunk is read."""
+        that site's chunk is read."""
         ys, xs = self.site_placement[int(site)]
         return self.images[int(well_index), :, ys, xs]
 
     @functools.cached_property
     def _encoder(self) -> ChunkEncoder | None:
         array = self.group["images"]
-        return ChunkEncoder(array) if ChunkEncoder.supports(array) and array.chunks[0] == 1 else None
+        site_chunks = tuple(array.chunks) == (1, array.shape[1], self.site_size, self.site_size)
+        return ChunkEncoder(array) if ChunkEncoder.supports(array) and site_chunks else None
 
-    def write_well(self, well_index: int, image: np.ndarray) -> None:
-        """Write one stitched well (channel, y, x) as its chunk, encoded on the calling
-        thread (ChunkEncoder); the store is being written under a temporary name
-        (atomic_directory), so a chunk file needs no atomic rename of its own."""
-        if self._encoder is None:
-            self.images[int(well_index)] = image
+    def write_field(self, well_index: int, row: int, column: int, pixels: np.ndarray) -> None:
+        """Write one field of the layout (row, column) of a well: a site's (channel, S, S)
+        pixels, or zeros for a gap. The chunk is encoded on the calling thread
+        (ChunkEncoder) and written as one file; the store is being written under a
+        temporary name (atomic_directory), so a chunk file needs no atomic rename of its
+        own."""
+        size = self.site_size
+        if self._encoder is None:  # a store of other chunks: through zarr
+            self.images[int(well_index), :, row * size : (row + 1) * size, column * size : (column + 1) * size] = pixels
             return
-        compressed, checksum = self._encoder.encode(image[None])
-        with open(self.images._chunk_file(int(well_index)), "wb") as handle:
+        compressed, checksum = self._encoder.encode(pixels[None])
+        with open(self.images._chunk_file((int(well_index), 0, int(row), int(column))), "wb") as handle:
             handle.write(compressed)
             handle.write(checksum)
 
@@ -265,13 +287,14 @@ def create_plate_store(
     # The checksum comes after Blosc: it covers the stored bytes, so a truncated or
     # altered chunk fails before Blosc decodes it (Blosc on a truncated chunk can crash).
     compressors = [zarr.codecs.BloscCodec(cname=codec, clevel=clevel, shuffle=shuffle), zarr.codecs.Crc32cCodec()]
-    # Flat chunk keys (no directory per chunk) and no all-fill-value test per chunk: both
-    # cost more CPU than compressing a small well (benchmarks/stitch.py). Every chunk is
-    # written, so a missing one means damage.
+    # One chunk per field of the layout (a site's channels, or a gap: see the module's
+    # docstring). Flat chunk keys (no directory per chunk) and no all-fill-value test per
+    # chunk: both cost more CPU than compressing a small site (benchmarks/stitch.py).
+    # Every chunk is written, so a missing one means damage.
     group.create_array(
         "images",
         shape=shape,
-        chunks=(1,) + shape[1:],
+        chunks=(1, len(channel_names), site_size, site_size),
         dtype=dtype,
         compressors=compressors,
         fill_value=0,
@@ -338,22 +361,20 @@ def store_paths_by_plate(paths) -> dict[str, str]:
     return by_plate
 
 
-def _field_slices(site_layout: list[list[int]], site_size: int):
-    """(site number, (y slice, x slice)) of every field of the layout, 0 for a gap."""
-    for r, row in enumerate(site_layout):
-        for c, site in enumerate(row):
-            yield int(site), (slice(r * site_size, (r + 1) * site_size), slice(c * site_size, (c + 1) * site_size))
+def layout_fields(site_layout: list[list[int]]) -> list[tuple[int, int, int]]:
+    """(site number, row, column) of every field of the layout, row by row; site 0 is a gap
+    (a field that was not imaged)."""
+    return [(int(site), r, c) for r, row in enumerate(site_layout) for c, site in enumerate(row)]
 
 
 def site_slices(site_layout: list[list[int]], site_size: int) -> dict[int, tuple[slice, slice]]:
     """Where each site lies in the stitched well image: site -> (y slice, x slice), in
     site order; a 0 in the layout is a field that was not imaged (a gap, left zero)."""
-    return dict(sorted((site, place) for site, place in _field_slices(site_layout, site_size) if site))
-
-
-def gap_slices(site_layout: list[list[int]], site_size: int) -> list[tuple[slice, slice]]:
-    """(y slice, x slice) of each gap of the layout (a 0: a field that was not imaged)."""
-    return [place for site, place in _field_slices(site_layout, site_size) if not site]
+    return {
+        site: (slice(r * site_size, (r + 1) * site_size), slice(c * site_size, (c + 1) * site_size))
+        for site, r, c in sorted(layout_fields(site_layout))
+        if site
+    }
 
 
 def layout_sites(site_layout: list[list[int]]) -> list[int]:
