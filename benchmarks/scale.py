@@ -9,7 +9,9 @@ With no arguments (meant to take under 15 minutes on 2 idle cores):
    (about 300 cells a site, nuclei 11 um = 17 px across, cells 34 um = 52 px);
 2. runs each stage in a fresh process (so that its peak RSS can be compared with the rule's
    mem_mb), on the same N threads, as medians of interleaved repeats against its floor:
-     stitch     deemd.stitch.stitch_plate into a fresh store  vs  the bare PNG decode (read_image)
+     stitch     deemd.stitch.stitch_plate into a fresh store  vs  the bare PNG decode (read_image);
+                also timed: writing files of the store's chunk sizes (no codec), this file
+                system's cost of taking in the store's bytes, which the stitch must pay
      nuclei     the nuclei rule's diameter estimate and count_nuclei per stitched well; on
                 4 wells also the count as issue 12 found it (full resolution,
                 peaks per component: nuclei_scale.filed_count_nuclei), its "before"
@@ -61,6 +63,7 @@ sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 # The other benchmarks (nuclei_scale), however this file is loaded.
 sys.path.insert(1, str(REPO / "benchmarks"))
 from deemd import synth  # noqa: E402
+from deemd.hardware import with_malloc_settings  # noqa: E402
 from deemd.metadata import build_sites_table, read_metadata_csv, well_table  # noqa: E402
 from deemd.split import well_indices, well_labels  # noqa: E402
 from deemd.stitch import read_image, site_paths_by_well, stitch_plate  # noqa: E402
@@ -423,9 +426,27 @@ def write_model_file(path: Path, spec: dict) -> None:
 # --------------------------------------------------------------------------- stages
 
 
+def chunk_file_sizes(store_path: str) -> list[int]:
+    """Bytes of each chunk file of a store's images."""
+    return [f.stat().st_size for f in sorted((Path(store_path) / "images").glob("c.*"))]
+
+
+def write_files(pool, folder: Path, sizes: list[int], payload: bytes) -> None:
+    """Write one file a size (the first ``size`` bytes of ``payload``) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(item):
+        with open(folder / f"f{item[0]}", "wb") as handle:
+            handle.write(memoryview(payload)[: item[1]])
+
+    drain(pool.map(write, enumerate(sizes)))
+
+
 def stitch_stage(spec: dict) -> dict:
     """The stitch rule's work (stitch_plate into a fresh store, as stitch_plate.py calls
-    it) against the bare decode of the same PNGs (read_image), on one thread pool."""
+    it) against the bare decode of the same PNGs (read_image), on one thread pool; and,
+    to show what the file system adds, the plain write of as many files of the same
+    sizes as the store's chunks (random bytes: the kernel's cost does not depend on them)."""
     sites, dataset, store_cfg = pd.read_parquet(spec["sites"]), spec["dataset"], spec["store"]
     paths = png_paths(sites, spec["pattern"], dataset["channels"])
     wells = well_table(sites)["well"].tolist()
@@ -437,15 +458,22 @@ def stitch_stage(spec: dict) -> dict:
                      dataset["channel_axis"], store_cfg["rescale"])
         store.group.attrs["complete"] = True
 
+    scratch = Path(spec["store_path"]).with_suffix(".writes")
     with ThreadPoolExecutor(spec["threads"]) as pool:
         drain(pool.map(read_image, paths))  # the page cache
-        # The rule writes into a fresh folder: removing the last repeat's store is not its work.
-        remove_store = {"stitch": lambda: shutil.rmtree(spec["store_path"], ignore_errors=True)}
-        times = interleaved({"decode": lambda: drain(pool.map(read_image, paths)), "stitch": lambda: stitch(pool)}, spec["repeats"],
-                            before=remove_store)
+        stitch(pool)  # untimed: the chunk sizes for the write step
+        sizes = chunk_file_sizes(spec["store_path"])
+        payload = np.random.default_rng(0).integers(0, 256, max(sizes), dtype=np.uint8).tobytes()
+        # Each step writes into a fresh folder: removing the last repeat's is not its work.
+        fresh = {"stitch": lambda: shutil.rmtree(spec["store_path"], ignore_errors=True),
+                 "write": lambda: shutil.rmtree(scratch, ignore_errors=True)}
+        times = interleaved({"decode": lambda: drain(pool.map(read_image, paths)), "stitch": lambda: stitch(pool),
+                             "write": lambda: write_files(pool, scratch, sizes, payload)}, spec["repeats"], before=fresh)
+        shutil.rmtree(scratch, ignore_errors=True)
     ratios = sorted(d / s for d, s in zip(times["decode"], times["stitch"]))
-    return {"sites": len(sites), "files": len(paths), **median_times(times), "ratio_range": [ratios[0], ratios[-1]],
-            "png_bytes": sum(os.path.getsize(p) for p in paths), "store_bytes": tree_bytes(Path(spec["store_path"]))}
+    return {"sites": len(sites), "files": len(paths), "chunk_files": len(sizes), **median_times(times),
+            "ratio_range": [ratios[0], ratios[-1]], "png_bytes": sum(os.path.getsize(p) for p in paths),
+            "store_bytes": tree_bytes(Path(spec["store_path"]))}
 
 
 def nuclei_stage(spec: dict) -> dict:
@@ -732,7 +760,8 @@ def run_stage(name: str, spec: dict, work: Path) -> dict:
     RSS is its own; its result dict, or {"failed": why} when the process failed."""
     spec_path, out = work / f"{name}.spec.json", work / f"{name}.result.json"
     spec_path.write_text(json.dumps(dict(spec, out=str(out))))
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
+    # As the workflow's jobs run: its malloc settings, and the stage's threads.
+    env = dict(with_malloc_settings(os.environ), OMP_NUM_THREADS=str(spec["threads"]))
     started = time.perf_counter()
     process = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--stage", name, "--spec", str(spec_path)], check=False, env=env)
     if process.returncode or not out.exists():
@@ -846,6 +875,11 @@ def rate_rows(results: dict, threads: int) -> list[list[str]]:
         decode = s["sites"] / s["decode_s"]
         rows.append(["stitch", f"{s['sites'] / s['stitch_s']:.1f} sites/s [m]", f"{decode:.1f} sites/s [m] bare PNG decode",
                      f"{s['decode_s'] / s['stitch_s']:.2f} [m] (range {s['ratio_range'][0]:.2f}-{s['ratio_range'][1]:.2f})"])
+        if "write_s" in s:
+            rows.append(["  store's file writes", f"{s['write_s']:.2f} s [m]: {s['chunk_files']} files, {s['store_bytes'] / 1e6:.0f} MB, no codec",
+                         f"decode + writes {s['sites'] / (s['decode_s'] + s['write_s']):.1f} sites/s [m]",
+                         f"writes {s['write_s'] / s['decode_s']:.2f} of the decode; stitch/(decode + writes) "
+                         f"{(s['decode_s'] + s['write_s']) / s['stitch_s']:.2f} [m]"])
     if ok(n):
         rows.append(["nuclei", f"{n['count_s'] / n['wells']:.2f} s a well [m] ({threads} threads)", "-",
                      f"{n['counted']} nuclei of {n['truth']} true ({n['counted'] / max(n['truth'], 1) - 1:+.1%}) [m]"])

@@ -137,6 +137,8 @@ def test_stages_on_a_tiny_plate(scale, tmp_path):
     results = {"stitch": scale.stitch_stage(spec), "nuclei": scale.nuclei_stage(spec), "read": scale.read_stage(spec)}
     assert results["stitch"]["sites"] == 24 and results["stitch"]["files"] == 120
     assert results["stitch"]["png_bytes"] > 0 and results["stitch"]["store_bytes"] > 0
+    assert results["stitch"]["chunk_files"] == 24 and results["stitch"]["write_s"] > 0  # a chunk a site
+    assert not (tmp_path / "store.writes").exists()
     assert results["nuclei"]["wells"] == 6 and results["nuclei"]["truth"] > 0 and results["nuclei"]["counted"] > 0
     assert results["nuclei"]["sample_wells"] == 4 and results["nuclei"]["sample_before_s"] > 0
     assert results["nuclei"]["sample_counted_after"] > 0 and results["nuclei"]["sample_counted_before"] > 0
@@ -146,6 +148,7 @@ def test_stages_on_a_tiny_plate(scale, tmp_path):
     assert rates.stitch_sites_s > 0 and rates.read_sites_s > 0 and rates.infer_patches_s is None
     rows = scale.rate_rows(results, 1)
     assert any(r[0] == "stitch" and r[1].endswith("[m]") for r in rows)
+    assert any(r[0] == "  store's file writes" and "24 files" in r[1] for r in rows)
     assert any(r[0] == "  before (issue 12)" and "today/before" in r[3] for r in rows)
     assert any(r[0] == "infer" and r[1].startswith("failed") for r in rows)
     memory = scale.memory_rows(results, {"stitch": 4000, "nuclei": 4000})

@@ -1,5 +1,6 @@
 # Shared set-up: config validation, paths, and input functions.
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from deemd.hardware import (
     local_gpu_present,
     network_rule_threads,
     threads_beside_another,
+    with_malloc_settings,
 )
 from deemd.metadata import plate_digests
 from deemd.sharding import inference_batches
@@ -29,6 +31,10 @@ from deemd.validate import (
     load_schema,
     shared_image_errors,
 )
+
+# Every job's process inherits this environment: glibc's malloc settings for large arrays
+# (deemd.hardware.MALLOC_SETTINGS says why).
+os.environ.update(with_malloc_settings(os.environ))
 
 SCHEMAS = WORKFLOW_DIR / "schemas"
 CONFIG_SCHEMA = load_schema(SCHEMAS / "config.schema.yaml")

@@ -3,6 +3,7 @@ this at every start-up, where importing torch would cost seconds)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 # The control device an NVIDIA driver creates once it is loaded.
@@ -14,6 +15,22 @@ def local_gpu_present(device: str, control_device: Path = NVIDIA_CONTROL_DEVICE)
     driver is loaded (its control device exists) and ``device`` (train.device) is not
     ``cpu``."""
     return device != "cpu" and Path(control_device).exists()
+
+
+# glibc malloc settings the jobs' processes start with (read once, at a process's start).
+# By default glibc maps every block above 32 MB afresh and returns it to the kernel when it
+# is freed: a network's activations for each batch, and large arrays generally, are then
+# faulted in page by page again at every batch. Keeping blocks below 256 MB in the heap,
+# and up to 512 MB of freed heap untrimmed, took the demo from 6 min 10 s to 5 min 37 s
+# on 2 cores (system time 67 s -> 46 s) with the same results; a job's peak memory
+# grows by at most the untrimmed 512 MB.
+MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_": str(256 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(512 * 2**20)}
+
+
+def with_malloc_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with MALLOC_SETTINGS added where it lacks them (a value the user set
+    wins; glibc ignores them where it is not the C library)."""
+    return {**MALLOC_SETTINGS, **environ}
 
 
 def threads_beside_another(most: int | None, cores: int | None) -> int:
