@@ -439,3 +439,18 @@ def test_png_header_dtype_reads_the_pixel_type_without_decoding(tmp_path):
     not_png.write_bytes(b"not an image at all, but long enough to hold a header")
     for path in (rgb, truncated, not_png, tmp_path / "missing.png"):
         assert png_header_dtype(str(path)) is None
+
+
+def test_reads_of_sites_and_wells_match_zarr_on_a_layout_with_a_gap(tmp_path):
+    layout = [[2, 0], [1, 3]]
+    store = create_plate_store(tmp_path / "P.zarr", ["A01", "A02", "B01"], ["a", "b"], 8, layout)
+    pixels = np.random.default_rng(3).poisson(6, store.images.shape).astype(np.uint8)
+    pixels[:, :, :8, 8:] = 0  # the gap: a chunk of zeros, written as the stitch writes it
+    for index, well in enumerate(pixels):
+        for _, r, c in layout_fields(layout):
+            store.write_field(index, r, c, np.ascontiguousarray(well[:, r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8]))
+    store.group.attrs["complete"] = True
+    store = open_plate_store(tmp_path / "P.zarr")
+    assert np.array_equal(store.read_wells(), pixels) and np.array_equal(store.read_wells(1, 3), pixels[1:3])
+    assert np.array_equal(store.read_wells(channel=1), pixels[:, 1]) and store.read_wells(2, 2).shape == (0, 2, 16, 16)
+    assert np.array_equal(store.read_site(2, 2), pixels[2, :, :8, :8]) and np.array_equal(store.read_site(0, 3), pixels[0, :, 8:, 8:])
