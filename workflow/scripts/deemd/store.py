@@ -18,7 +18,9 @@ of a few MB that cost the kernel less CPU to take into its page cache (benchmark
 
 Every chunk ends in a CRC-32C checksum (zarr's crc32c codec, after Blosc), and every read
 checks that the chunks it touches exist (zarr would return the fill value for a missing
-chunk) and match their checksum. A damaged store is a StoreIntegrityError naming the store
+chunk) and match their checksum. PlateStore reads sites and wells by decoding their chunk
+files itself (ChunkEncoder.decode), as zarr would but without its cost per chunk; any zarr
+reader reads the store. A damaged store is a StoreIntegrityError naming the store
 and the well; the store is then marked for restitching (``{store}.damaged``, an input of
 the stitch rule), so rerunning the same snakemake command restitches that plate.
 """
@@ -116,7 +118,8 @@ class ChunkEncoder:
             raise ValueError(f"{len(data)} bytes, too short for a chunk")
         if google_crc32c.value(data[:-4]) != int.from_bytes(stored[-4:], "little"):
             raise ValueError("stored and computed checksums differ")
-        return np.frombuffer(self._blosc.decode(data[:-4]), dtype=self._dtype).reshape(self._shape)
+        # Into an array of its own: writable, as zarr's reads are.
+        return self._blosc.decode(data[:-4], out=np.empty(self._shape, dtype=self._dtype))
 
     def encode(self, chunk: np.ndarray) -> tuple[bytes, bytes]:
         """The stored bytes of one whole chunk, in two parts (joining them would copy the
