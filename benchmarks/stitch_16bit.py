@@ -49,7 +49,7 @@ def tree_bytes(path: Path) -> int:
 
 def nuclei_error(store, wells: pd.DataFrame, truth: pd.DataFrame, min_contrast: float) -> tuple[float, float, int, int]:
     """Median and largest absolute relative error of the well counts, and the totals."""
-    images = store.images[:, 0]
+    images = store.read_wells(channel=0)
     untreated = wells["treatment"].isna().to_numpy()
     diameter = estimate_diameter([images[i] for i in estimate_wells(untreated)], min_contrast)
     params = params_from_diameter(diameter, min_contrast)
