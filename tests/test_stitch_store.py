@@ -26,7 +26,7 @@ from deemd.stitch import (
     well_fields,
 )
 from deemd.store import (
-    ChunkEncoder,
+    ChunkCodec,
     StoreIntegrityError,
     create_plate_store,
     damage_marker,
@@ -306,12 +306,12 @@ def test_write_field_stores_the_bytes_zarr_writes(tmp_path, codec, shuffle, dtyp
 
 def test_chunk_encoder_refuses_other_codecs_and_shapes(tmp_path):
     plain = zarr.create_array(str(tmp_path / "plain.zarr"), shape=(2, 4), chunks=(1, 4), dtype="uint8", compressors=[zarr.codecs.ZstdCodec()])
-    assert not ChunkEncoder.supports(plain)
+    assert not ChunkCodec.supports(plain)
     with pytest.raises(ValueError, match="only bytes, Blosc, CRC-32C"):
-        ChunkEncoder(plain)
+        ChunkCodec(plain)
     store = create_plate_store(tmp_path / "P.zarr", ["A01"], ["a"], 8, [[1]])
     with pytest.raises(ValueError, match="chunks are"):
-        ChunkEncoder(store.group["images"]).encode(np.zeros((1, 1, 8, 9), np.uint8))
+        ChunkCodec(store.group["images"]).encode(np.zeros((1, 1, 8, 9), np.uint8))
 
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated", "flipped", "emptied"])

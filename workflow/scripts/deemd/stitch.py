@@ -16,7 +16,7 @@ import tifffile
 
 from deemd.figures import row_label, well_position
 from deemd.nuclei import estimate_wells
-from deemd.store import layout_fields, layout_sites
+from deemd.store import layout_fields, layout_sites, site_fields
 
 # The pixel types a site image may have; anything else is an error naming the file.
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
@@ -251,8 +251,8 @@ def stitch_well_fields(
     Returns a bool vector over the layout's sites 1..n (True = imaged), so no later step
     mistakes a zeroed site for a dark field, and the QC records of dropped sites.
     """
-    fields = {site: (r, c) for site, r, c in layout_fields(site_layout)}
-    valid = np.zeros(len(layout_sites(site_layout)), dtype=bool)
+    fields = site_fields(site_layout)
+    valid = np.zeros(len(fields), dtype=bool)
     dropped = []
     for site, site_id, paths in well_sites:
         try:

@@ -19,7 +19,7 @@ of a few MB that cost the kernel less CPU to take into its page cache (benchmark
 Every chunk ends in a CRC-32C checksum (zarr's crc32c codec, after Blosc), and every read
 checks that the chunks it touches exist (zarr would return the fill value for a missing
 chunk) and match their checksum. PlateStore reads sites and wells by decoding their chunk
-files itself (ChunkEncoder.decode), as zarr would but without its cost per chunk; any zarr
+files itself (ChunkCodec.decode), as zarr would but without its cost per chunk; any zarr
 reader reads the store. A damaged store is a StoreIntegrityError naming the store
 and the well; the store is then marked for restitching (``{store}.damaged``, an input of
 the stitch rule), so rerunning the same snakemake command restitches that plate.
@@ -74,16 +74,16 @@ def integrity_error(path: str | Path, reason: str) -> StoreIntegrityError:
     return StoreIntegrityError(f"{path}: {reason}; the plate store is damaged, {remedy}")
 
 
-class ChunkEncoder:
-    """Encodes one chunk of a zarr array exactly as zarr's own codec pipeline would (bytes,
-    Blosc, CRC-32C), on the calling thread.
+class ChunkCodec:
+    """Encodes and decodes one chunk of a zarr array exactly as zarr's own codec pipeline
+    would (bytes, Blosc, CRC-32C), on the calling thread.
 
     Why not ``array[i] = chunk``: zarr hands every write to its one event-loop thread and
     then to a thread per codec, which on a 1024 px plate left the cores idle for a third
     of the stitch step (benchmarks/scale.py). Encoding and writing each site on the thread
     that decoded it keeps them busy. Only the codec chain create_plate_store makes is
     supported (``supports`` says whether an array has it); tests check that the bytes are
-    those zarr writes."""
+    those zarr writes. Reading (decode) skips zarr's cost per chunk (PlateStore._read_field)."""
 
     def __init__(self, array: zarr.Array):
         if not self.supports(array):
@@ -175,6 +175,11 @@ class VerifiedArray:
             label += f", site {site}" if site else ", a gap of the layout"
         return label
 
+    def _chunk_error(self, coords: tuple[int, ...], what: str) -> StoreIntegrityError:
+        """The StoreIntegrityError for the chunk at ``coords`` (``what``: "is missing", "is
+        corrupt (...)"), naming the chunk and what it holds; marks the store damaged."""
+        return integrity_error(self._path, f"chunk {self._chunk_name(coords)} ({self._label(coords)}) {what}")
+
     def _chunks(self, key) -> list[tuple[int, ...]]:
         """The chunk coordinates that ``key`` (ints, slices, an Ellipsis) touches."""
         key = key if isinstance(key, tuple) else (key,)
@@ -192,7 +197,7 @@ class VerifiedArray:
         # One stat per chunk read: microseconds against milliseconds of decoding a site.
         for chunk in chunks:
             if not self._chunk_file(chunk).is_file():
-                raise integrity_error(self._path, f"chunk {self._chunk_name(chunk)} ({self._label(chunk)}) is missing")
+                raise self._chunk_error(chunk, "is missing")
         try:
             return self._array[key]
         except (ValueError, RuntimeError, OSError) as error:
@@ -201,9 +206,7 @@ class VerifiedArray:
                 try:
                     self._array[tuple(slice(c * n, (c + 1) * n) for c, n in zip(chunk, self._chunk_shape))]
                 except (ValueError, RuntimeError, OSError) as chunk_error:
-                    raise integrity_error(
-                        self._path, f"chunk {self._chunk_name(chunk)} ({self._label(chunk)}) is corrupt ({chunk_error})"
-                    ) from error
+                    raise self._chunk_error(chunk, f"is corrupt ({chunk_error})") from error
             raise
 
 
@@ -246,63 +249,61 @@ class PlateStore:
 
     @functools.cached_property
     def _fields(self) -> dict[int, tuple[int, int]]:
-        """site -> (row, column) of its field in the layout."""
-        return {site: (r, c) for site, r, c in layout_fields(self.site_layout) if site}
+        return site_fields(self.site_layout)
 
     def _read_field(self, well_index: int, row: int, column: int) -> np.ndarray:
-        """One field's chunk (channel, S, S), read and checked here (ChunkEncoder.decode):
+        """One field's chunk (channel, S, S), read and checked here (ChunkCodec.decode):
         zarr's own read path costs about 0.3 ms a chunk, more than decoding a small site.
         A missing or damaged chunk is a StoreIntegrityError as VerifiedArray raises it."""
         coords = (int(well_index), 0, int(row), int(column))
-        name, label = self.images._chunk_name(coords), self.images._label(coords)
         try:
             stored = self.images._chunk_file(coords).read_bytes()
         except FileNotFoundError:
-            raise integrity_error(self.path, f"chunk {name} ({label}) is missing") from None
+            raise self.images._chunk_error(coords, "is missing") from None
         try:
-            return self._encoder.decode(stored)[0]
+            return self._codec.decode(stored)[0]
         except (ValueError, RuntimeError) as error:
-            raise integrity_error(self.path, f"chunk {name} ({label}) is corrupt ({error})") from error
+            raise self.images._chunk_error(coords, f"is corrupt ({error})") from error
 
     def read_site(self, well_index: int, site: int) -> np.ndarray:
         """One site (channel, S, S) of the well in row ``well_index``, verified; only
         that site's chunk is read."""
-        if self._encoder is not None and 0 <= int(well_index) < self.images.shape[0]:
+        if self._codec is not None and 0 <= int(well_index) < self.images.shape[0]:
             return self._read_field(well_index, *self._fields[int(site)])
         ys, xs = self.site_placement[int(site)]
         return self.images[int(well_index), :, ys, xs]
 
     @functools.cached_property
-    def _encoder(self) -> ChunkEncoder | None:
+    def _codec(self) -> ChunkCodec | None:
         array = self.group["images"]
         site_chunks = tuple(array.chunks) == (1, array.shape[1], self.site_size, self.site_size)
-        return ChunkEncoder(array) if ChunkEncoder.supports(array) and site_chunks else None
+        return ChunkCodec(array) if ChunkCodec.supports(array) and site_chunks else None
 
     def write_field(self, well_index: int, row: int, column: int, pixels: np.ndarray) -> None:
         """Write one field of the layout (row, column) of a well: a site's (channel, S, S)
         pixels, or zeros for a gap. The chunk is encoded on the calling thread
-        (ChunkEncoder) and written as one file; the store is being written under a
+        (ChunkCodec) and written as one file; the store is being written under a
         temporary name (atomic_directory), so a chunk file needs no atomic rename of its
         own."""
         size = self.site_size
-        if self._encoder is None:  # a store of other chunks: through zarr
+        if self._codec is None:  # a store of other chunks: through zarr
             self.images[int(well_index), :, row * size : (row + 1) * size, column * size : (column + 1) * size] = pixels
             return
-        compressed, checksum = self._encoder.encode(pixels[None])
+        compressed, checksum = self._codec.encode(pixels[None])
         with open(self.images._chunk_file((int(well_index), 0, int(row), int(column))), "wb") as handle:
             handle.write(compressed)
             handle.write(checksum)
 
     def read_wells(self, start: int = 0, stop: int | None = None, channel: int | None = None) -> np.ndarray:
         """Wells [start, stop) as (well, channel, y, x), or (well, y, x) for one channel index."""
-        if self._encoder is None:
+        if self._codec is None:
             return self.images[start:stop] if channel is None else self.images[start:stop, channel]
         rows = range(self.images.shape[0])[start:stop]
         channels = slice(None) if channel is None else int(channel)
         out = np.empty((len(rows),) + self.images.shape[1:], dtype=self.images.dtype)[:, channels]
-        size = self.site_size
+        size, fields = self.site_size, layout_fields(self.site_layout)
         for i, well_index in enumerate(rows):
-            for _, r, c in layout_fields(self.site_layout):
+            for _, r, c in fields:
                 out[i, ..., r * size : (r + 1) * size, c * size : (c + 1) * size] = self._read_field(well_index, r, c)[channels]
         return out
 
@@ -410,13 +411,17 @@ def layout_fields(site_layout: list[list[int]]) -> list[tuple[int, int, int]]:
     return [(int(site), r, c) for r, row in enumerate(site_layout) for c, site in enumerate(row)]
 
 
+def site_fields(site_layout: list[list[int]]) -> dict[int, tuple[int, int]]:
+    """site -> (row, column) of its field in the layout, in site order (gaps left out)."""
+    return {site: (r, c) for site, r, c in sorted(layout_fields(site_layout)) if site}
+
+
 def site_slices(site_layout: list[list[int]], site_size: int) -> dict[int, tuple[slice, slice]]:
     """Where each site lies in the stitched well image: site -> (y slice, x slice), in
     site order; a 0 in the layout is a field that was not imaged (a gap, left zero)."""
     return {
         site: (slice(r * site_size, (r + 1) * site_size), slice(c * site_size, (c + 1) * site_size))
-        for site, r, c in sorted(layout_fields(site_layout))
-        if site
+        for site, (r, c) in site_fields(site_layout).items()
     }
 
 
