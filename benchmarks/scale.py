@@ -642,12 +642,12 @@ def training_objects(setup, device_precision, labels):
     them (the schedule long enough for any number of timed steps)."""
     import torch
     from deemd.mil import build_resnet34, class_weights
+    from deemd.train import adam_one_cycle
 
     torch.manual_seed(setup.seed)
     network = device_precision.place(build_resnet34(setup.in_channels))
     weights = torch.as_tensor(class_weights(labels), dtype=torch.float32, device=device_precision.device)
-    optimizer = torch.optim.Adam(network.parameters(), lr=setup.lr, betas=setup.betas, weight_decay=setup.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=setup.lr, total_steps=100_000, anneal_strategy="cos", cycle_momentum=False)
+    optimizer, scheduler = adam_one_cycle(network, setup, 100_000)
     return network, weights, optimizer, scheduler
 
 

@@ -225,8 +225,8 @@ def test_unreadable_checkpoint_is_set_aside_and_training_restarts(damage, tmp_pa
     train, val = Sites(12, 0), Sites(8, 1)
     checkpoint = tmp_path / "checkpoint" / "last.pt"
     checkpoint.parent.mkdir()
-    cut = fit(setup("M", epochs=1), train, val, loaders, CPU, checkpoint, "d", log=lambda *_: None)
-    assert cut["finished"]
+    cut = fit(setup("M", epochs=2), train, val, loaders, CPU, checkpoint, "d", log=lambda *_: None, stop_after=1)
+    assert not cut["finished"]
     data = checkpoint.read_bytes()
     if damage == "truncated":
         checkpoint.write_bytes(data[: len(data) // 2])
@@ -236,8 +236,8 @@ def test_unreadable_checkpoint_is_set_aside_and_training_restarts(damage, tmp_pa
         torch.save([1, 2, 3], checkpoint)
     messages = []
     with caplog.at_level(logging.WARNING, logger="deemd.train"):
-        result = fit(setup("M", epochs=1), train, val, loaders, CPU, checkpoint, "d", log=messages.append)
-    assert result["finished"] and [row["epoch"] for row in result["history"]] == [1]
+        result = fit(setup("M", epochs=2), train, val, loaders, CPU, checkpoint, "d", log=messages.append, stop_after=1)
+    assert [row["epoch"] for row in result["history"]] == [1]
     assert not any("resumed" in m for m in messages)
     aside = list(checkpoint.parent.glob("last.pt.corrupt-*"))
     assert len(aside) == 1 and not checkpoint.with_name("last.pt.tmp").exists()
@@ -245,3 +245,40 @@ def test_unreadable_checkpoint_is_set_aside_and_training_restarts(damage, tmp_pa
     assert f"checkpoint {checkpoint} is unreadable" in warning and aside[0].name in warning
     # The fresh run wrote a good checkpoint again.
     assert load_checkpoint(checkpoint, "cpu")["state"]["epoch"] == 1
+
+
+@pytest.mark.parametrize("seconds, stop_after, saved", [(0.0, None, [1, 2]), (1e9, None, []), (1e9, 2, [2]), (0.0, 2, [1, 2])])
+def test_checkpoints_follow_the_interval_and_a_cut_and_not_a_finished_run(seconds, stop_after, saved, tmp_path, monkeypatch):
+    """A checkpoint ends an epoch once ``checkpoint_seconds`` have passed since the last
+    (0: every epoch), and always ends a run cut short; a finished run writes none, as the
+    caller writes the model next."""
+    import deemd.train
+
+    torch.set_num_threads(1)
+    epochs = []
+    write = deemd.train.save_checkpoint
+    monkeypatch.setattr(deemd.train, "save_checkpoint", lambda *a: (epochs.append(a[5].epoch), write(*a)))
+    result = fit(setup("W", epochs=3), Sites(8, 0), Sites(4, 1), loaders, CPU, tmp_path / "last.pt", "d", log=lambda *_: None,
+                 stop_after=stop_after, checkpoint_seconds=seconds)
+    assert epochs == saved and result["finished"] == (stop_after is None)
+    assert (tmp_path / "last.pt").exists() == bool(saved)
+
+
+def test_adam_is_fused_on_cpu_and_steps_as_the_unfused_one():
+    """Fused Adam (one kernel per parameter) takes the step the per-tensor Adam takes, up
+    to float rounding."""
+    from deemd.mil import build_resnet34
+    from deemd.train import adam_one_cycle
+
+    torch.manual_seed(0)
+    networks = [build_resnet34(2), build_resnet34(2)]
+    networks[1].load_state_dict(networks[0].state_dict())
+    fused, _ = adam_one_cycle(networks[0], setup("M"), 10)
+    plain = torch.optim.Adam(networks[1].parameters(), lr=fused.param_groups[0]["lr"], betas=setup("M").betas)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    images = torch.randn(4, 2, 32, 32)
+    for network, optimizer in zip(networks, (fused, plain)):
+        network(images).sum().backward()
+        optimizer.step()
+    for a, b in zip(networks[0].parameters(), networks[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -32,7 +32,8 @@ TINY = {
     },
     "store": {"batch_wells": 4},
     "train": {"epochs": 2, "by_model": {"M": {"epochs": 2, "batch_size": 64}, "V": {"epochs": 1}},
-              "early_stopping_patience": 2, "batch_size": 64},
+              "early_stopping_patience": 2, "batch_size": 64,
+              "checkpoint_minutes": 0},  # a checkpoint every epoch: a test kills M after its first
 }
 
 # Targets up to the per-well table, for tests about the image steps.

@@ -76,7 +76,8 @@ def main(kind, split_path, stats_path, store_paths, output, params, threads, log
 
     checkpoint = Path(output["model"]).parent / "checkpoint" / "last.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    result = fit(setup, train_data, val_data, loaders, device_precision, checkpoint, data_digest(setup, sites, stats), logging.info, stop_after)
+    result = fit(setup, train_data, val_data, loaders, device_precision, checkpoint, data_digest(setup, sites, stats), logging.info, stop_after,
+                 checkpoint_seconds=60 * train["checkpoint_minutes"])
     if not result["finished"]:
         logging.info("stopped after epoch %d on request; rerun to resume", result["epoch"])
         return result

@@ -6,8 +6,8 @@ V  the same with all N patches kept (k = N);
 W  a whole-site classifier at full resolution.
 
 Everything random in an epoch is drawn from generators seeded by (seed, epoch), and a
-checkpoint is written after every epoch, so a killed run resumes and ends exactly as an
-uninterrupted one would (on CPU). Inference (patch scores, site scores, AP) is in
+checkpoint is written at the end of an epoch (at most every ``train.checkpoint_minutes``),
+so a killed run resumes and ends exactly as an uninterrupted one would (on CPU). Inference (patch scores, site scores, AP) is in
 deemd.inference, the device and precision in deemd.device_precision.
 """
 
@@ -72,6 +72,22 @@ def training_batches(setup: TrainSetup, loader, selected, device_precision: Devi
             images = chosen.reshape(-1, *patches.shape[2:])
             targets = targets.repeat_interleave(keep.shape[1])
         yield images, targets
+
+
+# Devices with torch's fused Adam kernel: one pass over each parameter's memory instead of
+# a dozen; on a CPU a ResNet34 step of Adam takes 17 ms instead of 109.
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
+
+def adam_one_cycle(network, setup: TrainSetup, total_steps: int):
+    """Adam (fused where the device has the kernel) and its one-cycle cosine learning-rate
+    schedule over ``total_steps`` steps; the betas stay as given (no momentum cycling)."""
+    device = next(network.parameters()).device
+    optimizer = torch.optim.Adam(
+        network.parameters(), lr=setup.lr, betas=setup.betas, weight_decay=setup.weight_decay, fused=device.type in FUSED_ADAM_DEVICES
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=setup.lr, total_steps=total_steps, anneal_strategy="cos", cycle_momentum=False)
+    return optimizer, scheduler
 
 
 def train_one_epoch(setup, network, loader, selected, device_precision, weights, optimizer, scheduler, progress=None, augment_seed=None) -> float:
@@ -241,25 +257,28 @@ def evaluate(setup: TrainSetup, network, loader, device_precision: DevicePrecisi
     }
 
 
-def fit(setup: TrainSetup, train_data, val_data, loader_factory, device_precision: DevicePrecision, checkpoint: Path, digest: str, log=print, stop_after=None):
+def fit(
+    setup: TrainSetup, train_data, val_data, loader_factory, device_precision: DevicePrecision, checkpoint: Path, digest: str, log=print,
+    stop_after=None, checkpoint_seconds: float = 0.0,
+):
     """Train one model with early stopping on validation average precision.
 
-    ``loader_factory(dataset, batch_size, shuffle_seed)`` makes DataLoaders. The last
-    epoch's full state is checkpointed to ``checkpoint`` after every epoch and resumed
-    from when its ``digest`` (config + data) matches. ``stop_after`` ends the run after
-    that many epochs of this call (tests use it to simulate a kill).
+    ``loader_factory(dataset, batch_size, shuffle_seed)`` makes DataLoaders. An epoch's
+    full state is checkpointed to ``checkpoint`` at its end once ``checkpoint_seconds``
+    have passed since the run started or last checkpointed (0: after every epoch), and
+    always when ``stop_after`` ends the run, but not when training is done (the caller
+    writes the model). It is resumed from when its ``digest`` (config + data) matches.
+    ``stop_after`` ends the run after that many epochs of this call (tests use it to
+    simulate a kill).
     Returns the final state (TrainingState.to_dict: history rows, best_state,
     best_epoch, best_ap, ...) and finished (False only when ``stop_after`` cut the run short).
     """
     torch.manual_seed(setup.seed)
     network = device_precision.place(build_resnet34(setup.in_channels, setup.pretrained_weights))
     weights = torch.as_tensor(class_weights(train_data.label), dtype=torch.float32, device=device_precision.device)
-    optimizer = torch.optim.Adam(network.parameters(), lr=setup.lr, betas=setup.betas, weight_decay=setup.weight_decay)
-    total_steps = setup.epochs * steps_per_epoch(setup, len(train_data))
-    # One-cycle cosine policy; the Adam betas stay as given (no momentum cycling).
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=setup.lr, total_steps=total_steps, anneal_strategy="cos", cycle_momentum=False)
+    optimizer, scheduler = adam_one_cycle(network, setup, setup.epochs * steps_per_epoch(setup, len(train_data)))
     state = resume(checkpoint, digest, network, optimizer, scheduler, device_precision.device, log)
-    run_epochs = 0
+    run_epochs, saved_at = 0, time.monotonic()
     while state.epoch < setup.epochs and not state.stopped and (stop_after is None or run_epochs < stop_after):
         epoch = state.epoch + 1
         started = time.perf_counter()
@@ -283,7 +302,11 @@ def fit(setup: TrainSetup, train_data, val_data, loader_factory, device_precisio
             f"{' (best)' if improved else ''}, {seconds:.1f} s"
             + (" - early stop" if state.stopped else "")
         )
-        save_checkpoint(checkpoint, digest, network, optimizer, scheduler, state, setup)
         run_epochs += 1
+        finished = state.stopped or state.epoch >= setup.epochs
+        cut = stop_after is not None and run_epochs >= stop_after
+        if cut or (not finished and time.monotonic() - saved_at >= checkpoint_seconds):
+            save_checkpoint(checkpoint, digest, network, optimizer, scheduler, state, setup)
+            saved_at = time.monotonic()
     finished = state.stopped or state.epoch >= setup.epochs
     return dict(state.to_dict(), finished=finished)
