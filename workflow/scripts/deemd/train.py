@@ -7,8 +7,9 @@ W  a whole-site classifier at full resolution.
 
 Everything random in an epoch is drawn from generators seeded by (seed, epoch), and a
 checkpoint is written at the end of an epoch (at most every ``train.checkpoint_minutes``),
-so a killed run resumes and ends exactly as an uninterrupted one would (on CPU). Inference (patch scores, site scores, AP) is in
-deemd.inference, the device and precision in deemd.device_precision.
+so a killed run resumes and ends exactly as an uninterrupted one would (on CPU).
+Inference (patch scores, site scores, AP) is in deemd.inference, the device and precision
+in deemd.device.
 """
 
 from __future__ import annotations
