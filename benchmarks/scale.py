@@ -495,7 +495,7 @@ def nuclei_stage(spec: dict) -> dict:
     channel = spec["dataset"]["channels"].index(spec["dataset"]["nuclear_channel"])
     site_valid, layout, size, wells = store.site_valid, store.site_layout, store.site_size, store.wells
     table = well_table(pd.read_parquet(spec["sites"])).set_index("well").loc[wells].reset_index()
-    read = lambda i: store.read_wells(i, i + 1, channel)[0]  # noqa: E731
+    read = lambda i: store.read_well(i, channel)  # noqa: E731
     valid = lambda i: valid_pixels(site_valid[i], layout, size)  # noqa: E731
     started = time.perf_counter()
     diameter, _ = plate_diameter(read, valid, table["treatment"].isna().to_numpy(), cfg, spec["plate_id"])

@@ -453,5 +453,6 @@ def test_reads_of_sites_and_wells_match_zarr_on_a_layout_with_a_gap(tmp_path):
     store = open_plate_store(tmp_path / "P.zarr")
     assert np.array_equal(store.read_wells(), pixels) and np.array_equal(store.read_wells(1, 3), pixels[1:3])
     assert np.array_equal(store.read_wells(channel=1), pixels[:, 1]) and store.read_wells(2, 2).shape == (0, 2, 16, 16)
+    assert np.array_equal(store.read_well(1), pixels[1]) and np.array_equal(store.read_well(2, channel=0), pixels[2, 0])
     assert np.array_equal(store.read_site(2, 2), pixels[2, :, :8, :8]) and np.array_equal(store.read_site(0, 3), pixels[0, :, 8:, 8:])
     assert store.read_site(1, 1).flags.writeable  # as zarr's reads are (torch.from_numpy warns otherwise)

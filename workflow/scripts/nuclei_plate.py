@@ -43,7 +43,7 @@ def main(sites_path, store_path, plate_id, output, params, threads, log):
     table = well_table(sites[sites["plate_id"] == plate_id]).set_index("well").loc[wells].reset_index()
 
     def read(index):
-        return store.read_wells(index, index + 1, channel)[0]
+        return store.read_well(index, channel)
 
     def valid(index):
         return valid_pixels(site_valid[index], layout, site_size)

@@ -81,7 +81,7 @@ def training_channel_stats(
 
     def one(job):
         store, well_index, sites = job
-        return channel_histograms(store.read_wells(well_index, well_index + 1)[0], sites, store.site_layout, store.site_size)
+        return channel_histograms(store.read_well(well_index), sites, store.site_layout, store.site_size)
 
     hist = 0  # channel x levels once the first well is read
     step = max(1, batch_wells)

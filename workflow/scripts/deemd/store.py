@@ -294,6 +294,10 @@ class PlateStore:
             handle.write(compressed)
             handle.write(checksum)
 
+    def read_well(self, well_index: int, channel: int | None = None) -> np.ndarray:
+        """One well (channel, y, x), or (y, x) for one channel index (read_wells)."""
+        return self.read_wells(well_index, well_index + 1, channel)[0]
+
     def read_wells(self, start: int = 0, stop: int | None = None, channel: int | None = None) -> np.ndarray:
         """Wells [start, stop) as (well, channel, y, x), or (well, y, x) for one channel index."""
         if self._codec is None:

@@ -177,6 +177,10 @@ class TrainingState:
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}  # no copy of the weights
 
+    def done(self, setup: TrainSetup) -> bool:
+        """Whether training is over: stopped early, or every epoch run."""
+        return self.stopped or self.epoch >= setup.epochs
+
     def record(self, epoch: int, val_ap: float, val_loss: float, network, setup: TrainSetup) -> bool:
         """Count ``epoch`` in; whether it is the new best: the highest validation AP, or
         within ``setup.ap_tolerance`` of it, the lower loss. Stops after ``setup.patience``
@@ -274,7 +278,7 @@ def fit(
     optimizer, scheduler = adam_one_cycle(network, setup, setup.epochs * steps_per_epoch(setup, len(train_data)))
     state = resume(checkpoint, digest, network, optimizer, scheduler, device_precision.device, log)
     run_epochs, saved_at = 0, time.monotonic()
-    while state.epoch < setup.epochs and not state.stopped and (stop_after is None or run_epochs < stop_after):
+    while not state.done(setup) and (stop_after is None or run_epochs < stop_after):
         epoch = state.epoch + 1
         started = time.perf_counter()
         selected = select_patches(setup, network, train_data, loader_factory, device_precision)
@@ -298,10 +302,8 @@ def fit(
             + (" - early stop" if state.stopped else "")
         )
         run_epochs += 1
-        finished = state.stopped or state.epoch >= setup.epochs
         cut = stop_after is not None and run_epochs >= stop_after
-        if cut or (not finished and time.monotonic() - saved_at >= checkpoint_seconds):
+        if cut or (not state.done(setup) and time.monotonic() - saved_at >= checkpoint_seconds):
             save_checkpoint(checkpoint, digest, network, optimizer, scheduler, state, setup)
             saved_at = time.monotonic()
-    finished = state.stopped or state.epoch >= setup.epochs
-    return dict(state.to_dict(), finished=finished)
+    return dict(state.to_dict(), finished=state.done(setup))
