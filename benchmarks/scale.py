@@ -14,7 +14,9 @@ With no arguments (meant to take under 15 minutes on 2 idle cores):
                 system's cost of taking in the store's bytes, which the stitch must pay:
                 into the page cache its last repeat freed (as the stitch, whose last store
                 is removed first) and into a new folder each repeat (memory never used
-                for files before, which a virtual machine may first have to get from its host)
+                for files before, which a virtual machine may first have to get from its host);
+                and the user and system CPU seconds of each, so that the stitch's time over
+                the decode splits into its own work (user) and the kernel's (system)
      nuclei     the nuclei rule's diameter estimate and count_nuclei per stitched well; on
                 4 wells also the count as issue 12 found it (full resolution,
                 peaks per component: nuclei_scale.filed_count_nuclei), its "before"
@@ -429,6 +431,36 @@ def write_model_file(path: Path, spec: dict) -> None:
 # --------------------------------------------------------------------------- stages
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """This process's user and system CPU seconds so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+def with_cpu_times(steps: dict, cpu: dict[str, list[tuple[float, float]]]) -> dict:
+    """``steps`` (name -> callable), each noting in ``cpu[name]`` the (user, system) CPU
+    seconds of every call: where a step's time over its floor goes, to the code's own work
+    (user) or to the kernel's (system: taking in written bytes, page faults). The kernel's
+    background writeback of dirty pages runs in threads of its own and is in neither."""
+
+    def timed(name, step):
+        def run():
+            user, system = cpu_seconds()
+            step()
+            after = cpu_seconds()
+            cpu.setdefault(name, []).append((after[0] - user, after[1] - system))
+
+        return run
+
+    return {name: timed(name, step) for name, step in steps.items()}
+
+
+def median_cpu(cpu: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
+    """Median user and system CPU seconds of each step's repeats."""
+    return {f"{name}_{part}_cpu_s": statistics.median(pair[i] for pair in pairs)
+            for name, pairs in cpu.items() for i, part in enumerate(("user", "system"))}
+
+
 def chunk_file_sizes(store_path: str) -> list[int]:
     """Bytes of each chunk file of a store's images."""
     return [f.stat().st_size for f in sorted((Path(store_path) / "images").glob("c.*"))]
@@ -473,12 +505,14 @@ def stitch_stage(spec: dict) -> dict:
         fresh = {"stitch": lambda: shutil.rmtree(spec["store_path"], ignore_errors=True),
                  "write": lambda: shutil.rmtree(scratch / "last", ignore_errors=True)}
         new_folders = (scratch / f"new{n}" for n in range(spec["repeats"]))
-        times = interleaved({"decode": lambda: drain(pool.map(read_image, paths)), "stitch": lambda: stitch(pool),
-                             "write": lambda: write_files(pool, scratch / "last", sizes, payload),
-                             "write_new": lambda: write_files(pool, next(new_folders), sizes, payload)}, spec["repeats"], before=fresh)
+        cpu: dict[str, list[tuple[float, float]]] = {}
+        steps = with_cpu_times({"decode": lambda: drain(pool.map(read_image, paths)), "stitch": lambda: stitch(pool),
+                                "write": lambda: write_files(pool, scratch / "last", sizes, payload),
+                                "write_new": lambda: write_files(pool, next(new_folders), sizes, payload)}, cpu)
+        times = interleaved(steps, spec["repeats"], before=fresh)
         shutil.rmtree(scratch, ignore_errors=True)
     ratios = sorted(d / s for d, s in zip(times["decode"], times["stitch"]))
-    return {"sites": len(sites), "files": len(paths), "chunk_files": len(sizes), **median_times(times),
+    return {"sites": len(sites), "files": len(paths), "chunk_files": len(sizes), **median_times(times), **median_cpu(cpu),
             "ratio_range": [ratios[0], ratios[-1]], "repeats_s": times, "png_bytes": sum(os.path.getsize(p) for p in paths),
             "store_bytes": tree_bytes(Path(spec["store_path"]))}
 
@@ -874,6 +908,12 @@ def describe_failure(result: dict) -> str:
     return f"failed ({result.get('failed', 'not run')})"
 
 
+def system_cpu(result: dict, step: str) -> str:
+    """", system CPU X s" of a step, where the stage noted it."""
+    key = f"{step}_system_cpu_s"
+    return f", system CPU {result[key]:.2f} s" if key in result else ""
+
+
 def rate_rows(results: dict, threads: int) -> list[list[str]]:
     """Each stage's measured rate, its floor and their ratio."""
     rows = []
@@ -882,10 +922,16 @@ def rate_rows(results: dict, threads: int) -> list[list[str]]:
         decode = s["sites"] / s["decode_s"]
         rows.append(["stitch", f"{s['sites'] / s['stitch_s']:.1f} sites/s [m]", f"{decode:.1f} sites/s [m] bare PNG decode",
                      f"{s['decode_s'] / s['stitch_s']:.2f} [m] (range {s['ratio_range'][0]:.2f}-{s['ratio_range'][1]:.2f})"])
+        if "stitch_user_cpu_s" in s:
+            rows.append(["  CPU (user + system)", f"{s['stitch_user_cpu_s']:.2f} + {s['stitch_system_cpu_s']:.2f} s [m]",
+                         f"{s['decode_user_cpu_s']:.2f} + {s['decode_system_cpu_s']:.2f} s [m]",
+                         f"user {s['decode_user_cpu_s'] / s['stitch_user_cpu_s']:.2f} [m]; system adds "
+                         f"{(s['stitch_system_cpu_s'] - s['decode_system_cpu_s']) / s['decode_user_cpu_s']:.2f} of the decode's user [m]"])
         if "write_s" in s:
             rows.append(["  store's file writes", f"{s['chunk_files']} files, {s['store_bytes'] / 1e6:.0f} MB, no codec",
-                         f"{s['write_s']:.2f} s [m] into freed page cache", f"{s['write_s'] / s['decode_s']:.2f} of the decode [m]"])
-            rows.append(["", "", f"{s['write_new_s']:.2f} s [m] into a new folder", f"{s['write_new_s'] / s['decode_s']:.2f} of the decode [m]"])
+                         f"{s['write_s']:.2f} s [m] into freed page cache{system_cpu(s, 'write')}", f"{s['write_s'] / s['decode_s']:.2f} of the decode [m]"])
+            rows.append(["", "", f"{s['write_new_s']:.2f} s [m] into a new folder{system_cpu(s, 'write_new')}",
+                         f"{s['write_new_s'] / s['decode_s']:.2f} of the decode [m]"])
     if ok(n):
         rows.append(["nuclei", f"{n['count_s'] / n['wells']:.2f} s a well [m] ({threads} threads)", "-",
                      f"{n['counted']} nuclei of {n['truth']} true ({n['counted'] / max(n['truth'], 1) - 1:+.1%}) [m]"])

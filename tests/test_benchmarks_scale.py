@@ -139,6 +139,8 @@ def test_stages_on_a_tiny_plate(scale, tmp_path):
     assert results["stitch"]["png_bytes"] > 0 and results["stitch"]["store_bytes"] > 0
     assert results["stitch"]["chunk_files"] == 24 and results["stitch"]["write_s"] > 0  # a chunk a site
     assert not (tmp_path / "store.writes").exists()
+    for step in ("decode", "stitch", "write", "write_new"):  # user and system CPU of each step
+        assert results["stitch"][f"{step}_user_cpu_s"] >= 0 and results["stitch"][f"{step}_system_cpu_s"] >= 0
     assert results["nuclei"]["wells"] == 6 and results["nuclei"]["truth"] > 0 and results["nuclei"]["counted"] > 0
     assert results["nuclei"]["sample_wells"] == 4 and results["nuclei"]["sample_before_s"] > 0
     assert results["nuclei"]["sample_counted_after"] > 0 and results["nuclei"]["sample_counted_before"] > 0
@@ -148,7 +150,8 @@ def test_stages_on_a_tiny_plate(scale, tmp_path):
     assert rates.stitch_sites_s > 0 and rates.read_sites_s > 0 and rates.infer_patches_s is None
     rows = scale.rate_rows(results, 1)
     assert any(r[0] == "stitch" and r[1].endswith("[m]") for r in rows)
-    assert any(r[0] == "  store's file writes" and "24 files" in r[1] for r in rows)
+    assert any(r[0] == "  store's file writes" and "24 files" in r[1] and "system CPU" in r[2] for r in rows)
+    assert any(r[0] == "  CPU (user + system)" and r[3].startswith("user ") for r in rows)
     assert any(r[0] == "  before (issue 12)" and "today/before" in r[3] for r in rows)
     assert any(r[0] == "infer" and r[1].startswith("failed") for r in rows)
     memory = scale.memory_rows(results, {"stitch": 4000, "nuclei": 4000})
@@ -175,3 +178,19 @@ def test_interleaved_takes_fewer_repeats_where_the_warmup_shows_they_would_not_f
     spec = {"torch_repeats": 3, "torch_budget_s": 150.0}
     assert scale.torch_repeats_text(spec, {"infer": {"repeats": 3}, "train": {"repeats": 3}}) == "3"
     assert scale.torch_repeats_text(spec, {"infer": {"repeats": 1}, "train": {"repeats": 2}}) == "3, or as many as fit in 150 s: infer 1, train 2"
+
+
+def test_with_cpu_times_notes_each_call(scale):
+    """Every call of a wrapped step notes its (user, system) CPU seconds; a step that
+    computes shows user time; medians come out per step and part."""
+    cpu = {}
+    steps = scale.with_cpu_times({"busy": lambda: sum(i * i for i in range(300_000)), "idle": lambda: None}, cpu)
+    for _ in range(3):
+        steps["busy"]()
+    steps["idle"]()
+    assert len(cpu["busy"]) == 3 and len(cpu["idle"]) == 1
+    assert all(user >= 0 and system >= 0 for user, system in cpu["busy"] + cpu["idle"])
+    assert sum(user for user, _ in cpu["busy"]) > 0
+    medians = scale.median_cpu(cpu)
+    assert set(medians) == {"busy_user_cpu_s", "busy_system_cpu_s", "idle_user_cpu_s", "idle_system_cpu_s"}
+    assert medians["busy_user_cpu_s"] == sorted(user for user, _ in cpu["busy"])[1]
