@@ -658,7 +658,7 @@ def infer_stage(spec: dict, device_name: str = "cpu", precision: str | None = No
     sites = sites if max_sites is None else sites.head(max_sites)
     loader = site_loader(SiteDataset(sites, {spec["plate_id"]: spec["store_path"]}), inference_sites_per_batch(setup),
                          spec["workers"] if workers is None else workers, None, pin_memory=dp.cuda)
-    shapes = forward_shapes(len(sites), inference_sites_per_batch(setup), setup.grid.n_patches, inference_patches_per_forward(setup))
+    shapes = forward_shapes(len(sites), inference_sites_per_batch(setup), setup.grid.n_patches, inference_patches_per_forward(setup, dp.cuda))
     batch = random_patches(dp, max(shapes), len(spec["dataset"]["channels"]), setup.grid.patch_size, inference=True)
     clock = BatchClock()
     times = interleaved({"infer": clock.wrap(lambda progress: site_scores(setup, network, loader, dp, progress)),

@@ -8,7 +8,15 @@ import torch
 from scipy.special import expit
 from torch.utils.data import DataLoader
 
-from deemd.inference import infer_patches, inference_patches_per_forward, inference_sites_per_batch, site_scores
+from deemd.inference import (
+    forward_size,
+    infer_patches,
+    inference_patches_per_batch,
+    inference_patches_per_forward,
+    inference_sites_per_batch,
+    inference_sites_per_forward,
+    site_scores,
+)
 from deemd.grid import PatchGrid
 from deemd.mil import TrainSetup, build_resnet34
 from deemd.device import DevicePrecision, autocast_dtype, cpu_has_native_bf16, select_device
@@ -54,11 +62,20 @@ def test_batch_arithmetic():
     assert steps_per_epoch(m, 10) == 3
     # Inference batches: at least 2**20 px (16 px patches: 4096, so 455 sites of 9), W at
     # least whole_batch_size sites; at RxRx19a's 256 px patches 4 training batches rule.
-    assert inference_patches_per_forward(m) == 4096 and inference_sites_per_batch(m) == 455 and inference_sites_per_batch(w) == 1024
+    assert inference_patches_per_batch(m) == 4096 and inference_sites_per_batch(m) == 455 and inference_sites_per_batch(w) == 1024
+    # Forward passes: a GPU takes the whole batch, a CPU at most 2**21 px (which the
+    # small sites' batches do not reach).
+    assert inference_patches_per_forward(m, cuda=True) == inference_patches_per_forward(m, cuda=False) == 4096
+    assert inference_sites_per_forward(w, cuda=True) == inference_sites_per_forward(w, cuda=False) == 1024
     big = TrainSetup(kind="M", k=2, eta=0.5, grid=PatchGrid(1024, 256, 128), epochs=1, patience=1, batch_size=128, whole_batch_size=16,
                      lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0, seed=1, in_channels=5)
-    assert inference_patches_per_forward(big) == 512 and inference_sites_per_batch(big) == 10
-    assert inference_sites_per_batch(TrainSetup.from_dict({**big.to_dict(), "kind": "W"})) == 16
+    assert inference_patches_per_batch(big) == 512 and inference_sites_per_batch(big) == 10
+    assert inference_patches_per_forward(big, cuda=True) == 512 and inference_patches_per_forward(big, cuda=False) == 32
+    big_w = TrainSetup.from_dict({**big.to_dict(), "kind": "W"})
+    assert inference_sites_per_batch(big_w) == 16
+    assert inference_sites_per_forward(big_w, cuda=True) == 16 and inference_sites_per_forward(big_w, cuda=False) == 2
+    # An input larger than the CPU's pixels still runs, one a pass.
+    assert forward_size(10, 4096 * 4096, cuda=False) == 1 and forward_size(10, 4096 * 4096, cuda=True) == 10
 
 
 def test_inference_layout_and_batch_change_only_rounding():
@@ -217,6 +234,43 @@ def test_infer_patches_probabilities_cover_every_patch():
     probabilities, labels, rows = infer_patches(build_resnet34(2), loaders(Sites(5, 3), 2, None), PatchGrid(32, 16, 8), CPU, 7)
     assert probabilities.shape == (5, 9) and rows.tolist() == [0, 1, 2, 3, 4]
     assert labels.tolist() == [0, 1, 0, 1, 0]
+
+
+@pytest.mark.parametrize("kind, keep", [("M", 2), ("V", 9), ("W", 0)])
+def test_training_batches_are_the_normalised_patches_kept(kind, keep):
+    """Each step's images are exactly the kept patches of the normalised sites, whether
+    the sites (V keeps every patch) or the patches (M keeps 2 of 9) are normalised."""
+    from deemd.mil import extract_patches, normalise
+
+    run, sites = setup(kind), Sites(6, 4)
+    selected = np.random.default_rng(0).permuted(np.tile(np.arange(9), (6, 1)), axis=1)[:, :keep] if keep else None
+    batches = list(training_batches(run, loaders(sites, 4, None), selected, CPU))
+    assert [len(targets) for _, targets in batches] == ([4 * keep, 2 * keep] if keep else [4, 2])
+    for (images, targets), start in zip(batches, (0, 4)):
+        whole = normalise(torch.from_numpy(sites.images[start : start + 4]), CPU.mean, CPU.std)
+        labels = torch.from_numpy(sites.label[start : start + 4])
+        if keep:
+            patches = extract_patches(whole, run.grid)
+            rows = torch.arange(len(whole))[:, None]
+            whole = patches[rows, torch.from_numpy(selected[start : start + 4])].reshape(-1, *patches.shape[2:])
+            labels = labels.repeat_interleave(keep)
+        assert torch.equal(images, whole) and torch.equal(targets, labels)
+
+
+def test_forward_passes_of_any_size_give_the_same_scores():
+    """How many patches (M, V) or sites (W) a forward pass takes changes no score: the
+    CPU's smaller passes (forward_size) and a GPU's whole batches agree."""
+    from deemd.inference import infer_sites
+    from deemd.mil import build_resnet34
+
+    torch.manual_seed(0)
+    network, grid = build_resnet34(2).eval(), PatchGrid(32, 16, 8)
+    per_patch = [infer_patches(network, loaders(Sites(5, 3), 5, None), grid, CPU, chunk)[0] for chunk in (1, 4, 45)]
+    per_site = [infer_sites(network, loaders(Sites(5, 3), 5, None), CPU, chunk)[0] for chunk in (1, 2, 5)]
+    for scores in (per_patch, per_site):
+        np.testing.assert_allclose(scores[0], scores[-1], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(scores[1], scores[-1], rtol=1e-5, atol=1e-6)
+    assert per_patch[0].shape == (5, 9) and per_site[0].shape == (5,) and np.ptp(per_site[0]) > 0
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "not a checkpoint"])

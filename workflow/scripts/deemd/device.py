@@ -62,10 +62,17 @@ class DevicePrecision:
     def autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
 
+    def move(self, sites: torch.Tensor) -> torch.Tensor:
+        """uint8 sites (or patches) from the loader, onto the device as they are."""
+        return sites.to(self.device, non_blocking=True)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images on the device -> float, standardised with the training statistics."""
+        return normalise(images, self.mean, self.std)
+
     def prepare(self, sites: torch.Tensor) -> torch.Tensor:
         """uint8 sites from the loader -> normalised float on the device."""
-        sites = sites.to(self.device, non_blocking=True)
-        return normalise(sites, self.mean, self.std)
+        return self.normalise(self.move(sites))
 
     def channels_last(self, inference: bool) -> bool:
         """Whether tensors are laid out channels-last: always on CUDA; on a CPU only for

@@ -36,15 +36,17 @@ def infer_patches(network, loader, grid: PatchGrid, device_precision: DevicePrec
 
 
 @torch.inference_mode()
-def infer_sites(network, loader, device_precision: DevicePrecision, progress=None):
-    """Whole-site model W: (logits (n_sites,) float32, labels, rows). The logit is kept
-    rather than the probability: a float32 sigmoid rounds every logit above about 17 to
-    exactly 1, which a readout needs to tell apart."""
+def infer_sites(network, loader, device_precision: DevicePrecision, chunk: int, progress=None):
+    """Whole-site model W: (logits (n_sites,) float32, labels, rows), ``chunk`` sites a
+    forward pass. The logit is kept rather than the probability: a float32 sigmoid rounds
+    every logit above about 17 to exactly 1, which a readout needs to tell apart."""
     network.eval()
     logits, labels, rows = [], [], []
     for step, (sites, label, index) in enumerate(loader):
-        with device_precision.autocast():
-            logits.append(network(device_precision.layout(device_precision.prepare(sites), inference=True)).float().view(-1).cpu())
+        images = device_precision.layout(device_precision.prepare(sites), inference=True)
+        for start in range(0, len(images), chunk):
+            with device_precision.autocast():
+                logits.append(network(images[start : start + chunk]).float().view(-1).cpu())
         labels.append(label)
         rows.append(index)
         if progress is not None:
@@ -52,24 +54,46 @@ def infer_sites(network, loader, device_precision: DevicePrecision, progress=Non
     return torch.cat(logits).numpy(), torch.cat(labels).numpy(), torch.cat(rows).numpy()
 
 
-# Pixels an inference forward pass holds at least: 1024 patches of 32 px, 64 sites of
-# 128 px. A CPU runs small inputs far faster in large batches, and an eval-mode
-# network's outputs do not depend on the batch.
+# Pixels an inference batch holds at least: 1024 patches of 32 px, 64 sites of 128 px. A
+# CPU runs small inputs far faster in large forward passes, and an eval-mode network's
+# outputs do not depend on the batch.
 INFERENCE_PIXELS = 1 << 20
+# Pixels a forward pass on a CPU holds at most: 32 patches of 256 px, 2 sites of 1024 px.
+# Larger ones run slower there (ResNet34 at 256 px: 15-20 % slower in passes of 512
+# patches than of 32-128, the outputs bit for bit the same), their activations being
+# memory the process must fetch anew each pass; at 32 px, 128 to 2048 patches a pass run
+# alike. A GPU takes a whole batch in one pass.
+CPU_FORWARD_PIXELS = 1 << 21
 
 
-def inference_patches_per_forward(setup: TrainSetup) -> int:
-    """Patches per inference forward pass of M and V: 4 training batches' worth, or
+def inference_patches_per_batch(setup: TrainSetup) -> int:
+    """Patches per inference batch of M and V: 4 training batches' worth, or
     INFERENCE_PIXELS worth of patches where that is more."""
     return max(4 * setup.batch_size, INFERENCE_PIXELS // setup.grid.patch_size**2)
 
 
 def inference_sites_per_batch(setup: TrainSetup) -> int:
-    """Sites per inference batch: the sites of inference_patches_per_forward patches (W:
+    """Sites per inference batch: the sites of inference_patches_per_batch patches (W:
     ``whole_batch_size`` sites, or INFERENCE_PIXELS worth of sites where that is more)."""
     if setup.kind == "W":
         return max(setup.whole_batch_size, INFERENCE_PIXELS // setup.grid.site_size**2)
-    return max(1, inference_patches_per_forward(setup) // setup.grid.n_patches)
+    return max(1, inference_patches_per_batch(setup) // setup.grid.n_patches)
+
+
+def forward_size(per_batch: int, pixels_each: int, cuda: bool) -> int:
+    """Inputs (patches or sites) of ``pixels_each`` pixels per forward pass, of a batch of
+    ``per_batch``: all of them on a GPU, at most CPU_FORWARD_PIXELS worth on a CPU."""
+    return per_batch if cuda else max(1, min(per_batch, CPU_FORWARD_PIXELS // pixels_each))
+
+
+def inference_patches_per_forward(setup: TrainSetup, cuda: bool) -> int:
+    """Patches per inference forward pass of M and V (forward_size)."""
+    return forward_size(inference_patches_per_batch(setup), setup.grid.patch_size**2, cuda)
+
+
+def inference_sites_per_forward(setup: TrainSetup, cuda: bool) -> int:
+    """Whole sites per inference forward pass of W (forward_size)."""
+    return forward_size(inference_sites_per_batch(setup), setup.grid.site_size**2, cuda)
 
 
 class SiteScores(NamedTuple):
@@ -89,9 +113,11 @@ class SiteScores(NamedTuple):
 def site_scores(setup: TrainSetup, network, loader, device_precision: DevicePrecision, progress=None) -> SiteScores:
     """Site scores of any model (:class:`SiteScores`)."""
     if setup.kind == "W":
-        logits, labels, rows = infer_sites(network, loader, device_precision, progress)
+        chunk = inference_sites_per_forward(setup, device_precision.cuda)
+        logits, labels, rows = infer_sites(network, loader, device_precision, chunk, progress)
         return SiteScores(torch.sigmoid(torch.from_numpy(logits)).numpy(), labels, rows, None, logits)
-    probabilities, labels, rows = infer_patches(network, loader, setup.grid, device_precision, inference_patches_per_forward(setup), progress)
+    chunk = inference_patches_per_forward(setup, device_precision.cuda)
+    probabilities, labels, rows = infer_patches(network, loader, setup.grid, device_precision, chunk, progress)
     return SiteScores(kth_largest(probabilities, setup.k), labels, rows, probabilities, None)
 
 
