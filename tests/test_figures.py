@@ -133,7 +133,9 @@ def test_failed_optimisation_is_a_status(monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("Optimal parameters not found")
 
-    monkeypatch.setattr(doseresponse, "curve_fit", fail)
+    import scipy.optimize
+
+    monkeypatch.setattr(scipy.optimize, "curve_fit", fail)  # fit_logistic imports it when it runs
     fit = fit_logistic(CONCENTRATIONS, np.linspace(0, 1, 7))
     assert fit["status"] == "fit failed: Optimal parameters not found"
     assert np.isnan(fit["hill"])

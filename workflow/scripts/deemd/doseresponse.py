@@ -14,7 +14,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import OptimizeWarning, curve_fit
 
 OK = "ok"
 PARAMETERS = ["bottom", "top", "log_ec50", "hill"]
@@ -77,6 +76,8 @@ def fit_logistic(concentrations, efficacies, min_points: int = 4, flat_tolerance
     log_ec50, hill) ended on one of their bounds, and ``held``, which were not estimated
     (held by a bound or by ``bottom``).
     """
+    from scipy.optimize import OptimizeWarning, curve_fit
+
     c = np.asarray(concentrations, dtype=np.float64)
     e = np.asarray(efficacies, dtype=np.float64)
     if c.shape != e.shape or c.ndim != 1:

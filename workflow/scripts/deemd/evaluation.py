@@ -12,13 +12,14 @@ import logging
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score
 
 TEST_SCORE_COLUMNS = ["site_id", "model", "label", "score", "patch_probabilities"]
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     """sklearn's average precision; NaN where ``labels`` hold one class only."""
+    from sklearn.metrics import average_precision_score
+
     labels = np.asarray(labels)
     if len(np.unique(labels)) < 2:
         return float("nan")

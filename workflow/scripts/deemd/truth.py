@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 
 def reference_scores(table: pd.DataFrame, treatment_column: str, score_column: str) -> pd.DataFrame:
@@ -80,7 +79,9 @@ def spearman(x, y) -> dict:
         return {"rho": np.nan, "p_value": np.nan, "n": n, "status": f"too few treatments (n={n})"}
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return {"rho": np.nan, "p_value": np.nan, "n": n, "status": "constant scores"}
-    result = stats.spearmanr(x, y)
+    from scipy.stats import spearmanr
+
+    result = spearmanr(x, y)
     return {"rho": float(result.statistic), "p_value": float(result.pvalue), "n": n, "status": "ok"}
 
 
