@@ -59,7 +59,7 @@ def infer_sites(network, loader, device_precision: DevicePrecision, chunk: int, 
 # outputs do not depend on the batch.
 INFERENCE_PIXELS = 1 << 20
 # Pixels a forward pass on a CPU holds at most: 32 patches of 256 px, 2 sites of 1024 px.
-# Larger ones run slower there (ResNet34 at 256 px: 15-20 % slower in passes of 512
+# Larger ones run slower there (ResNet34 at 256 px: 11-19 % slower in passes of 512
 # patches than of 32-128, the outputs bit for bit the same), their activations being
 # memory the process must fetch anew each pass; at 32 px, 128 to 2048 patches a pass run
 # alike. A GPU takes a whole batch in one pass.
