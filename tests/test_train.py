@@ -260,7 +260,7 @@ def test_training_batches_are_the_normalised_patches_kept(kind, keep):
 def test_forward_passes_of_any_size_give_the_same_scores():
     """How many patches (M, V) or sites (W) a forward pass takes changes no score: the
     CPU's smaller passes (forward_size) and a GPU's whole batches agree."""
-    from deemd.inference import infer_sites
+    from deemd.inference import forward_in_chunks, infer_sites
     from deemd.mil import build_resnet34
 
     torch.manual_seed(0)
@@ -271,6 +271,11 @@ def test_forward_passes_of_any_size_give_the_same_scores():
         np.testing.assert_allclose(scores[0], scores[-1], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(scores[1], scores[-1], rtol=1e-5, atol=1e-6)
     assert per_patch[0].shape == (5, 9) and per_site[0].shape == (5,) and np.ptp(per_site[0]) > 0
+    images = torch.randn(5, 2, 16, 16)
+    with torch.inference_mode():
+        whole = network(CPU.layout(images, inference=True)).float()
+        for chunk in (1, 2, 5):
+            torch.testing.assert_close(forward_in_chunks(network, images, CPU, chunk), whole, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "not a checkpoint"])

@@ -15,19 +15,26 @@ from deemd.mil import TrainSetup, build_resnet34, extract_patches, kth_largest
 from deemd.device import DevicePrecision
 
 
+def forward_in_chunks(network, images: torch.Tensor, device_precision: DevicePrecision, chunk: int) -> torch.Tensor:
+    """The network's float outputs for ``images``, ``chunk`` of them a forward pass, each
+    pass laid out and autocast for inference."""
+    outputs = []
+    for start in range(0, len(images), chunk):
+        with device_precision.autocast():
+            outputs.append(network(device_precision.layout(images[start : start + chunk], inference=True)).float())
+    return torch.cat(outputs)
+
+
 @torch.inference_mode()
 def infer_patches(network, loader, grid: PatchGrid, device_precision: DevicePrecision, chunk: int, progress=None):
-    """Every patch of every site: (probabilities (n_sites, N) float32, labels, rows)."""
+    """Every patch of every site, ``chunk`` patches a forward pass: (probabilities
+    (n_sites, N) float32, labels, rows)."""
     network.eval()
     probabilities, labels, rows = [], [], []
     for step, (sites, label, index) in enumerate(loader):
         patches = extract_patches(device_precision.prepare(sites), grid)
-        flat = patches.reshape(-1, *patches.shape[2:])
-        logits = []
-        for start in range(0, flat.shape[0], chunk):
-            with device_precision.autocast():
-                logits.append(network(device_precision.layout(flat[start : start + chunk], inference=True)).float())
-        probabilities.append(torch.sigmoid(torch.cat(logits)).view(len(sites), grid.n_patches).cpu())
+        logits = forward_in_chunks(network, patches.reshape(-1, *patches.shape[2:]), device_precision, chunk)
+        probabilities.append(torch.sigmoid(logits).view(len(sites), grid.n_patches).cpu())
         labels.append(label)
         rows.append(index)
         if progress is not None:
@@ -43,10 +50,7 @@ def infer_sites(network, loader, device_precision: DevicePrecision, chunk: int, 
     network.eval()
     logits, labels, rows = [], [], []
     for step, (sites, label, index) in enumerate(loader):
-        images = device_precision.layout(device_precision.prepare(sites), inference=True)
-        for start in range(0, len(images), chunk):
-            with device_precision.autocast():
-                logits.append(network(images[start : start + chunk]).float().view(-1).cpu())
+        logits.append(forward_in_chunks(network, device_precision.prepare(sites), device_precision, chunk).view(-1).cpu())
         labels.append(label)
         rows.append(index)
         if progress is not None:
