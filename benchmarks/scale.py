@@ -26,6 +26,10 @@ With no arguments (meant to take under 15 minutes on 2 idle cores):
                 on random patches of the same batch shapes, dtype and layout
      train      deemd.train.train_one_epoch of M (store reads, patch cut, augmentation,
                 forward, backward, Adam)  vs  forward + backward + Adam on random patches
+     efficacy   the efficacy rule's main (model M) on a scored screen shaped like RxRx19a
+                HRCE's (6 half-log doses x 6 replicate wells a compound, 1536-well plates),
+                48 treatments: seconds a treatment, R's start, the rstatix sign tests and
+                the 4PL fits among them (no floor: R's and scipy's own work)
      gpu        where CUDA is present, infer and train at full size with bf16, channels-last,
                 DataLoader workers and pinned memory, and the data pipeline in GB/s; without
                 CUDA the same code path runs on the CPU at a tiny size (GPU figures
@@ -89,6 +93,12 @@ TORCH_BUDGET_S = 150.0
 # Wells that the nuclei stage also counts with the code as issue 12 found it (its "before").
 BEFORE_WELLS = 4
 GIB = 1024**3
+# RxRx19a HRCE's chemical screen: 1,672 compounds at six half-log doses, six replicate wells
+# a dose, 4 sites a well. The efficacy stage scores EFFICACY_TREATMENTS of them.
+SCREEN_DOSES_UM = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+SCREEN_REPLICATES = 6
+SCREEN_CONTROL_WELLS = 24  # held-out infected and as many non-infected control wells a plate
+EFFICACY_TREATMENTS = 48
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,7 @@ class Work:
     sites_per_step: int = 16
     batchnorm_steps: int = 50
     site_bytes: int = 5 * 1024 * 1024
+    treatments: int = 1672
 
     @property
     def plates(self) -> int:
@@ -132,13 +143,17 @@ class Rates:
     read_sites_s: float | None = None
     infer_patches_s: float | None = None
     train_steps_s: float | None = None
+    efficacy_s_treatment: float | None = None
+    efficacy_start_s: float | None = None
 
     def scaled(self, factor: float) -> Rates:
-        """Every rate times ``factor`` (per-plate seconds divided by it): linear scaling."""
+        """Every rate times ``factor`` (per-plate seconds divided by it): linear scaling.
+        The efficacy job is one single-threaded process per model, so more cores leave
+        its seconds as they are."""
         values = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None:
+            if value is not None and not f.name.startswith("efficacy_"):
                 value = value / factor if f.name == "estimate_s_plate" else value * factor
             values[f.name] = value
         return Rates(**values)
@@ -237,6 +252,9 @@ def stage_seconds(rates: Rates, work: Work) -> dict[str, float | None]:
     }
     if rates.nuclei_wells_s is not None and rates.estimate_s_plate is not None:
         seconds["nuclei"] = work.wells / rates.nuclei_wells_s + work.plates * rates.estimate_s_plate
+    seconds["efficacy"] = None
+    if rates.efficacy_s_treatment is not None and rates.efficacy_start_s is not None:
+        seconds["efficacy"] = rates.efficacy_start_s + work.treatments * rates.efficacy_s_treatment
     parts = [seconds[k] for k in seconds if k.startswith("epoch: ")]
     seconds["MIL epoch"] = None if None in parts else sum(parts)
     return seconds
@@ -273,6 +291,7 @@ def projection_rows(columns: dict[str, Rates | None], work: Work) -> list[list[s
         "epoch: batchnorm": f"{work.batchnorm_steps} steps, forward only",
         "epoch: validation": f"{work.val_sites * work.n_patches:,} patches",
         "inference": f"{work.treated_sites:,} treated sites x {work.n_patches} patches, per model",
+        "efficacy": f"{work.treatments:,} treatments x {len(SCREEN_DOSES_UM)} doses x {SCREEN_REPLICATES} wells, per model (1 process)",
     }
     times = {title: (None if rates is None else stage_seconds(rates, work)) for title, rates in columns.items()}
     rows = []
@@ -790,10 +809,117 @@ def gpu_stage(spec: dict) -> dict:
     return result
 
 
-STAGES = {"stitch": stitch_stage, "nuclei": nuclei_stage, "read": read_stage, "infer": infer_stage, "train": train_stage, "gpu": gpu_stage}
+def efficacy_screen(n_treatments: int, seed: int = 0, sites_per_well: int = 4) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A scored screen shaped like RxRx19a HRCE's, as the efficacy rule reads it: the
+    inference shards' sites (role, plate_id, well, well_id, treatment, treatment_conc and
+    the readouts z and map_mean, at levels like the demo's M) and the nuclei rule's well
+    table. ``n_treatments`` compounds at SCREEN_DOSES_UM, SCREEN_REPLICATES wells a dose,
+    on plates of WELLS_PER_PLATE wells with SCREEN_CONTROL_WELLS held-out controls of each
+    kind. One compound in six is antiviral (a 4PL inhibition, Emax 0.5-1), one in ten
+    costs cells at its top doses; well and site noise as replicate wells show. Sites also
+    carry the truth: ``true_active`` per treatment (in the sites table)."""
+    from deemd.doseresponse import logistic4
+    from deemd.inhibition import INFECTED_CONTROL, NONINFECTED_CONTROL, TREATED
+
+    rng = np.random.default_rng(seed)
+    # (z, map_mean) of infected and of clean wells; a treated well lies between them.
+    infected, clean = np.array([0.95, 0.28]), np.array([0.03, 0.01])
+    wells_per_treatment = len(SCREEN_DOSES_UM) * SCREEN_REPLICATES
+    per_plate = (WELLS_PER_PLATE - 2 * SCREEN_CONTROL_WELLS) // wells_per_treatment
+    log_doses = np.log10(SCREEN_DOSES_UM)
+    wells = []
+    for t in range(n_treatments):
+        plate = f"HRCE-1_{t // per_plate + 1}"
+        active = rng.random() < 1 / 6
+        emax, log_ec50 = rng.uniform(0.5, 1.0), rng.uniform(log_doses[0], log_doses[-1])
+        toxic_from = log_doses[-1] - rng.uniform(0.0, 1.0) if rng.random() < 0.1 else np.inf
+        for dose, log_dose in zip(SCREEN_DOSES_UM, log_doses):
+            effect = logistic4(log_dose, 0.0, emax, log_ec50, 1.5) if active else 0.0
+            viability = 0.3 if log_dose >= toxic_from else 1.0
+            for _ in range(SCREEN_REPLICATES):
+                wells.append((plate, TREATED, f"CPD-{t + 1:04d}", dose, float(effect), viability, active))
+    for p in range(math.ceil(n_treatments / per_plate)):
+        for role, inhibited in ((INFECTED_CONTROL, 0.0), (NONINFECTED_CONTROL, 1.0)):
+            wells += [(f"HRCE-1_{p + 1}", role, None, np.nan, inhibited, 1.0, False)] * SCREEN_CONTROL_WELLS
+    table = pd.DataFrame(wells, columns=["plate_id", "role", "treatment", "treatment_conc", "inhibited", "viability", "true_active"])
+    table["well"] = [f"W{i + 1:04d}" for i in table.groupby("plate_id").cumcount()]
+    table["well_id"] = table["plate_id"] + "_" + table["well"]
+    level = infected + np.outer(table["inhibited"].clip(0, 1) + rng.normal(0, 0.06, len(table)), clean - infected)
+    site_level = np.repeat(level, sites_per_well, axis=0) + rng.normal(0, 0.04, (len(table) * sites_per_well, 2)) * (infected - clean)
+    sites = table.loc[table.index.repeat(sites_per_well)].reset_index(drop=True)
+    sites["site"] = np.tile(np.arange(1, sites_per_well + 1), len(table))
+    sites["site_id"] = sites["well_id"] + "_" + sites["site"].astype(str)
+    sites["z"], sites["map_mean"] = np.clip(site_level[:, 0], 0, 1), np.clip(site_level[:, 1], 0, None)
+    cells = 40.0 * table["viability"] * rng.normal(1.0, 0.05, len(table))
+    nuclei = table[["plate_id", "well", "treatment", "treatment_conc"]].assign(
+        toxic=table["viability"] < 0.5, no_nuclei=False, nuclei_per_site=cells, infected_control_median=40.0)
+    return sites.drop(columns=["inhibited", "viability"]), nuclei
+
+
+def efficacy_stage(spec: dict) -> dict:
+    """The efficacy rule's work for model M (workflow/scripts/efficacy.py's main, readout
+    map_mean, config/rxrx19a.yaml's efficacy and qc values) on ``efficacy_treatments``
+    treatments of efficacy_screen, once: its seconds, and of them R's start (rpy2 and
+    rstatix, paid once a job), the sign tests (the rstatix call in R, for e(t,c) and for
+    the per-dose inhibition intervals) and the 4PL fits (viability and inhibition curves). Also the
+    hits against the screen's truth."""
+    import importlib.util
+
+    from deemd import efficacy as deemd_efficacy
+    from deemd import inhibition
+
+    config, folder = merged_config(), Path(spec["efficacy_dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    sites, nuclei = efficacy_screen(spec["efficacy_treatments"])
+    shard, nuclei_path = folder / "shard.parquet", folder / "nuclei_wells.parquet"
+    sites.drop(columns=["true_active"]).to_parquet(shard)
+    nuclei.to_parquet(nuclei_path)
+    started = time.perf_counter()
+    r_sign_test = deemd_efficacy._r_sign_test()
+    r_start_s = time.perf_counter() - started
+    script_spec = importlib.util.spec_from_file_location("efficacy_rule_script", REPO / "workflow" / "scripts" / "efficacy.py")
+    script = importlib.util.module_from_spec(script_spec)
+    script_spec.loader.exec_module(script)
+    seconds, calls, groups = collections.Counter(), collections.Counter(), collections.Counter()
+
+    def timed(name, function):
+        def run(*args, **kwargs):
+            begun = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                seconds[name] += time.perf_counter() - begun
+                calls[name] += 1
+                if name == "sign_test":
+                    groups[name] += len(set(args[0]))
+        return run
+
+    # Both of main's sign-test calls (e(t,c), and the per-dose inhibition intervals) run
+    # the R function that deemd.efficacy._r_sign_test returns.
+    fit_logistic, cached = inhibition.fit_logistic, deemd_efficacy._r_sign_test
+    timed_r = timed("sign_test", r_sign_test)
+    inhibition.fit_logistic, deemd_efficacy._r_sign_test = timed("fits", fit_logistic), lambda: timed_r
+    outputs = {name: str(folder / f"{name}.parquet") for name in ("doses", "treatments", "wells", "plate_qc")}
+    try:
+        started = time.perf_counter()
+        script.main([str(shard)], str(nuclei_path), outputs, str(folder / "efficacy.log"), config["efficacy"], config["qc"],
+                    config["efficacy"]["map_readout"], "M")
+        efficacy_s = time.perf_counter() - started
+    finally:
+        inhibition.fit_logistic, deemd_efficacy._r_sign_test = fit_logistic, cached
+    truth = sites.drop_duplicates("treatment").dropna(subset=["treatment"]).set_index("treatment")["true_active"]
+    hits = pd.read_parquet(outputs["treatments"]).set_index("treatment")["hit"].astype(bool)
+    return {"treatments": int(spec["efficacy_treatments"]), "sites": len(sites), "wells": int(sites["well_id"].nunique()),
+            "efficacy_s": efficacy_s, "r_start_s": r_start_s, "sign_test_s": seconds["sign_test"],
+            "sign_test_groups": groups["sign_test"], "fits_s": seconds["fits"], "fits": calls["fits"],
+            "true_active": int(truth.sum()), "hits": int(hits.sum()), "true_hits": int((hits & truth.reindex(hits.index)).sum())}
+
+
+STAGES = {"stitch": stitch_stage, "nuclei": nuclei_stage, "read": read_stage, "infer": infer_stage, "train": train_stage, "gpu": gpu_stage,
+          "efficacy": efficacy_stage}
 # The rule whose mem_mb a stage's peak memory is held against (store reads happen inside
 # the torch rules).
-STAGE_RULES = {"stitch": "stitch", "nuclei": "nuclei", "read": None, "infer": "infer", "train": "train", "gpu": "train"}
+STAGE_RULES = {"stitch": "stitch", "nuclei": "nuclei", "read": None, "infer": "infer", "train": "train", "gpu": "train", "efficacy": "efficacy"}
 
 
 def run_stage(name: str, spec: dict, work: Path) -> dict:
@@ -841,7 +967,7 @@ def prepare(args, work: Path) -> dict:
         "store": config["store"], "nuclei": config["nuclei"], "train": model_train_values(config["train"], "M"), "demo": demo,
         "by_model_M": {key: value for key, value in ((config["train"].get("by_model") or {}).get("M") or {}).items()
                        if config["train"].get(key) != value},
-        "quick": args.quick,
+        "quick": args.quick, "efficacy_treatments": 4 if args.quick else EFFICACY_TREATMENTS, "efficacy_dir": str(work / "efficacy"),
     }
 
 
@@ -862,7 +988,7 @@ def run_all(args, work: Path) -> dict:
         return {"spec": spec, "results": results}
     spec["stats"] = channel_stats(spec)
     write_model_file(Path(spec["model"]), spec)
-    for name in ("nuclei", "read", "infer", "train", "gpu"):
+    for name in ("nuclei", "read", "infer", "train", "gpu", "efficacy"):
         print(f"stage {name}", file=sys.stderr, flush=True)
         results[name] = run_stage(name, spec, work)
     return {"spec": spec, "results": results}
@@ -875,7 +1001,7 @@ def ok(result: dict | None) -> bool:
 
 def measured_rates(results: dict) -> Rates:
     """The CPU stages' rates on this machine."""
-    s, n, r, i, t = (results.get(k, {}) for k in ("stitch", "nuclei", "read", "infer", "train"))
+    s, n, r, i, t, e = (results.get(k, {}) for k in ("stitch", "nuclei", "read", "infer", "train", "efficacy"))
     return Rates(
         stitch_sites_s=s["sites"] / s["stitch_s"] if ok(s) else None,
         nuclei_wells_s=n["wells"] / n["count_s"] if ok(n) else None,
@@ -883,6 +1009,8 @@ def measured_rates(results: dict) -> Rates:
         read_sites_s=r["sites"] / r["read_s"] if ok(r) else None,
         infer_patches_s=i["patches_s"] if ok(i) else None,
         train_steps_s=t["steps_s"] if ok(t) else None,
+        efficacy_s_treatment=e["efficacy_s"] / e["treatments"] if ok(e) else None,
+        efficacy_start_s=e["r_start_s"] if ok(e) else None,
     )
 
 
@@ -917,7 +1045,7 @@ def system_cpu(result: dict, step: str) -> str:
 def rate_rows(results: dict, threads: int) -> list[list[str]]:
     """Each stage's measured rate, its floor and their ratio."""
     rows = []
-    s, n, r, i, t = (results.get(k, {}) for k in ("stitch", "nuclei", "read", "infer", "train"))
+    s, n, r, i, t, e = (results.get(k, {}) for k in ("stitch", "nuclei", "read", "infer", "train", "efficacy"))
     if ok(s):
         decode = s["sites"] / s["decode_s"]
         rows.append(["stitch", f"{s['sites'] / s['stitch_s']:.1f} sites/s [m]", f"{decode:.1f} sites/s [m] bare PNG decode",
@@ -949,7 +1077,14 @@ def rate_rows(results: dict, threads: int) -> list[list[str]]:
     if ok(t):
         rows.append([f"training (M, {t['precision']})", f"{t['steps_s']:.3f} steps/s [m] of {t['step_patches']} patches (whole pass {t['steps'] / t['train_s']:.3f})",
                      f"{t['bare_steps_s']:.3f} steps/s [m] bare fwd+bwd+Adam", f"{t['steps_s'] / t['bare_steps_s']:.2f} [m]"])
-    for name in ("stitch", "nuclei", "read", "infer", "train"):
+    if ok(e):
+        rows.append(["efficacy (M, 1 process)", f"{e['efficacy_s'] / e['treatments']:.2f} s a treatment [m] ({e['treatments']} treatments, {e['sites']:,} sites)",
+                     f"R start {e['r_start_s']:.1f} s a job [m]",
+                     f"sign tests {e['sign_test_s'] / e['treatments']:.2f} s, 4PL fits {e['fits_s'] / e['treatments']:.2f} s a treatment [m]"])
+        rows.append(["  parts", f"{e['sign_test_groups']} sign tests (rstatix), {1000 * e['sign_test_s'] / max(e['sign_test_groups'], 1):.0f} ms each [m]",
+                     f"{e['fits']} 4PL fits, {1000 * e['fits_s'] / max(e['fits'], 1):.0f} ms each [m]",
+                     f"{e['hits']} hits, {e['true_hits']} of them among the {e['true_active']} antiviral treatments [m]"])
+    for name in ("stitch", "nuclei", "read", "infer", "train", "efficacy"):
         if not ok(results.get(name)):
             rows.append([name, describe_failure(results.get(name, {})), "", ""])
     return rows
@@ -1033,7 +1168,8 @@ def report(run: dict, threads: int, target_cores: int = 16) -> str:
         "(inference and training: the steady rate, from a pass's first batch done to its last; the whole pass adds the loader's start)", "",
         *size_lines(results.get("stitch", {}), work), "",
         text_table(memory_rows(results, rule_mem_mb()), ["stage", "peak RSS", "rule", "mem_mb", "peak/mem_mb"]),
-        "(peak RSS of a fresh process doing one plate's stage; the stages hold a batch of wells or sites, not a plate)", "",
+        ("(peak RSS of a fresh process doing one plate's stage; the stages hold a batch of wells or sites, not a plate; "
+         f"efficacy: {spec.get('efficacy_treatments', '?')} treatments' sites, where the job holds a model's)"), "",
         f"RxRx19a HRCE projection ({work.sites:,} sites of 1024 px, {work.wells:,} wells on ~{work.plates} plates of {WELLS_PER_PLATE})",
         text_table(projection_rows(columns, work), ["stage", "work", *columns]), "",
         *gpu_lines(gpu, work),

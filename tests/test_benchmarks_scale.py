@@ -35,6 +35,9 @@ def test_rates_scale_linearly(scale):
     assert eight.stitch_sites_s == 80.0 and eight.infer_patches_s == 240.0
     assert eight.estimate_s_plate == 0.5  # seconds, not a rate
     assert eight.train_steps_s is None
+    # The efficacy job is one process: more cores leave its seconds alone.
+    one_process = scale.Rates(efficacy_s_treatment=0.4, efficacy_start_s=1.0).scaled(8)
+    assert one_process.efficacy_s_treatment == 0.4 and one_process.efficacy_start_s == 1.0
 
 
 def test_stage_seconds_arithmetic(scale):
@@ -53,6 +56,9 @@ def test_stage_seconds_arithmetic(scale):
     assert seconds["inference"] == 500.0
     missing = scale.stage_seconds(scale.Rates(infer_patches_s=49.0), work)
     assert missing["stitch"] is None and missing["nuclei"] is None and missing["MIL epoch"] is None
+    assert missing["efficacy"] is None
+    efficacy = scale.stage_seconds(scale.Rates(efficacy_s_treatment=0.5, efficacy_start_s=2.0), scale.Work(treatments=10))
+    assert efficacy["efficacy"] == 2.0 + 10 * 0.5
 
 
 def test_rxrx19a_work(scale):
@@ -106,10 +112,11 @@ def test_model_train_values_apply_by_model(scale):
 def test_projection_marks_every_figure(scale):
     work = scale.Work()
     rates = scale.Rates(stitch_sites_s=25.0, nuclei_wells_s=3.0, estimate_s_plate=2.0, read_sites_s=200.0,
-                        infer_patches_s=30.0, train_steps_s=0.3)
+                        infer_patches_s=30.0, train_steps_s=0.3, efficacy_s_treatment=0.4, efficacy_start_s=1.0)
     columns = {"this machine (2 cores)": rates, "16 cores (linear)": rates.scaled(8), "GPU": None}
     rows = scale.projection_rows(columns, work)
-    assert [r[0] for r in rows][:3] == ["stitch", "nuclei", "store read"]
+    assert [r[0] for r in rows][:3] == ["stitch", "nuclei", "store read"] and rows[-1][0] == "efficacy"
+    assert rows[-1][2] == rows[-1][3] == "11.2 min [p]"  # 1 s + 1,672 x 0.4 s, on 2 cores as on 16
     for row in rows:
         assert row[2].endswith("[p]") and row[3].endswith("[p]") and row[4] == "unmeasured"
     text = scale.text_table(rows, ["stage", "work", *columns])
@@ -194,3 +201,46 @@ def test_with_cpu_times_notes_each_call(scale):
     medians = scale.median_cpu(cpu)
     assert set(medians) == {"busy_user_cpu_s", "busy_system_cpu_s", "idle_user_cpu_s", "idle_system_cpu_s"}
     assert medians["busy_user_cpu_s"] == sorted(user for user, _ in cpu["busy"])[1]
+
+
+def test_efficacy_screen_is_shaped_like_rxrx19a(scale):
+    sites, nuclei = scale.efficacy_screen(50, seed=1)
+    per_plate = (1536 - 2 * 24) // 36  # 41 compounds of 6 doses x 6 wells a plate
+    treated = sites[sites["role"] == "treated"]
+    assert treated["treatment"].nunique() == 50 and len(treated) == 50 * 36 * 4
+    assert set(treated["treatment_conc"]) == set(scale.SCREEN_DOSES_UM)
+    assert (treated.groupby(["treatment", "treatment_conc"])["well_id"].nunique() == 6).all()
+    assert sites["plate_id"].nunique() == 2 and sites[sites["plate_id"] == "HRCE-1_1"]["treatment"].nunique() == per_plate
+    controls = sites[sites["role"] != "treated"].groupby(["plate_id", "role"])["well_id"].nunique()
+    assert (controls == 24).all() and len(controls) == 4
+    assert sites["site_id"].is_unique and sites["z"].between(0, 1).all() and (sites["map_mean"] >= 0).all()
+    assert (sites.groupby("well_id").size() == 4).all()
+    # Antiviral compounds read cleaner than inactive ones at their top dose.
+    top = treated[treated["treatment_conc"] == 10.0].groupby("true_active")["map_mean"].median()
+    assert top[True] < top[False]
+    assert len(nuclei) == sites["well_id"].nunique() and nuclei["toxic"].any() and not nuclei["toxic"].all()
+    assert set(nuclei.columns) >= {"plate_id", "well", "treatment", "treatment_conc", "toxic", "no_nuclei", "nuclei_per_site",
+                                   "infected_control_median"}
+
+
+def test_efficacy_stage_runs_the_rule_on_a_small_screen(scale, tmp_path):
+    """The efficacy rule's main, in R and scipy, on 3 treatments; then its report rows."""
+    from deemd import efficacy as deemd_efficacy
+    from deemd import inhibition
+
+    fit_logistic, r_sign_test = inhibition.fit_logistic, deemd_efficacy._r_sign_test
+    result = scale.efficacy_stage({"efficacy_treatments": 3, "efficacy_dir": str(tmp_path / "efficacy")})
+    assert inhibition.fit_logistic is fit_logistic and deemd_efficacy._r_sign_test is r_sign_test  # put back
+    assert result["treatments"] == 3 and result["sites"] == 3 * 36 * 4 + 2 * 24 * 4
+    # One sign test per dose for e(t,c), one per dose with usable wells for inhibition.
+    assert 3 * 6 < result["sign_test_groups"] <= 2 * 3 * 6 and result["sign_test_s"] > 0
+    assert result["fits"] >= 3 and result["fits_s"] > 0 and result["efficacy_s"] >= result["fits_s"]
+    assert 0 <= result["true_hits"] <= result["hits"] <= 3
+    assert (tmp_path / "efficacy" / "treatments.parquet").exists()
+    result["peak_rss_mb"] = scale.peak_rss_mb()
+    rates = scale.measured_rates({"efficacy": result})
+    assert rates.efficacy_s_treatment == result["efficacy_s"] / 3 and rates.efficacy_start_s == result["r_start_s"]
+    rows = scale.rate_rows({"efficacy": result}, 1)
+    assert rows[0][0] == "efficacy (M, 1 process)" and rows[0][1].endswith("sites)") and "R start" in rows[0][2]
+    assert rows[1][0] == "  parts" and "sign tests (rstatix)" in rows[1][1] and "4PL fits" in rows[1][2]
+    assert [r[0] for r in scale.memory_rows({"efficacy": result}, {"efficacy": 4000})] == ["efficacy"]
