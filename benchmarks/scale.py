@@ -26,6 +26,8 @@ With no arguments (meant to take under 15 minutes on 2 idle cores):
                 on random patches of the same batch shapes, dtype and layout
      train      deemd.train.train_one_epoch of M (store reads, patch cut, augmentation,
                 forward, backward, Adam)  vs  forward + backward + Adam on random patches
+     export     the export_hcs rule's write_hcs_plate (OME-NGFF HCS copy, opt-in for
+                RxRx19a) on one thread, as the rule runs  vs  the bare PNG decode on one thread
      efficacy   the efficacy rule's main (model M) on a scored screen shaped like RxRx19a
                 HRCE's (6 half-log doses x 6 replicate wells a compound, 1536-well plates),
                 48 treatments: seconds a treatment, R's start, the rstatix sign tests and
@@ -145,6 +147,7 @@ class Rates:
     train_steps_s: float | None = None
     efficacy_s_treatment: float | None = None
     efficacy_start_s: float | None = None
+    export_fields_s: float | None = None
 
     def scaled(self, factor: float) -> Rates:
         """Every rate times ``factor`` (per-plate seconds divided by it): linear scaling.
@@ -244,6 +247,7 @@ def stage_seconds(rates: Rates, work: Work) -> dict[str, float | None]:
         "stitch": over(work.sites, rates.stitch_sites_s),
         "nuclei": None,
         "store read": over(work.sites, rates.read_sites_s),
+        "HCS export": over(work.sites, rates.export_fields_s),
         "epoch: patch scoring": over(work.train_sites * work.n_patches, rates.infer_patches_s),
         "epoch: training steps": over(work.train_steps, rates.train_steps_s),
         "epoch: batchnorm": over(work.batchnorm_steps * work.sites_per_step * work.train_k, rates.infer_patches_s),
@@ -285,6 +289,7 @@ def projection_rows(columns: dict[str, Rates | None], work: Work) -> list[list[s
         "stitch": f"{work.sites:,} sites",
         "nuclei": f"{work.wells:,} wells, {work.plates} diameter estimates",
         "store read": f"{work.sites:,} sites read once",
+        "HCS export": f"{work.sites:,} fields (opt-in: export.hcs, off for RxRx19a)",
         "MIL epoch": f"{work.train_sites:,} training + {work.val_sites:,} validation sites",
         "epoch: patch scoring": f"{work.train_sites * work.n_patches:,} patches",
         "epoch: training steps": f"{work.train_steps:,} steps of {work.sites_per_step * work.train_k} patches",
@@ -588,6 +593,29 @@ def read_stage(spec: dict) -> dict:
         drain(pool.map(read_image, paths))
         times = interleaved({"decode": lambda: drain(pool.map(read_image, paths)), "read": read}, spec["repeats"])
     return {"sites": len(sites), **median_times(times)}
+
+
+def export_stage(spec: dict) -> dict:
+    """The export_hcs rule's work (deemd.hcs.write_hcs_plate of the stitched store into a
+    fresh folder, on one thread as the rule runs) against the bare decode of the same PNGs
+    on one thread; the export's files and bytes against the store's."""
+    from deemd.hcs import tree_size, write_hcs_plate
+
+    sites, store = pd.read_parquet(spec["sites"]), open_plate_store(spec["store_path"])
+    paths = png_paths(sites, spec["pattern"], spec["dataset"]["channels"])
+    target = Path(spec["store_path"]).with_suffix(".ome.zarr")
+    written = {}
+
+    def export():
+        written.update(write_hcs_plate(store, target, spec["plate_id"], spec["export"]["hcs_min_level_size"]))
+
+    drain(map(read_image, paths))  # the page cache
+    times = interleaved({"decode": lambda: drain(map(read_image, paths)), "export": export}, min(3, spec["repeats"]),
+                        before={"export": lambda: shutil.rmtree(target, ignore_errors=True)})
+    files, size = tree_size(target)
+    shutil.rmtree(target, ignore_errors=True)
+    return {"sites": len(sites), "fields": written["fields"], "levels": written["levels"], **median_times(times),
+            "export_files": files, "export_bytes": size, "store_bytes": tree_bytes(Path(spec["store_path"]))}
 
 
 def torch_setup(spec: dict):
@@ -916,10 +944,11 @@ def efficacy_stage(spec: dict) -> dict:
 
 
 STAGES = {"stitch": stitch_stage, "nuclei": nuclei_stage, "read": read_stage, "infer": infer_stage, "train": train_stage, "gpu": gpu_stage,
-          "efficacy": efficacy_stage}
+          "efficacy": efficacy_stage, "export": export_stage}
 # The rule whose mem_mb a stage's peak memory is held against (store reads happen inside
 # the torch rules).
-STAGE_RULES = {"stitch": "stitch", "nuclei": "nuclei", "read": None, "infer": "infer", "train": "train", "gpu": "train", "efficacy": "efficacy"}
+STAGE_RULES = {"stitch": "stitch", "nuclei": "nuclei", "read": None, "infer": "infer", "train": "train", "gpu": "train", "efficacy": "efficacy",
+               "export": "export_hcs"}
 
 
 def run_stage(name: str, spec: dict, work: Path) -> dict:
@@ -964,7 +993,7 @@ def prepare(args, work: Path) -> dict:
         "infer_sites": 4 if args.quick else 8, "plate_id": sites["plate_id"].iloc[0], "sites": str(work / "sites.parquet"),
         "truth": files["truth"], "pattern": files["pattern"], "store_path": str(work / "store.zarr"), "model": str(work / "model.pt"),
         "dataset": {k: dataset[k] for k in ("site_size", "site_layout", "channels", "channel_names", "nuclear_channel", "channel_axis")},
-        "store": config["store"], "nuclei": config["nuclei"], "train": model_train_values(config["train"], "M"), "demo": demo,
+        "store": config["store"], "nuclei": config["nuclei"], "export": config["export"], "train": model_train_values(config["train"], "M"), "demo": demo,
         "by_model_M": {key: value for key, value in ((config["train"].get("by_model") or {}).get("M") or {}).items()
                        if config["train"].get(key) != value},
         "quick": args.quick, "efficacy_treatments": 4 if args.quick else EFFICACY_TREATMENTS, "efficacy_dir": str(work / "efficacy"),
@@ -988,7 +1017,7 @@ def run_all(args, work: Path) -> dict:
         return {"spec": spec, "results": results}
     spec["stats"] = channel_stats(spec)
     write_model_file(Path(spec["model"]), spec)
-    for name in ("nuclei", "read", "infer", "train", "gpu", "efficacy"):
+    for name in ("nuclei", "read", "export", "infer", "train", "gpu", "efficacy"):
         print(f"stage {name}", file=sys.stderr, flush=True)
         results[name] = run_stage(name, spec, work)
     return {"spec": spec, "results": results}
@@ -1002,6 +1031,7 @@ def ok(result: dict | None) -> bool:
 def measured_rates(results: dict) -> Rates:
     """The CPU stages' rates on this machine."""
     s, n, r, i, t, e = (results.get(k, {}) for k in ("stitch", "nuclei", "read", "infer", "train", "efficacy"))
+    x = results.get("export", {})
     return Rates(
         stitch_sites_s=s["sites"] / s["stitch_s"] if ok(s) else None,
         nuclei_wells_s=n["wells"] / n["count_s"] if ok(n) else None,
@@ -1011,6 +1041,7 @@ def measured_rates(results: dict) -> Rates:
         train_steps_s=t["steps_s"] if ok(t) else None,
         efficacy_s_treatment=e["efficacy_s"] / e["treatments"] if ok(e) else None,
         efficacy_start_s=e["r_start_s"] if ok(e) else None,
+        export_fields_s=x["fields"] / x["export_s"] if ok(x) else None,
     )
 
 
@@ -1071,6 +1102,11 @@ def rate_rows(results: dict, threads: int) -> list[list[str]]:
     if ok(r):
         rows.append(["store read", f"{r['sites'] / r['read_s']:.1f} sites/s [m]", f"{r['sites'] / r['decode_s']:.1f} sites/s [m] bare PNG decode",
                      f"{r['decode_s'] / r['read_s']:.1f}x the decode [m]"])
+    x = results.get("export", {})
+    if ok(x):
+        rows.append(["HCS export (1 thread)", f"{x['fields'] / x['export_s']:.1f} fields/s [m] (levels {'/'.join(map(str, x['levels']))} px)",
+                     f"{x['sites'] / x['decode_s']:.1f} sites/s [m] bare PNG decode, 1 thread",
+                     f"{x['decode_s'] / x['export_s']:.2f} [m]; {x['export_bytes'] / x['store_bytes']:.2f}x the store's bytes, {x['export_files']:,} files [m]"])
     if ok(i):
         rows.append([f"inference (M, {i['precision']})", f"{i['patches_s']:.1f} patches/s [m] (whole pass {i['patches'] / i['infer_s']:.1f})",
                      f"{i['bare_patches_s']:.1f} patches/s [m] bare forward", f"{i['patches_s'] / i['bare_patches_s']:.2f} [m]"])
@@ -1084,7 +1120,7 @@ def rate_rows(results: dict, threads: int) -> list[list[str]]:
         rows.append(["  parts", f"{e['sign_test_groups']} sign tests (rstatix), {1000 * e['sign_test_s'] / max(e['sign_test_groups'], 1):.0f} ms each [m]",
                      f"{e['fits']} 4PL fits, {1000 * e['fits_s'] / max(e['fits'], 1):.0f} ms each [m]",
                      f"{e['hits']} hits, {e['true_hits']} of them among the {e['true_active']} antiviral treatments [m]"])
-    for name in ("stitch", "nuclei", "read", "infer", "train", "efficacy"):
+    for name in ("stitch", "nuclei", "read", "export", "infer", "train", "efficacy"):
         if not ok(results.get(name)):
             rows.append([name, describe_failure(results.get(name, {})), "", ""])
     return rows

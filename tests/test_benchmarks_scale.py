@@ -47,7 +47,7 @@ def test_stage_seconds_arithmetic(scale):
     rates = scale.Rates(stitch_sites_s=10.0, nuclei_wells_s=5.0, estimate_s_plate=3.0, read_sites_s=100.0,
                         infer_patches_s=49.0, train_steps_s=0.5)
     seconds = scale.stage_seconds(rates, work)
-    assert seconds["stitch"] == 100.0 and seconds["store read"] == 10.0
+    assert seconds["stitch"] == 100.0 and seconds["store read"] == 10.0 and seconds["HCS export"] is None
     assert seconds["nuclei"] == 250 / 5.0 + 1 * 3.0
     assert seconds["epoch: patch scoring"] == 100.0 and seconds["epoch: validation"] == 20.0
     assert seconds["epoch: training steps"] == 14.0
@@ -112,7 +112,8 @@ def test_model_train_values_apply_by_model(scale):
 def test_projection_marks_every_figure(scale):
     work = scale.Work()
     rates = scale.Rates(stitch_sites_s=25.0, nuclei_wells_s=3.0, estimate_s_plate=2.0, read_sites_s=200.0,
-                        infer_patches_s=30.0, train_steps_s=0.3, efficacy_s_treatment=0.4, efficacy_start_s=1.0)
+                        infer_patches_s=30.0, train_steps_s=0.3, efficacy_s_treatment=0.4, efficacy_start_s=1.0,
+                        export_fields_s=10.0)
     columns = {"this machine (2 cores)": rates, "16 cores (linear)": rates.scaled(8), "GPU": None}
     rows = scale.projection_rows(columns, work)
     assert [r[0] for r in rows][:3] == ["stitch", "nuclei", "store read"] and rows[-1][0] == "efficacy"
@@ -140,8 +141,10 @@ def test_stages_on_a_tiny_plate(scale, tmp_path):
     spec = {"threads": 1, "repeats": 1, "torch_repeats": 1, "plate_id": sites["plate_id"].iloc[0],
             "sites": str(tmp_path / "sites.parquet"), "truth": files["truth"], "pattern": files["pattern"],
             "store_path": str(tmp_path / "store.zarr"), "store": config["store"], "nuclei": config["nuclei"],
+            "export": config["export"],
             "dataset": {k: dataset[k] for k in ("site_size", "site_layout", "channels", "channel_names", "nuclear_channel", "channel_axis")}}
-    results = {"stitch": scale.stitch_stage(spec), "nuclei": scale.nuclei_stage(spec), "read": scale.read_stage(spec)}
+    results = {"stitch": scale.stitch_stage(spec), "nuclei": scale.nuclei_stage(spec), "read": scale.read_stage(spec),
+               "export": scale.export_stage(spec)}
     assert results["stitch"]["sites"] == 24 and results["stitch"]["files"] == 120
     assert results["stitch"]["png_bytes"] > 0 and results["stitch"]["store_bytes"] > 0
     assert results["stitch"]["chunk_files"] == 24 and results["stitch"]["write_s"] > 0  # a chunk a site
@@ -151,18 +154,22 @@ def test_stages_on_a_tiny_plate(scale, tmp_path):
     assert results["nuclei"]["wells"] == 6 and results["nuclei"]["truth"] > 0 and results["nuclei"]["counted"] > 0
     assert results["nuclei"]["sample_wells"] == 4 and results["nuclei"]["sample_before_s"] > 0
     assert results["nuclei"]["sample_counted_after"] > 0 and results["nuclei"]["sample_counted_before"] > 0
+    export = results["export"]
+    assert export["fields"] == 24 and export["levels"] == [64] and export["export_files"] > 24 and export["export_bytes"] > 0
+    assert export["export_s"] > 0 and export["decode_s"] > 0 and not (tmp_path / "store.ome.zarr").exists()
     for result in results.values():
         result["peak_rss_mb"] = scale.peak_rss_mb()
     rates = scale.measured_rates(results)
-    assert rates.stitch_sites_s > 0 and rates.read_sites_s > 0 and rates.infer_patches_s is None
+    assert rates.stitch_sites_s > 0 and rates.read_sites_s > 0 and rates.export_fields_s > 0 and rates.infer_patches_s is None
     rows = scale.rate_rows(results, 1)
     assert any(r[0] == "stitch" and r[1].endswith("[m]") for r in rows)
     assert any(r[0] == "  store's file writes" and "24 files" in r[1] and "system CPU" in r[2] for r in rows)
     assert any(r[0] == "  CPU (user + system)" and r[3].startswith("user ") for r in rows)
     assert any(r[0] == "  before (issue 12)" and "today/before" in r[3] for r in rows)
     assert any(r[0] == "infer" and r[1].startswith("failed") for r in rows)
-    memory = scale.memory_rows(results, {"stitch": 4000, "nuclei": 4000})
-    assert [r[0] for r in memory] == ["stitch", "nuclei", "read"]
+    assert any(r[0] == "HCS export (1 thread)" and "files [m]" in r[3] for r in rows)
+    memory = scale.memory_rows(results, {"stitch": 4000, "nuclei": 4000, "export_hcs": 2000})
+    assert [r[0] for r in memory] == ["stitch", "nuclei", "read", "export"]
     assert scale.size_lines(results["stitch"], scale.Work())[0].startswith("size: PNGs")
     assert scale.gpu_lines({}, scale.Work())[0].startswith("GPU part: failed")
     assert np.isfinite(pd.read_parquet(files["truth"])["n_nuclei"].sum())

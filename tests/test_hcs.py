@@ -17,6 +17,7 @@ from deemd.hcs import (
     channel_color,
     display_windows,
     field_attributes,
+    halve_by_local_mean,
     local_mean_pyramid,
     multiscales_block,
     omero_metadata,
@@ -152,6 +153,20 @@ def test_local_mean_pyramid_halves_each_level_by_2x2_means():
     # Block (0, 0) of channel 0 holds 0, 1, 4, 5: mean 2.5, truncated to the dtype as ome-zarr-py does.
     assert pyramid[1][0, 0, 0] == 2 and pyramid[2][0, 0, 0] == int(pyramid[1][0].mean())
     assert local_mean_pyramid(pixels, 0)[0].shape == (2, 4, 4)
+
+
+@pytest.mark.parametrize("shape, dtype", [((5, 64, 64), np.uint8), ((3, 35, 17), np.uint8), ((2, 9, 9), np.uint16),
+                                          ((1, 1, 1), np.uint8), ((2, 6, 5), np.float32), ((2, 4, 4), np.int16)])
+def test_halving_equals_skimage_local_mean_cast_to_the_dtype(shape, dtype):
+    from skimage.transform import downscale_local_mean
+
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    pixels = (rng.integers(info.min, int(info.max) + 1, shape) if info else rng.normal(0, 100, shape)).astype(dtype)
+    halved = halve_by_local_mean(pixels)
+    expected = downscale_local_mean(pixels, (1, 2, 2)).astype(dtype)  # odd edges padded with zeros
+    assert halved.dtype == pixels.dtype and halved.shape == expected.shape and np.array_equal(halved, expected)
+    assert halve_by_local_mean(np.full((1, 2, 2), 255, np.uint8))[0, 0, 0] == 255  # no overflow
 
 
 def test_multiscales_block_scales_and_centres_each_level():

@@ -98,12 +98,31 @@ def imaged_sites(store: PlateStore) -> list[list[int]]:
     return [[site for position, site in enumerate(sites) if valid[well, position]] for well in range(len(store.wells))]
 
 
+def halve_by_local_mean(pixels: np.ndarray) -> np.ndarray:
+    """(channel, y, x) ``pixels`` halved in y and x: each output pixel the mean of a 2 x 2
+    block in the input dtype, as skimage's ``downscale_local_mean`` then a cast gives it
+    (an odd edge padded with zeros; the cast truncates). Unsigned integers of up to 16 bits
+    (the store's uint8) are summed exactly in a wider integer and floored, which is the
+    same value 10x faster than skimage's float64 mean; other dtypes go through skimage."""
+    pixels = np.asarray(pixels)
+    if pixels.dtype.kind != "u" or pixels.dtype.itemsize > 2:
+        return downscale_local_mean(pixels, (1, 2, 2)).astype(pixels.dtype)
+    _, height, width = pixels.shape
+    if height % 2 or width % 2:
+        pixels = np.pad(pixels, ((0, 0), (0, height % 2), (0, width % 2)))
+    total = pixels[:, 0::2, 0::2].astype(np.uint16 if pixels.dtype.itemsize == 1 else np.uint32)
+    total += pixels[:, 1::2, 0::2]
+    total += pixels[:, 0::2, 1::2]
+    total += pixels[:, 1::2, 1::2]
+    return (total >> 2).astype(pixels.dtype)
+
+
 def local_mean_pyramid(pixels: np.ndarray, levels: int) -> list[np.ndarray]:
     """``pixels`` (channel, y, x) and ``levels`` halvings of it, each the 2 x 2 local mean
     of the one before in the input dtype (as ome-zarr-py's LOCAL_MEAN method builds them)."""
     pyramid = [np.asarray(pixels)]
     for _ in range(levels):
-        pyramid.append(downscale_local_mean(pyramid[-1], (1, 2, 2)).astype(pyramid[0].dtype))
+        pyramid.append(halve_by_local_mean(pyramid[-1]))
     return pyramid
 
 
