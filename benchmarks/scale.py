@@ -1115,8 +1115,8 @@ def rate_rows(results: dict, threads: int) -> list[list[str]]:
                      f"{t['bare_steps_s']:.3f} steps/s [m] bare fwd+bwd+Adam", f"{t['steps_s'] / t['bare_steps_s']:.2f} [m]"])
     if ok(e):
         rows.append(["efficacy (M, 1 process)", f"{e['efficacy_s'] / e['treatments']:.2f} s a treatment [m] ({e['treatments']} treatments, {e['sites']:,} sites)",
-                     f"R start {e['r_start_s']:.1f} s a job [m]",
-                     f"sign tests {e['sign_test_s'] / e['treatments']:.2f} s, 4PL fits {e['fits_s'] / e['treatments']:.2f} s a treatment [m]"])
+                     "-", f"sign tests {e['sign_test_s'] / e['treatments']:.2f} s, 4PL fits {e['fits_s'] / e['treatments']:.2f} s a treatment; "
+                     f"R start {e['r_start_s']:.1f} s a job [m]"])
         rows.append(["  parts", f"{e['sign_test_groups']} sign tests (rstatix), {1000 * e['sign_test_s'] / max(e['sign_test_groups'], 1):.0f} ms each [m]",
                      f"{e['fits']} 4PL fits, {1000 * e['fits_s'] / max(e['fits'], 1):.0f} ms each [m]",
                      f"{e['hits']} hits, {e['true_hits']} of them among the {e['true_active']} antiviral treatments [m]"])

@@ -248,6 +248,6 @@ def test_efficacy_stage_runs_the_rule_on_a_small_screen(scale, tmp_path):
     rates = scale.measured_rates({"efficacy": result})
     assert rates.efficacy_s_treatment == result["efficacy_s"] / 3 and rates.efficacy_start_s == result["r_start_s"]
     rows = scale.rate_rows({"efficacy": result}, 1)
-    assert rows[0][0] == "efficacy (M, 1 process)" and rows[0][1].endswith("sites)") and "R start" in rows[0][2]
+    assert rows[0][0] == "efficacy (M, 1 process)" and rows[0][1].endswith("sites)") and "R start" in rows[0][3]
     assert rows[1][0] == "  parts" and "sign tests (rstatix)" in rows[1][1] and "4PL fits" in rows[1][2]
     assert [r[0] for r in scale.memory_rows({"efficacy": result}, {"efficacy": 4000})] == ["efficacy"]
