@@ -136,12 +136,37 @@ def test_toxic_doses_need_half_the_wells():
     assert treatments["viability_status"].iloc[0].startswith("no viability curve")
 
 
-def test_well_viability_is_relative_to_the_infected_controls_and_skips_empty_wells():
-    nuclei = nucleus_table("T", [1.0, 3.0, 10.0], [1.1, 0.5, 0.0])
-    nuclei.loc[2, "no_nuclei"] = True
-    assert well_viability(nuclei)["viability"].tolist() == pytest.approx([1.1, 0.5])
+def test_well_viability_is_relative_to_the_infected_controls_and_keeps_empty_wells():
+    nuclei = nucleus_table("T", [1.0, 3.0, 10.0, 10.0], [1.1, 0.5, 0.0, np.nan])
+    nuclei.loc[2:3, "no_nuclei"] = True  # well 3: no imaged site, so no count at all
+    viable = well_viability(nuclei)
+    assert viable["viability"].tolist() == pytest.approx([1.1, 0.5, 0.0])
+    assert viable["empty"].tolist() == [False, False, True]
     with pytest.raises(ValueError, match="infected_control_median"):
         well_viability(nuclei.drop(columns="infected_control_median"))
+
+
+def test_a_dose_that_leaves_no_cell_is_toxic_and_an_empty_well_does_not_bend_the_curve():
+    c, v = np.repeat(CONCENTRATIONS, 3), np.ones(3 * len(CONCENTRATIONS))
+    nuclei = nucleus_table("T", c, v)
+    top = nuclei["treatment_conc"] == 10.0
+    nuclei.loc[top, ["nuclei_per_site", "no_nuclei", "toxic"]] = [0.0, True, True]  # flagged by flag_wells
+    doses, treatments = cytotoxicity(nuclei, min_viability=0.8)
+    dose = doses.set_index("treatment_conc").loc[10.0]
+    assert bool(dose["toxic"]) and dose["toxic_reason"] == "well flags"
+    assert dose["n_wells_toxic"] == dose["n_wells_plated"] == dose["n_wells_empty"] == 3
+    assert dose["viability_median"] == 0.0
+    # One empty well (a failed image, or one dead well) among a dose's three: not a toxic
+    # dose, and the curve over the wells with nuclei stays flat.
+    nuclei = nucleus_table("T", c, v)
+    nuclei.loc[0, ["nuclei_per_site", "no_nuclei", "toxic"]] = [0.0, True, True]
+    doses, treatments = cytotoxicity(nuclei, min_viability=0.8)
+    assert not doses["toxic"].any() and doses["n_wells_toxic"].tolist() == [1] + [0] * (len(CONCENTRATIONS) - 1)
+    assert treatments["viability_status"].iloc[0] == "no viability curve: flat response"
+    # Every well empty: a status, not a missing row.
+    nuclei = nucleus_table("T", [1.0, 10.0], [0.0, 0.0]).assign(no_nuclei=True, toxic=True)
+    doses, treatments = cytotoxicity(nuclei, min_viability=0.8)
+    assert doses["toxic"].all() and treatments["viability_status"].iloc[0].startswith("no viability curve: too few doses")
 
 
 def cytotoxic_wells(cc50=2.5, hill=2.0, wells_per_dose=3, sd=0.04, seed=0):

@@ -209,10 +209,19 @@ def test_flag_wells_fraction_rule():
         [None, None, None, "X", "Y", "Z"],
     )
     flagged = flag_wells(table, {"method": "fraction", "fraction": 0.5, "z": 4})
-    assert flagged["toxic"].tolist() == [False, False, False, True, False, False]
+    # Z's well holds no nucleus: every cell dead, toxic (not a failed image: it is treated).
+    assert flagged["toxic"].tolist() == [False, False, False, True, False, True]
     assert flagged["no_nuclei"].tolist() == [False] * 5 + [True]
     assert flagged["infected_control_median"].iloc[0] == 25  # nuclei per imaged site
     assert (flagged["toxicity_reference"] == "plate").all()
+
+
+def test_flag_wells_empty_untreated_or_unimaged_wells_are_not_toxic():
+    table = wells([100, 110, 0, 0, 0], ["Active SARS-CoV-2"] * 5, [None, None, None, "X", "Y"])
+    table.loc[4, "n_sites_imaged"] = 0  # every site of Y's well dropped at stitching: no count at all
+    flagged = flag_wells(table, FRACTION)
+    assert flagged["no_nuclei"].tolist() == [False, False, True, True, True]
+    assert flagged["toxic"].tolist() == [False, False, False, True, False]
 
 
 def test_flag_wells_mad_rule():

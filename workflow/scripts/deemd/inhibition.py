@@ -222,20 +222,19 @@ def inhibition(readout, infected_reference, noninfected_reference) -> np.ndarray
 
 
 def well_viability(nuclei_wells: pd.DataFrame) -> pd.DataFrame:
-    """The counted treated wells of a nucleus table (treatment, treatment_conc, well,
-    toxic, nuclei_per_site, infected_control_median) with ``viability`` = nuclei per site
-    / the plate's untreated infected median: 1 survives like the infected controls, 0
-    kills every cell. Wells with no nuclei at all (``no_nuclei``: an empty or failed
-    image, not a count) are left out."""
+    """The imaged treated wells of a nucleus table (treatment, treatment_conc, well, toxic,
+    nuclei_per_site, infected_control_median; no_nuclei where present) with ``viability``
+    = nuclei per site / the plate's untreated infected median: 1 survives like the
+    infected controls, 0 kills every cell (a well without any nucleus, ``empty``). Wells
+    without an imaged site (nuclei_per_site NaN) are left out: they hold no count."""
     missing = [c for c in ("treatment", "treatment_conc", "toxic", "nuclei_per_site", "infected_control_median") if c not in nuclei_wells]
     if missing:
         raise ValueError(f"nucleus well table lacks columns {missing}; rerun the nuclei rule")
-    treated = nuclei_wells[nuclei_wells["treatment"].notna()]
-    if "no_nuclei" in treated:
-        treated = treated[~treated["no_nuclei"].astype(bool)]
+    treated = nuclei_wells[nuclei_wells["treatment"].notna() & nuclei_wells["nuclei_per_site"].notna()]
     with np.errstate(divide="ignore", invalid="ignore"):
         viability = treated["nuclei_per_site"].to_numpy(np.float64) / treated["infected_control_median"].to_numpy(np.float64)
-    return treated.assign(viability=np.where(np.isfinite(viability), viability, np.nan))
+    empty = treated["no_nuclei"].astype(bool) if "no_nuclei" in treated else treated["nuclei_per_site"] == 0
+    return treated.assign(viability=np.where(np.isfinite(viability), viability, np.nan), empty=empty.to_numpy(dtype=bool))
 
 
 def viability_curve(concentrations, viability) -> dict:
@@ -269,8 +268,9 @@ def cytotoxicity(nuclei_wells: pd.DataFrame, min_viability: float) -> tuple[pd.D
     """Per dose and per treatment, how much the treated wells of a nucleus table lose
     cells (docs/method.md §10).
 
-    Doses (treatment, treatment_conc): n_wells_plated, n_wells_toxic, viability_median
-    (of the dose's wells), viability_fitted (its viability curve at the dose, NaN without
+    Doses (treatment, treatment_conc): n_wells_plated, n_wells_toxic (a well without any
+    nucleus is flagged, §3), n_wells_empty (those without any nucleus), viability_median (of the dose's wells, 0 for an empty one),
+    viability_fitted (its viability curve at the dose, NaN without
     a falling curve), viability_relative (viability_fitted over the larger of 1 and the
     curve at the lowest tested dose: the share of the cells the compound would keep
     without its toxicity that it keeps), ``toxic`` and ``toxic_reason``: "well flags" when at least
@@ -278,18 +278,23 @@ def cytotoxicity(nuclei_wells: pd.DataFrame, min_viability: float) -> tuple[pd.D
     when viability_relative is below ``min_viability``, else "". A toxic dose is
     left out of the inhibition curve and cannot be a treatment's best dose: where cells die
     (and the survivors change), the infection readout falls with them and would read as
-    inhibition. Treatments: viability_cc50_um and viability_status."""
+    inhibition. Treatments: viability_cc50_um and viability_status. The viability curve is
+    fitted to the wells with nuclei: an empty well may be a failed image, and one 0 among
+    a dose's replicates would drag a least-squares curve down; the well flags still count
+    it, so a dose whose wells are empty is toxic."""
     treated = well_viability(nuclei_wells)
     grouped = treated.groupby(["treatment", "treatment_conc"], sort=True)
     doses = grouped.agg(
-        n_wells_plated=("toxic", "size"), n_wells_toxic=("toxic", "sum"), viability_median=("viability", "median")
+        n_wells_plated=("toxic", "size"), n_wells_toxic=("toxic", "sum"), n_wells_empty=("empty", "sum"),
+        viability_median=("viability", "median"),
     ).reset_index()
-    doses["n_wells_toxic"] = doses["n_wells_toxic"].astype(np.int64)
+    doses = doses.astype({"n_wells_toxic": np.int64, "n_wells_empty": np.int64})
     doses["viability_fitted"] = np.nan
     doses["viability_relative"] = np.nan
     rows = []
     for name, wells in treated.groupby("treatment", sort=True):
-        curve = viability_curve(wells["treatment_conc"], wells["viability"])
+        counted = wells[~wells["empty"]]
+        curve = viability_curve(counted["treatment_conc"], counted["viability"])
         rows.append({"treatment": name, "viability_cc50_um": curve["cc50_um"], "viability_status": curve["status"]})
         if curve["fit"] is not None:
             at = (doses["treatment"] == name).to_numpy()

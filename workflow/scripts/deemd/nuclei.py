@@ -278,7 +278,10 @@ def flag_wells(wells: pd.DataFrame, toxicity: dict) -> pd.DataFrame:
     no_nuclei: no nucleus detected (such wells are excluded everywhere).
     toxic: a treated well far below the untreated infected wells; the rule is ``fraction``
     (per-site count < fraction * their median) or ``mad`` (robust z-score < -z). Counts are
-    compared per imaged site, so that a well that lost sites is not called toxic.
+    compared per imaged site, so that a well that lost sites is not called toxic. A treated
+    well whose imaged sites hold no nucleus at all is toxic too: a dose that leaves no cell
+    must count against its compound, not vanish as a failed image (an untreated well
+    without nuclei is a failed image: the controls always hold cells).
     The reference is the plate's own untreated infected wells with nuclei
     (toxicity_reference 'plate'); a plate without any uses those of every plate of its
     experiment in ``wells`` ('experiment'); without those either, ToxicityReferenceError
@@ -315,7 +318,7 @@ def flag_wells(wells: pd.DataFrame, toxicity: dict) -> pd.DataFrame:
         low = wells["nuclei_per_site"] < toxicity["fraction"] * median
     else:
         low = (wells["nuclei_per_site"] - median) / scale < -toxicity["z"]
-    wells["toxic"] = treated & ~wells["no_nuclei"] & low
+    wells["toxic"] = treated & (imaged > 0) & (wells["no_nuclei"] | low)
     return wells
 
 
