@@ -114,3 +114,19 @@ def test_chromium_renders_the_table_and_takes_a_screenshot(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and shot.stat().st_size > 5_000, run.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_text_cells_are_escaped_in_the_page(tmp_path):
+    """probe n1: the static copy of the table had <td>Cpd A&B <10> "x"</td>."""
+    treatments, wells, qc, _ = tables()
+    name = 'Cpd A&B <10> "x"'
+    treatments["treatment"] = treatments["treatment"].replace("T-a", name)
+    treatments["inhibition_ec50_qualifier"] = ["=", "<", ">"]
+    wells["treatment"] = wells["treatment"].replace("T-a", name)
+    plots = {name: array_data_uri(np.zeros((8, 8, 3), dtype=np.uint8))}
+    rows = hit_rows(treatments, treatment_plate_qc(wells, qc, "a"), plots, {})
+    assert rows.loc[0, "treatment"] == "Cpd A&amp;B &lt;10&gt; &quot;x&quot;"
+    assert rows["EC50 vs doses"].tolist() == ["&lt;", "=", "&gt;"]
+    assert rows.loc[0, "dose response"].startswith('<img src="data:image/jpeg') and 'alt="dose response of Cpd A&amp;B' in rows.loc[0, "dose response"]
+    text = hit_table_html(rows, "t", []).replace("\\\"", '"')
+    assert name not in text and "Cpd A&amp;B &lt;10&gt; &quot;x&quot;" in text

@@ -1,3 +1,6 @@
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +12,16 @@ from deemd.metadata import (
     build_sites_table,
     coerce_types,
     consistency_errors,
+    dose_groups,
     infected_control_check,
     map_columns,
+    merge_close_doses,
     plate_digests,
+    plates_are_numbers,
     read_metadata_csv,
+    strip_values,
     well_table,
+    wrong_separator,
 )
 from deemd.validate import MetadataError, load_schema
 
@@ -229,3 +237,133 @@ def test_sites_must_be_in_the_site_layout():
     assert len(build_sites_table(raw, SCHEMA, "m.csv", site_layout=nine)) == len(raw)
     with pytest.raises(MetadataError, match=r"m\.csv, line 5, column 'site': value 4 is not a site of dataset.site_layout \[\[1, 2\], \[3, 0\]\]"):
         build_sites_table(raw, SCHEMA, "m.csv", site_layout=[[1, 2], [3, 0]])
+
+
+def test_surrounding_spaces_do_not_split_a_treatment():
+    """probe m10: 'DEMO-001 ' and 'DEMO-001' were two treatments of 4 sites each."""
+    raw = raw_metadata()
+    raw.loc[raw["plate"] == "2", "treatment"] = raw["treatment"].where(raw["treatment"].isna(), "Remdesivir ")
+    raw.loc[0, "disease_condition"] = "\u00a0Mock"  # a spreadsheet's no-break space
+    notes = []
+    sites = build_sites_table(raw, SCHEMA, "m.csv", notes=notes)
+    assert sites["treatment"].dropna().unique().tolist() == ["Remdesivir"]
+    assert (sites["treatment"] == "Remdesivir").sum() == 8
+    assert "m.csv, column 'treatment': surrounding spaces removed from 4 value(s), first line 14: 'Remdesivir '" in notes
+    assert any("column 'disease_condition'" in note and "line 2" in note for note in notes)
+
+
+def test_strip_values_empties_blank_cells_and_keeps_non_text():
+    raw = pd.DataFrame({"treatment": [" A", "  ", np.nan, "B"], "site": [1, 2, 3, 4], "mixed": [" x", 5, np.nan, "y"]})
+    table, notes = strip_values(raw, "m.csv")
+    assert table["treatment"].iloc[0] == "A" and table["treatment"].iloc[3] == "B"
+    assert table["treatment"].iloc[1:3].isna().all()
+    assert table["site"].tolist() == [1, 2, 3, 4] and table["mixed"].tolist()[:2] == ["x", 5]
+    assert notes == [
+        "m.csv, column 'treatment': surrounding spaces removed from 2 value(s), first line 2: ' A'",
+        "m.csv, column 'mixed': surrounding spaces removed from 1 value(s), first line 2: ' x'",
+    ]
+    assert raw["treatment"].iloc[0] == " A"  # the input is left as it was
+    assert strip_values(raw_metadata(), "m.csv")[1] == []
+
+
+def test_stripping_that_makes_two_sites_one_is_an_error():
+    raw = raw_metadata()
+    raw.loc[1, "site_id"] = raw.loc[0, "site_id"] + " "
+    with pytest.raises(MetadataError, match="site_id appears more than once"):
+        build_sites_table(raw, SCHEMA, "m.csv")
+
+
+def test_concentrations_within_the_tolerance_are_one_dose():
+    """probe m13: 3 and 3.0000001 were two doses."""
+    raw = raw_metadata(plates=(1, 2, 3))
+    treated = raw["treatment"].notna()
+    raw.loc[treated, "treatment_conc"] = "3"
+    raw.loc[treated & (raw["plate"] == "2"), "treatment_conc"] = "3.0000001"
+    raw.loc[treated & (raw["plate"] == "3"), "treatment_conc"] = "3.00001"  # a different dose, kept
+    notes = []
+    sites = build_sites_table(raw, SCHEMA, "m.csv", notes=notes)
+    assert sites.loc[sites["treatment"].notna(), "treatment_conc"].value_counts().to_dict() == {3.0: 8, 3.00001: 4}
+    assert notes == [
+        "m.csv: treatment 'Remdesivir': concentrations [3.0, 3.0000001] agree within 1e-06 (relative) and are one dose, "
+        "3.0; 4 row(s) changed, first line 14: 3.0000001"
+    ]
+
+
+def test_merge_close_doses_keeps_the_most_common_value_per_treatment():
+    table = pd.DataFrame({
+        "treatment": ["A", "A", "A", "B", "B", None],
+        "treatment_conc": [0.30000000000000004, 0.3, 0.3, 0.3, 10.0, np.nan],
+    })
+    merged, notes = merge_close_doses(table, "m.csv")
+    assert merged["treatment_conc"].tolist()[:5] == [0.3, 0.3, 0.3, 0.3, 10.0]
+    assert len(notes) == 1 and "treatment 'A'" in notes[0] and "first line 2" in notes[0]
+    assert table["treatment_conc"].iloc[0] == 0.30000000000000004  # the input is left as it was
+    unchanged, notes = merge_close_doses(table[table["treatment"] != "A"], "m.csv")
+    assert notes == [] and unchanged["treatment_conc"].tolist()[:2] == [0.3, 10.0]
+
+
+def test_dose_groups_span_at_most_the_tolerance():
+    assert dose_groups(np.array([1.0, 1 + 5e-7, 1 + 9e-7, 1 + 1.5e-6, 2.0])).tolist() == [0, 0, 0, 1, 2]
+    assert dose_groups(np.array([0.1, 0.3, 1.0, 3.0])).tolist() == [0, 1, 2, 3]
+    assert dose_groups(np.array([5.0])).tolist() == [0] and dose_groups(np.array([])).tolist() == []
+
+
+def test_zero_padded_plates_stay_text():
+    """probe m8: plate '01' became 1, so its images were looked for in img/1/."""
+    assert plates_are_numbers(pd.Series(["1", "2", "10", "0", "3.0"]))
+    assert not plates_are_numbers(pd.Series(["01", "02"]))
+    assert not plates_are_numbers(pd.Series(["1", "007"]))
+    sites = build_sites_table(raw_metadata(plates=("01", "02")), SCHEMA, "m.csv")
+    assert sites["plate"].tolist()[:1] == ["01"] and sites["plate"].map(type).eq(str).all()
+    assert sorted(sites["plate_id"].unique()) == ["HRCE-1_01", "HRCE-1_02"]
+    assert sites["site_id"].iloc[0] == "HRCE-1_01_A01_1"
+
+
+def test_one_plate_spelt_with_and_without_leading_zeros_is_an_error():
+    raw = raw_metadata(plates=("01", "1"))
+    with pytest.raises(MetadataError, match=r"m\.csv, line 10, column 'plate': value '1': experiment 'HRCE-1' has plates \['01', '1'\], which differ only by leading zeros"):
+        build_sites_table(raw, SCHEMA, "m.csv")
+    # the same plate name in two experiments is two plates, as before
+    raw = pd.concat([raw_metadata(plates=("01",)), raw_metadata(plates=("1",), experiment="HRCE-2")], ignore_index=True)
+    assert len(build_sites_table(raw, SCHEMA, "m.csv")) == len(raw)
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_a_csv_separated_by_semicolons_or_tabs_is_named(tmp_path, separator):
+    """probe m14: a ';' CSV gave "missing column(s) [...]" without saying why."""
+    path = tmp_path / "m.csv"
+    raw_metadata().to_csv(path, index=False, sep=separator)
+    with pytest.raises(MetadataError, match=rf"m\.csv, line 1: the header is one column .*seems to be separated by {re.escape(repr(separator))}; deemd reads comma-separated CSV"):
+        read_metadata_csv(str(path))
+    assert wrong_separator(["plate", "well;x"]) is None and wrong_separator(["plate"]) is None
+
+
+def run_sites_table(tmp_path, csv_path):
+    """workflow/scripts/sites_table.py's main in its own process, as Snakemake runs it."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {str(REPO / 'workflow' / 'scripts')!r})\nfrom sites_table import main\n"
+        f"main({str(csv_path)!r}, {str(REPO / 'workflow' / 'schemas' / 'metadata.schema.yaml')!r}, "
+        f"{str(tmp_path / 'sites.parquet')!r}, {{'site_layout': [[1, 2], [3, 4]]}}, {str(tmp_path / 'rule.log')!r})\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path)
+    return result, (tmp_path / "rule.log").read_text(encoding="utf-8")
+
+
+def test_the_rule_log_records_normalised_values_and_separator_errors(tmp_path):
+    raw = raw_metadata(wells=("A01", "B02", "C03"))
+    raw.loc[raw["well"] == "C03", "disease_condition"] = "Active SARS-CoV-2"  # the infected controls
+    raw.loc[4, "treatment"] = "Remdesivir "
+    raw.loc[4:7, "treatment_conc"] = "0.30000001"
+    raw.to_csv(tmp_path / "m.csv", index=False)
+    result, log = run_sites_table(tmp_path, tmp_path / "m.csv")
+    assert result.returncode == 0, result.stderr
+    assert "WARNING " + str(tmp_path / "m.csv") + ", column 'treatment': surrounding spaces removed from 1 value(s), first line 6" in log
+    assert "concentrations [0.3, 0.30000001] agree within 1e-06 (relative) and are one dose, 0.3" in log
+    sites = pd.read_parquet(tmp_path / "sites.parquet")
+    assert sites.dropna(subset=["treatment"]).groupby(["treatment", "treatment_conc"]).size().tolist() == [8]
+    raw.to_csv(tmp_path / "semicolon.csv", index=False, sep=";")
+    result, log = run_sites_table(tmp_path, tmp_path / "semicolon.csv")
+    assert result.returncode == 1
+    assert "ERROR failed: MetadataError: " + str(tmp_path / "semicolon.csv") + ", line 1: the header is one column" in log
+    assert "seems to be separated by ';'" in log

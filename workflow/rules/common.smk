@@ -311,7 +311,8 @@ def all_inference_shards(wildcards):
 def split_plate_id(plate_id):
     """(experiment, plate) of a plate_id; the plate an int, or a barcode str."""
     experiment, plate = plate_id.rsplit("_", 1)
-    return experiment, int(plate) if plate.isdigit() else plate
+    # A zero-padded plate ("01") is a barcode-like text plate (deemd.metadata.plates_are_numbers).
+    return experiment, int(plate) if plate.isdigit() and str(int(plate)) == plate else plate
 
 
 def plate_images(wildcards):

@@ -12,17 +12,25 @@ def main(metadata_path, schema_path, output, dataset, log):
     start_rule_log(log)
     raw = read_metadata_csv(metadata_path)
     logging.info("%s: %d rows", metadata_path, len(raw))
-    sites = build_sites_table(
-        raw,
-        load_schema(schema_path),
-        source=metadata_path,
-        columns=dataset.get("columns"),
-        values=dataset.get("values"),
-        defaults=dataset.get("defaults"),
-        cell_types=dataset.get("cell_types"),
-        experiments=dataset.get("experiments"),
-        site_layout=dataset["site_layout"],
-    )
+    notes = []
+    try:
+        sites = build_sites_table(
+            raw,
+            load_schema(schema_path),
+            source=metadata_path,
+            columns=dataset.get("columns"),
+            values=dataset.get("values"),
+            defaults=dataset.get("defaults"),
+            cell_types=dataset.get("cell_types"),
+            experiments=dataset.get("experiments"),
+            site_layout=dataset["site_layout"],
+            notes=notes,
+        )
+    finally:
+        # What was normalised (spaces, close doses) is logged even when a later check
+        # fails: two site_ids made one by stripping fail as duplicates, and this says why.
+        for note in notes:
+            logging.warning("%s", note)
     logging.info("%d sites on %d plates after filtering", len(sites), sites["plate_id"].nunique())
     errors, pooled = infected_control_check(sites, metadata_path)
     if errors:

@@ -146,7 +146,7 @@ def dose_plot(treatment, doses: pd.DataFrame, bar: float, zeta: float):
 def hit_rows(treatments: pd.DataFrame, qc: pd.DataFrame, plots: dict[str, str], thumbs: dict[str, str]) -> pd.DataFrame:
     """The table: NUMBER_COLUMNS of ``treatments`` (that exist), the plates' QC
     (treatment_plate_qc), and the dose plot and thumbnail (``data:`` URIs by treatment)
-    as <img> cells, ordered by rank."""
+    as <img> cells, ordered by rank. Every other cell is HTML-escaped text."""
     table = treatments.sort_values(["rank", "treatment"], kind="mergesort").reset_index(drop=True)
     shown = pd.DataFrame({header: table[column] for header, column in NUMBER_COLUMNS.items() if column in table.columns})
     merged = table[["treatment"]].merge(qc, on="treatment", how="left", validate="one_to_one")
@@ -160,6 +160,11 @@ def hit_rows(treatments: pd.DataFrame, qc: pd.DataFrame, plots: dict[str, str], 
     for column in ("hit", "DEEMD effective"):
         if column in shown:
             shown[column] = shown[column].map({True: "yes", False: "no"}).fillna("")
+    # The page is built with allow_html (for the <img> cells), so text such as a treatment
+    # named 'A&B <10>' or the EC50 qualifier '<' must be escaped to show as written.
+    pictures = ["dose response", "typical site | infection map"]
+    for column in shown.columns.difference(pictures):
+        shown[column] = shown[column].map(lambda v: html.escape(v) if isinstance(v, str) else v)
     return shown
 
 

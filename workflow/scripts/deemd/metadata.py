@@ -43,9 +43,21 @@ def duplicate_column_errors(names: list[str], source: str) -> list[str]:
     ]
 
 
+def wrong_separator(header: list[str]) -> str | None:
+    """The separator (';' or a tab) a CSV header read with ',' seems to use instead: set
+    where the header is one column holding it (a spreadsheet's 'CSV' in some locales),
+    else None."""
+    if len(header) == 1:
+        for separator in (";", "\t"):
+            if separator in header[0]:
+                return separator
+    return None
+
+
 def read_metadata_csv(path: str) -> pd.DataFrame:
     """Read a metadata CSV as strings (no type guessing: that is the schema's job).
-    An empty file, or a header naming a column twice, is a MetadataError naming the file."""
+    An empty file, a header naming a column twice or a file separated by ';' or tabs
+    instead of commas is a MetadataError naming the file."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             header = next(csv.reader(handle), None)
@@ -53,6 +65,12 @@ def read_metadata_csv(path: str) -> pd.DataFrame:
         raise MetadataError(f"{path}: cannot be read as CSV: {error}") from error
     if not header or not any(name.strip() for name in header):
         raise MetadataError(f"{path}: empty file; expected a header line of column names and one row per imaged site")
+    separator = wrong_separator(header)
+    if separator:
+        raise MetadataError(
+            f"{path}, line 1: the header is one column {header[0]!r}: the file seems to be separated by "
+            f"{separator!r}; deemd reads comma-separated CSV (save it with ',' between the columns)"
+        )
     duplicates = duplicate_column_errors(header, path)
     if duplicates:
         raise MetadataError("invalid metadata:\n  " + "\n  ".join(duplicates))
@@ -111,16 +129,35 @@ def map_columns(
 
 def plates_are_numbers(plates: pd.Series) -> bool:
     """Whether a plate column (text) holds plate numbers (every value an integer, as in
-    RxRx19a) rather than barcodes, which then stay text."""
+    RxRx19a) rather than barcodes, which then stay text. A leading zero ('01') makes the
+    column text: the number 1 would name its images img/1/ instead of img/01/."""
     text = plates.dropna().astype(str).str.strip()
-    return bool(text.str.fullmatch(r"[+-]?\d+(\.0*)?").all())
+    return bool(text.str.fullmatch(r"(0|[1-9]\d*)(\.0*)?").all())
+
+
+def plate_spelling_errors(table: pd.DataFrame, source: str) -> list[str]:
+    """Text plates of one experiment that differ only by leading zeros ('1' and '01'):
+    most likely one plate spelt two ways, which would become two plates."""
+    plates = table[["experiment", "plate"]].dropna().astype(str).drop_duplicates()
+    plates = plates[plates["plate"].str.fullmatch(r"\d+")]
+    messages = []
+    for (experiment, _), group in plates.groupby([plates["experiment"], plates["plate"].str.lstrip("0")], sort=True):
+        if len(group) > 1:
+            spellings = sorted(group["plate"])
+            named = (table["experiment"] == experiment) & (table["plate"].astype(str) == spellings[1])
+            row = int(np.flatnonzero(named.to_numpy())[0])
+            messages.append(
+                f"{source}, line {row + 2}, column 'plate': value {spellings[1]!r}: experiment {experiment!r} has plates "
+                f"{spellings}, which differ only by leading zeros; spell each plate one way"
+            )
+    return messages
 
 
 def coerce_types(table: pd.DataFrame, source: str) -> pd.DataFrame:
     """Turn the numeric columns into numbers; a value that is not one is an error naming
     its line, column and value (the schema then checks ranges and vocabularies). The
-    plate column becomes integers where every plate is a number, and stays text (barcodes)
-    otherwise."""
+    plate column becomes integers where every plate is a number without leading zeros
+    (plates_are_numbers), and stays text (barcodes, '01') otherwise."""
     table = table.copy()
     numeric = (("site", "int"), ("treatment_conc", "float"))
     if plates_are_numbers(table["plate"]):
@@ -206,6 +243,88 @@ def well_id_errors(table: pd.DataFrame, source: str) -> list[str]:
     return messages
 
 
+# Concentrations of one treatment closer than this (relative) are one dose: a CSV written
+# from computed values carries float noise (3 and 3.0000001) that would split a dose.
+DOSE_RELATIVE_TOLERANCE = 1e-6
+
+
+def strip_values(raw: pd.DataFrame, source: str) -> tuple[pd.DataFrame, list[str]]:
+    """Remove surrounding whitespace (spaces, tabs, no-break spaces) from every text value,
+    so that 'DEMO-001 ' and 'DEMO-001' are one treatment; a value of only whitespace
+    becomes empty. No identifier means something else for a trailing space, and where two
+    sites or wells become one the duplicate checks name them.
+
+    Returns the table and a note per column changed (file, count, first line and value)."""
+    table = raw.copy()
+    notes = []
+    for column in table.columns:
+        values = table[column]
+        if not pd.api.types.is_object_dtype(values) and not pd.api.types.is_string_dtype(values):
+            continue
+        # .str gives NaN for a value that is no text (a number in a built table): keep it.
+        stripped = values.str.strip()
+        stripped = stripped.where(stripped.notna(), values)
+        changed = values.notna() & (stripped != values)
+        if changed.any():
+            row = int(np.flatnonzero(changed.to_numpy())[0])
+            notes.append(
+                f"{source}, column {column!r}: surrounding spaces removed from {int(changed.sum())} value(s), "
+                f"first line {row + 2}: {values.iloc[row]!r}"
+            )
+            table[column] = stripped.where(stripped != "", np.nan)
+    return table, notes
+
+
+def dose_groups(concentrations: np.ndarray, relative_tolerance: float = DOSE_RELATIVE_TOLERANCE) -> np.ndarray:
+    """A group number for each of a treatment's sorted distinct concentrations (> 0):
+    a group starts at its smallest value and holds the values within
+    ``relative_tolerance`` of it (so a group never spans more than that)."""
+    groups = np.zeros(len(concentrations), dtype=int)
+    start = concentrations[0] if len(concentrations) else 0.0
+    for index in range(1, len(concentrations)):
+        if concentrations[index] > start * (1 + relative_tolerance):
+            start = concentrations[index]
+            groups[index] = groups[index - 1] + 1
+        else:
+            groups[index] = groups[index - 1]
+    return groups
+
+
+def merge_close_doses(
+    table: pd.DataFrame, source: str, relative_tolerance: float = DOSE_RELATIVE_TOLERANCE
+) -> tuple[pd.DataFrame, list[str]]:
+    """Make a treatment's concentrations that agree within ``relative_tolerance``
+    (dose_groups) one dose: each becomes its group's most common value (the smaller one
+    on a tie), so the spelling most rows use wins. Concentrations must be finite and > 0
+    (the schema's check).
+
+    Returns the table and a note per merged group (treatment, values, lines changed)."""
+    treated = table[["treatment", "treatment_conc"]].dropna()
+    counts = treated.value_counts().sort_index()
+    table = table.copy()
+    notes = []
+    for treatment, per_dose in counts.groupby(level=0, sort=True):
+        if len(per_dose) < 2:
+            continue
+        concentrations = per_dose.index.get_level_values(1).to_numpy(dtype=float)
+        groups = dose_groups(concentrations, relative_tolerance)
+        for group in np.unique(groups):
+            members = np.flatnonzero(groups == group)
+            if len(members) < 2:
+                continue
+            best = min(members, key=lambda i: (-int(per_dose.iloc[i]), concentrations[i]))
+            others = [concentrations[i] for i in members if i != best]
+            changed = (table["treatment"] == treatment) & table["treatment_conc"].isin(others)
+            row = int(np.flatnonzero(changed.to_numpy())[0])
+            notes.append(
+                f"{source}: treatment {treatment!r}: concentrations {[float(c) for c in concentrations[members]]} agree "
+                f"within {relative_tolerance:g} (relative) and are one dose, {float(concentrations[best])!r}; "
+                f"{int(changed.sum())} row(s) changed, first line {row + 2}: {float(table['treatment_conc'].iloc[row])!r}"
+            )
+            table.loc[changed, "treatment_conc"] = concentrations[best]
+    return table, notes
+
+
 def build_sites_table(
     raw: pd.DataFrame,
     schema: dict,
@@ -216,24 +335,35 @@ def build_sites_table(
     cell_types: list | None = None,
     experiments: list | None = None,
     site_layout: list[list[int]] | None = None,
+    notes: list[str] | None = None,
 ) -> pd.DataFrame:
     """Normalise, validate and filter a raw metadata table into the sites table.
 
     Adds ``plate_id`` (experiment_plate), the unit of work of the workflow; every site
-    must be one of ``site_layout`` (dataset.site_layout) where it is given. Raises
-    MetadataError naming file, line, column and value on the first batch of problems.
+    must be one of ``site_layout`` (dataset.site_layout) where it is given. Surrounding
+    spaces of every value are removed (strip_values) and a treatment's concentrations
+    that agree within DOSE_RELATIVE_TOLERANCE are one dose (merge_close_doses); what
+    either changed is appended to ``notes`` (for the rule's log) where it is a list.
+    Raises MetadataError naming file, line, column and value on the first batch of problems.
     """
+    notes = [] if notes is None else notes
     if raw.empty:
         raise MetadataError(f"{source}: no rows, only the header {list(raw.columns)}; expected one row per imaged site")
+    raw, stripped = strip_values(raw, source)
+    notes.extend(stripped)
     table = map_columns(raw, columns, values, defaults, source)
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise MetadataError(f"{source}: missing column(s) {missing}; map them with dataset.columns or dataset.defaults")
     table = coerce_types(table[COLUMNS], source)
     messages = metadata_errors(table, schema, source)
+    if not messages:
+        messages = plate_spelling_errors(table, source)
     if not messages and site_layout is not None:
         messages = site_errors(table, site_layout, source)
     if not messages:
+        table, merged = merge_close_doses(table, source)
+        notes.extend(merged)
         messages = consistency_errors(table, source)
     if messages:
         raise MetadataError("invalid metadata:\n  " + "\n  ".join(messages))
