@@ -14,6 +14,7 @@ from deemd.metadata import (
     consistency_errors,
     dose_groups,
     infected_control_check,
+    noninfected_control_check,
     map_columns,
     merge_close_doses,
     plate_digests,
@@ -217,6 +218,19 @@ def test_infected_control_check_pools_or_fails_per_experiment():
     errors, pooled = infected_control_check(build_sites_table(raw_metadata(), SCHEMA, "m.csv"), "m.csv")
     assert pooled == [] and len(errors) == 1
     assert "m.csv: experiment 'HRCE-1' (plate(s) ['HRCE-1_1', 'HRCE-1_2']) has no untreated 'Active SARS-CoV-2' well" in errors[0]
+
+
+def test_noninfected_control_check_pools_or_fails_per_experiment():
+    """Probe c7: an experiment without Mock or UV wells failed only at the efficacy step."""
+    raw = raw_metadata(plates=(1, 2, 3))
+    assert set(raw.loc[raw["treatment"].isna(), "disease_condition"]) <= {"Mock", "UV Inactivated SARS-CoV-2"}
+    raw.loc[(raw["plate"] == "2") & raw["treatment"].isna(), "disease_condition"] = "Active SARS-CoV-2"
+    assert noninfected_control_check(build_sites_table(raw, SCHEMA, "m.csv"), "m.csv") == ([], ["HRCE-1_2"])
+    raw.loc[raw["treatment"].isna(), "disease_condition"] = "Active SARS-CoV-2"
+    errors, pooled = noninfected_control_check(build_sites_table(raw, SCHEMA, "m.csv"), "m.csv")
+    assert pooled == [] and len(errors) == 1
+    assert "m.csv: experiment 'HRCE-1' (plate(s) ['HRCE-1_1', 'HRCE-1_2', 'HRCE-1_3']) has no untreated 'Mock' or" in errors[0]
+    assert "0 % reference" in errors[0]
 
 
 def test_barcode_plates_stay_text_and_numbers_become_integers():

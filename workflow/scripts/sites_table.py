@@ -4,7 +4,7 @@ import logging
 
 from deemd.io import write_parquet_atomic
 from deemd.logs import start_rule_log
-from deemd.metadata import build_sites_table, infected_control_check, read_metadata_csv
+from deemd.metadata import build_sites_table, infected_control_check, noninfected_control_check, read_metadata_csv
 from deemd.validate import MetadataError, load_schema
 
 
@@ -33,10 +33,14 @@ def main(metadata_path, schema_path, output, dataset, log):
             logging.warning("%s", note)
     logging.info("%d sites on %d plates after filtering", len(sites), sites["plate_id"].nunique())
     errors, pooled = infected_control_check(sites, metadata_path)
-    if errors:
-        raise MetadataError("invalid metadata:\n  " + "\n  ".join(errors))
+    noninfected_errors, noninfected_pooled = noninfected_control_check(sites, metadata_path)
+    if errors + noninfected_errors:
+        raise MetadataError("invalid metadata:\n  " + "\n  ".join(errors + noninfected_errors))
     for plate_id in pooled:
         logging.warning("plate %s has no untreated infected well: its toxicity reference is its experiment's", plate_id)
+    for plate_id in noninfected_pooled:
+        logging.warning("plate %s has no untreated Mock or UV well: its inhibition's 0 %% reference is its experiment's pooled controls",
+                        plate_id)
     write_parquet_atomic(sites, output)
 
 

@@ -378,6 +378,22 @@ def build_sites_table(
     return table
 
 
+def _control_check(sites: pd.DataFrame, control: pd.Series, source: str, kind: str, needed_by: str) -> tuple[list[str], list[str]]:
+    """(errors, pooled) of one kind of control wells (``control``: a mask of the sites):
+    an error per experiment none of whose plates has one, and the plate_ids without one
+    whose experiment has some."""
+    with_controls = set(sites.loc[control, "plate_id"])
+    errors, pooled = [], []
+    for experiment, plates in sites.groupby("experiment", sort=True)["plate_id"]:
+        plates = sorted(set(plates))
+        lacking = [plate for plate in plates if plate not in with_controls]
+        if len(lacking) == len(plates):
+            errors.append(f"{source}: experiment {experiment!r} (plate(s) {plates}) has no untreated {kind} well (treatment empty); {needed_by}")
+        else:
+            pooled += lacking
+    return errors, pooled
+
+
 def infected_control_check(sites: pd.DataFrame, source: str) -> tuple[list[str], list[str]]:
     """Which plates of a sites table lack untreated Active SARS-CoV-2 wells, the reference
     of the toxicity flag (deemd.nuclei.flag_wells).
@@ -387,19 +403,19 @@ def infected_control_check(sites: pd.DataFrame, source: str) -> tuple[list[str],
     does (flag_wells compares them with the experiment's pooled controls).
     """
     control = (sites["disease_condition"] == INFECTED) & sites["treatment"].isna()
-    with_controls = set(sites.loc[control, "plate_id"])
-    errors, pooled = [], []
-    for experiment, plates in sites.groupby("experiment", sort=True)["plate_id"]:
-        plates = sorted(set(plates))
-        lacking = [plate for plate in plates if plate not in with_controls]
-        if len(lacking) == len(plates):
-            errors.append(
-                f"{source}: experiment {experiment!r} (plate(s) {plates}) has no untreated {INFECTED!r} well "
-                "(treatment empty); the toxicity flag and training need them as the infected reference"
-            )
-        else:
-            pooled += lacking
-    return errors, pooled
+    return _control_check(sites, control, source, repr(INFECTED),
+                          "the toxicity flag and training need them as the infected reference")
+
+
+def noninfected_control_check(sites: pd.DataFrame, source: str) -> tuple[list[str], list[str]]:
+    """Which plates of a sites table lack untreated Mock or UV-inactivated wells, the
+    non-infected reference of the inhibition (deemd.inhibition.control_references: the
+    plate's own, else its experiment's pooled). Returns (errors, pooled) as
+    infected_control_check: an experiment without any cannot be normalised, and the run
+    would fail at the efficacy step, after training and inference."""
+    control = sites["disease_condition"].isin([MOCK, UV]) & sites["treatment"].isna()
+    return _control_check(sites, control, source, f"{MOCK!r} or {UV!r}",
+                          "percent inhibition needs them as its 0 % reference and training as its negatives")
 
 
 def plate_digests(sites: pd.DataFrame) -> dict[str, str]:
