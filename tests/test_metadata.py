@@ -18,6 +18,7 @@ from deemd.metadata import (
     map_columns,
     merge_close_doses,
     plate_digests,
+    store_digests,
     plates_are_numbers,
     read_metadata_csv,
     strip_values,
@@ -132,6 +133,21 @@ def test_plate_digests_change_only_for_the_changed_plate():
     assert before["HRCE-1_2"] != after["HRCE-1_2"]
     more = build_sites_table(raw_metadata(plates=(1, 2, 3)), SCHEMA, "m.csv")
     assert {k: v for k, v in plate_digests(more).items() if k in before} == before
+
+
+def test_store_digests_change_with_sites_and_untreated_wells_only():
+    """Probe 4: a treated well's new concentration restitched its plate."""
+    sites = build_sites_table(raw_metadata(plates=(1, 2)), SCHEMA, "m.csv")
+    before = store_digests(sites)
+    treated = sites["treatment"].notna() & (sites["plate_id"] == "HRCE-1_2")
+    changed = sites.assign(treatment_conc=sites["treatment_conc"].where(~treated, 99.0),
+                           treatment=sites["treatment"].where(~treated, "OTHER"))
+    assert store_digests(changed) == before and plate_digests(changed)["HRCE-1_2"] != plate_digests(sites)["HRCE-1_2"]
+    # A well that becomes untreated is a 16-bit plate's intensity reference: the store changes.
+    untreated = sites.assign(treatment=sites["treatment"].where(~treated, None))
+    assert store_digests(untreated)["HRCE-1_2"] != before["HRCE-1_2"] and store_digests(untreated)["HRCE-1_1"] == before["HRCE-1_1"]
+    fewer = sites[~((sites["plate_id"] == "HRCE-1_1") & (sites["site"] == 4))]  # a site no longer listed
+    assert store_digests(fewer)["HRCE-1_1"] != before["HRCE-1_1"]
 
 
 def test_well_table_one_row_per_well():

@@ -20,7 +20,7 @@ from deemd.hardware import (
     threads_beside_another,
     with_malloc_settings,
 )
-from deemd.metadata import plate_digests
+from deemd.metadata import plate_digests, store_digests
 from deemd.sharding import inference_batches
 from deemd.stitch import image_manifest_digest
 from deemd.store import damage_marker
@@ -239,12 +239,12 @@ def _plate_digests(path, mtime):
     errors = shared_image_errors(config["dataset"]["images"], plates)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
-    return plate_digests(sites)
+    return plate_digests(sites), store_digests(sites)
 
 
 def plate_digests_now():
     path = sites_table()
-    return _plate_digests(path, Path(path).stat().st_mtime)
+    return _plate_digests(path, Path(path).stat().st_mtime)[0]
 
 
 def plate_ids():
@@ -255,6 +255,12 @@ def plate_ids():
 def plate_digest(wildcards):
     """Content hash of one plate's metadata rows: a per-plate job reruns when it changes."""
     return plate_digests_now()[wildcards.plate_id]
+
+
+def store_digest(wildcards):
+    """Content hash of what one plate's store depends on (deemd.metadata.store_digests)."""
+    path = sites_table()
+    return _plate_digests(path, Path(path).stat().st_mtime)[1][wildcards.plate_id]
 
 
 def plate_sites_input(wildcards):
@@ -312,7 +318,9 @@ def split_plate_id(plate_id):
     """(experiment, plate) of a plate_id; the plate an int, or a barcode str."""
     experiment, plate = plate_id.rsplit("_", 1)
     # A zero-padded plate ("01") is a barcode-like text plate (deemd.metadata.plates_are_numbers).
-    return experiment, int(plate) if plate.isdigit() and str(int(plate)) == plate else plate
+    return experiment, (
+        int(plate) if plate.isdigit() and str(int(plate)) == plate else plate
+    )
 
 
 def plate_images(wildcards):

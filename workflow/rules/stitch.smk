@@ -23,7 +23,7 @@ rule stitch:
     params:
         dataset=STITCH_PARAMS,
         store=config["store"],
-        plate_digest=plate_digest,
+        store_digest=store_digest,
         image_manifest=plate_image_manifest,
     script:
         "../scripts/stitch_plate.py"

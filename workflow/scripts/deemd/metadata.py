@@ -418,14 +418,27 @@ def noninfected_control_check(sites: pd.DataFrame, source: str) -> tuple[list[st
                           "percent inhibition needs them as its 0 % reference and training as its negatives")
 
 
-def plate_digests(sites: pd.DataFrame) -> dict[str, str]:
-    """A short content hash of each plate's rows, so that a per-plate job reruns exactly
-    when its own plate's metadata changes (used as a Snakemake param)."""
-    row_hashes = pd.util.hash_pandas_object(sites[COLUMNS], index=False).to_numpy()
+# What a plate's store depends on: its sites, where their images are, and which wells are
+# untreated (a 16-bit plate's intensity reference, deemd.stitch).
+STORE_COLUMNS = ["site_id", "well_id", "experiment", "plate", "well", "site"]
+
+
+def plate_digests(sites: pd.DataFrame, columns: list[str] | None = None) -> dict[str, str]:
+    """A short content hash of each plate's rows (``columns`` of them; default COLUMNS),
+    so that a per-plate job reruns exactly when its own plate's metadata changes (used as
+    a Snakemake param)."""
+    row_hashes = pd.util.hash_pandas_object(sites[COLUMNS if columns is None else columns], index=False).to_numpy()
     digests = {}
     for plate_id, rows in sites.groupby("plate_id", sort=True).indices.items():
         digests[plate_id] = hashlib.sha1(row_hashes[rows].tobytes()).hexdigest()[:16]
     return digests
+
+
+def store_digests(sites: pd.DataFrame) -> dict[str, str]:
+    """plate_digests of what each plate's store depends on (STORE_COLUMNS and whether each
+    site's well is untreated): a treated well's new treatment or concentration reruns the
+    plate's nucleus count, which records them, but not its stitch."""
+    return plate_digests(sites.assign(untreated=sites["treatment"].isna()), [*STORE_COLUMNS, "untreated"])
 
 
 def well_table(sites: pd.DataFrame) -> pd.DataFrame:
