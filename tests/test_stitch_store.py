@@ -27,6 +27,7 @@ from deemd.stitch import (
 )
 from deemd.store import (
     ChunkCodec,
+    PlateStore,
     StoreIntegrityError,
     create_plate_store,
     damage_marker,
@@ -456,3 +457,19 @@ def test_reads_of_sites_and_wells_match_zarr_on_a_layout_with_a_gap(tmp_path):
     assert np.array_equal(store.read_well(1), pixels[1]) and np.array_equal(store.read_well(2, channel=0), pixels[2, 0])
     assert np.array_equal(store.read_site(2, 2), pixels[2, :, :8, :8]) and np.array_equal(store.read_site(0, 3), pixels[0, :, 8:, 8:])
     assert store.read_site(1, 1).flags.writeable  # as zarr's reads are (torch.from_numpy warns otherwise)
+
+
+def test_writes_through_a_reopened_store_keep_chunks_equal_to_the_fill_value(tmp_path):
+    """zarr keeps write_empty_chunks on the handle that created an array only: a reopened
+    store must still store an all-False site_valid and an all-zero site, or every read
+    finds them missing."""
+    create_plate_store(tmp_path / "p.zarr", ["A01", "A02"], ["a", "b"], 8, LAYOUT, attrs={"complete": True})
+    # Fresh handles, as stitch_plate's group["site_valid"] was.
+    store = PlateStore(zarr.open_group(str(tmp_path / "p.zarr"), mode="r+"), tmp_path / "p.zarr")
+    store.write_site_valid(np.zeros((2, 4), dtype=bool))
+    assert (tmp_path / "p.zarr" / "site_valid" / "c" / "0" / "0").is_file()
+    assert not open_plate_store(tmp_path / "p.zarr").site_valid.any()
+    store.images[:] = np.zeros(store.images.shape, dtype=np.uint8)  # through zarr, not write_field
+    assert len(list((tmp_path / "p.zarr" / "images").glob("c.*"))) == 2 * 4
+    assert not open_plate_store(tmp_path / "p.zarr").read_wells().any()
+    assert pickle.loads(pickle.dumps(store.images)).config.write_empty_chunks

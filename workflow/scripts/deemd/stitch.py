@@ -395,7 +395,7 @@ def stitch_plate(
         dropped.extend(dict(record, well=wells[index]) for record in bad)
         if progress is not None:
             progress(index + 1, len(wells))
-    store.group["site_valid"][:] = valid_all
+    store.write_site_valid(valid_all)
     store.group.attrs["intensity"] = rule.attrs
     return dropped
 
