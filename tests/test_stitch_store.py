@@ -473,3 +473,35 @@ def test_writes_through_a_reopened_store_keep_chunks_equal_to_the_fill_value(tmp
     assert len(list((tmp_path / "p.zarr" / "images").glob("c.*"))) == 2 * 4
     assert not open_plate_store(tmp_path / "p.zarr").read_wells().any()
     assert pickle.loads(pickle.dumps(store.images)).config.write_empty_chunks
+
+
+def test_png_of_another_bit_depth_or_colour_type_is_an_error_saying_what_it_is(tmp_path):
+    """libpng widens a 1-bit PNG to 0/255 uint8 and a palette one to RGB: the header is
+    checked first, so neither is stored or misnamed."""
+    grey = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
+    cases = {
+        "1": ("one.png", r"one.png: 1-bit greyscale \(mode '1', black and white\), expected 8-bit"),
+        "P": ("palette.png", r"palette.png: mode 'P' \(palette colour\), expected 8-bit"),
+        "LA": ("alpha.png", r"alpha.png: mode 'LA' \(greyscale with alpha\), expected 8-bit"),
+        "RGB": ("rgb.png", r"rgb.png: mode 'RGB' \(colour\), expected 8-bit"),
+    }
+    for mode, (name, message) in cases.items():
+        Image.fromarray(grey).convert(mode).save(tmp_path / name)
+        # Decoded afresh and in place (the stitch step's path) alike.
+        for out in (None, np.zeros((1, 8, 8), np.uint8)):
+            with pytest.raises(ImageReadError, match=message):
+                read_site([str(tmp_path / name)], 8, 1, dtype=np.uint8, out=out)
+    four = tmp_path / "four.png"
+    Image.fromarray(grey >> 4).save(four, bits=4)
+    with pytest.raises(ImageReadError, match=r"four.png: 4-bit greyscale, expected 8-bit"):
+        read_site([str(four)], 8)
+    assert png_header_dtype(str(tmp_path / "one.png")) is None and png_header_dtype(str(four)) is None
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    assert (read_site([str(tmp_path / "grey.png")], 8) == grey).all()
+
+
+def test_a_missing_file_says_whether_its_folder_is_missing(tmp_path):
+    with pytest.raises(ImageReadError, match=r"Plate2/A01_s1_w1.png: file not found \(its folder \S+Plate2 does not exist\)"):
+        read_site([str(tmp_path / "Plate2" / "A01_s1_w1.png")], 8)
+    with pytest.raises(ImageReadError, match=r"A01_s1_w1.png: file not found$"):
+        read_site([str(tmp_path / "A01_s1_w1.png")], 8)

@@ -49,13 +49,41 @@ def image_path(pattern: str, experiment: str, plate, well: str, site: int, chann
 
 # PNG samples a pixel -> the colour mode they mean (PIL's names, which users know).
 PNG_COLOUR_MODES = {2: "LA", 3: "RGB", 4: "RGBA"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_GREY_DEPTHS = {8: np.dtype(np.uint8), 16: np.dtype(np.uint16)}
+# A PNG's IHDR colour type -> PIL's mode and what it is, for the error message.
+PNG_COLOUR_TYPES = {2: ("RGB", "colour"), 3: ("P", "palette colour"), 4: ("LA", "greyscale with alpha"), 6: ("RGBA", "colour with alpha")}
+GREYSCALE_EXPECTED = "expected 8-bit ('L') or 16-bit ('I;16') greyscale"
+
+
+def png_header(head: bytes) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's first 33 bytes (signature and IHDR); None
+    where they are not a PNG's (the decoder then names the fault)."""
+    if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def png_format_error(path: str, bit_depth: int, colour_type: int) -> str | None:
+    """Why a PNG of this bit depth and colour type is not a site image (only 8- or 16-bit
+    greyscale is), naming ``path``; None where it is one. Checked before decoding:
+    libpng widens a 1-bit image to 0/255 uint8 and a palette one to RGB, which would hide
+    what the file is."""
+    if colour_type == 0:
+        if bit_depth in PNG_GREY_DEPTHS:
+            return None
+        mode = " (mode '1', black and white)" if bit_depth == 1 else ""
+        return f"{path}: {bit_depth}-bit greyscale{mode}, {GREYSCALE_EXPECTED}"
+    mode, what = PNG_COLOUR_TYPES.get(colour_type, (f"colour type {colour_type}", "not greyscale"))
+    return f"{path}: mode {mode!r} ({what}), {GREYSCALE_EXPECTED}"
 
 
 def read_image(path: str, out: np.ndarray | None = None) -> np.ndarray:
     """Decode one image file as stored: a PNG through imagecodecs (libpng; 8- or 16-bit
-    greyscale), a .tif/.tiff through tifffile (its first series: (y, x), or (pages, y, x)
-    for a multi-page or multi-channel file). Every failure is an ImageReadError naming the
-    file; never returns zeros in place of an image.
+    greyscale, its header checked first: png_format_error), a .tif/.tiff through tifffile
+    (its first series: (y, x), or (pages, y, x) for a multi-page or multi-channel file).
+    Every failure is an ImageReadError naming the file; never returns zeros in place of an
+    image.
 
     ``out``, where given, is a (y, x) array (a view into a stitched well may be strided)
     that a PNG of its size and pixel type is decoded straight into, and returned: the
@@ -70,40 +98,48 @@ def read_image(path: str, out: np.ndarray | None = None) -> np.ndarray:
             return array
         with open(path, "rb") as handle:
             data = handle.read()
+        header = png_header(data[:33])
+        if header is not None and (fault := png_format_error(path, *header)):
+            raise ImageReadError(fault)
         if out is not None:
             try:
                 return imagecodecs.png_decode(data, out=out)
             except ValueError:  # another size or pixel type (or not a PNG): decode afresh
                 pass
         array = imagecodecs.png_decode(data)
-        if array.ndim != 2:
+        if array.ndim != 2:  # e.g. a greyscale PNG with transparency, which libpng widens
             mode = PNG_COLOUR_MODES.get(array.shape[-1], f"{array.shape[-1]} samples a pixel")
-            raise ImageReadError(f"{path}: mode {mode!r}, expected 8-bit ('L') or 16-bit ('I;16') greyscale")
+            raise ImageReadError(f"{path}: mode {mode!r}, {GREYSCALE_EXPECTED}")
         return array
     except FileNotFoundError as error:
-        raise ImageReadError(f"{path}: file not found") from error
+        raise ImageReadError(missing_file_reason(path)) from error
     except ImageReadError:
         raise
     except (imagecodecs.PngError, OSError, ValueError, tifffile.TiffFileError) as error:
         raise ImageReadError(f"{path}: corrupt or truncated {kind} ({error})") from error
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_GREY_DEPTHS = {8: np.dtype(np.uint8), 16: np.dtype(np.uint16)}
+def missing_file_reason(path: str) -> str:
+    """"file not found", and whether its whole folder is missing (a plate's folder not
+    copied, a misspelt pattern), which says more than the file's name."""
+    folder = os.path.dirname(path)
+    if folder and not os.path.isdir(folder):
+        return f"{path}: file not found (its folder {folder} does not exist)"
+    return f"{path}: file not found"
 
 
 def png_header_dtype(path: str) -> np.dtype | None:
     """The pixel type of a greyscale PNG read from its IHDR header alone (33 bytes, no
-    decoding); None where the file is not a PNG, not greyscale, or the header is not as
-    expected (the caller then decodes it, which names any fault)."""
+    decoding); None where the file is not a PNG, not 8- or 16-bit greyscale, or the header
+    is not as expected (the caller then decodes it, which names any fault)."""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(33)
+            header = png_header(handle.read(33))
     except OSError:
         return None
-    if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR" or head[25] != 0:
+    if header is None or header[1] != 0:
         return None
-    return PNG_GREY_DEPTHS.get(head[24])
+    return PNG_GREY_DEPTHS.get(header[0])
 
 
 def as_channel_pages(array: np.ndarray, path: str, pages: int, channel_axis: int) -> np.ndarray:
