@@ -41,7 +41,7 @@ def store(tmp_path):
     plate.images[:] = np.random.default_rng(0).integers(0, 256, plate.images.shape, dtype=np.uint8)
     valid = np.ones((len(WELLS), 4), dtype=bool)
     valid[2, 2] = False
-    plate.group["site_valid"][:] = valid
+    plate.write_site_valid(valid)
     plate.group.attrs["complete"] = True
     return open_plate_store(path)
 

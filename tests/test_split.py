@@ -329,7 +329,7 @@ def tiny_store(path, wells, seed, site_size=8, channels=("A", "B", "C")):
     store.images[:] = images
     valid = np.ones((len(wells), 4), dtype=bool)
     valid[1, 3] = False
-    store.group["site_valid"][:] = valid
+    store.write_site_valid(valid)
     store.group.attrs["complete"] = True
     return open_plate_store(path), images
 

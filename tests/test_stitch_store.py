@@ -1,5 +1,7 @@
 import os
 import pickle
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,6 +18,8 @@ from deemd.stitch import (
     image_manifest_digest,
     image_path,
     linear_luts,
+    majority_pixel_type,
+    plate_pixel_type,
     png_header_dtype,
     read_site,
     reference_wells,
@@ -27,6 +31,7 @@ from deemd.stitch import (
 )
 from deemd.store import (
     ChunkCodec,
+    PlateStore,
     StoreIntegrityError,
     create_plate_store,
     damage_marker,
@@ -37,6 +42,7 @@ from deemd.store import (
 )
 
 LAYOUT = [[1, 2], [3, 4]]
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflow", "scripts")
 PATTERN = "{root}/{experiment}/Plate{plate}/{well}_s{site}_w{channel}.png"
 
 
@@ -456,3 +462,149 @@ def test_reads_of_sites_and_wells_match_zarr_on_a_layout_with_a_gap(tmp_path):
     assert np.array_equal(store.read_well(1), pixels[1]) and np.array_equal(store.read_well(2, channel=0), pixels[2, 0])
     assert np.array_equal(store.read_site(2, 2), pixels[2, :, :8, :8]) and np.array_equal(store.read_site(0, 3), pixels[0, :, 8:, 8:])
     assert store.read_site(1, 1).flags.writeable  # as zarr's reads are (torch.from_numpy warns otherwise)
+
+
+def test_writes_through_a_reopened_store_keep_chunks_equal_to_the_fill_value(tmp_path):
+    """zarr keeps write_empty_chunks on the handle that created an array only: a reopened
+    store must still store an all-False site_valid and an all-zero site, or every read
+    finds them missing."""
+    create_plate_store(tmp_path / "p.zarr", ["A01", "A02"], ["a", "b"], 8, LAYOUT, attrs={"complete": True})
+    # Fresh handles, as stitch_plate's group["site_valid"] was.
+    store = PlateStore(zarr.open_group(str(tmp_path / "p.zarr"), mode="r+"), tmp_path / "p.zarr")
+    store.write_site_valid(np.zeros((2, 4), dtype=bool))
+    assert (tmp_path / "p.zarr" / "site_valid" / "c" / "0" / "0").is_file()
+    assert not open_plate_store(tmp_path / "p.zarr").site_valid.any()
+    store.images[:] = np.zeros(store.images.shape, dtype=np.uint8)  # through zarr, not write_field
+    assert len(list((tmp_path / "p.zarr" / "images").glob("c.*"))) == 2 * 4
+    assert not open_plate_store(tmp_path / "p.zarr").read_wells().any()
+    assert pickle.loads(pickle.dumps(store.images)).config.write_empty_chunks
+
+
+def test_png_of_another_bit_depth_or_colour_type_is_an_error_saying_what_it_is(tmp_path):
+    """libpng widens a 1-bit PNG to 0/255 uint8 and a palette one to RGB: the header is
+    checked first, so neither is stored or misnamed."""
+    grey = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
+    cases = {
+        "1": ("one.png", r"one.png: 1-bit greyscale \(mode '1', black and white\), expected 8-bit"),
+        "P": ("palette.png", r"palette.png: mode 'P' \(palette colour\), expected 8-bit"),
+        "LA": ("alpha.png", r"alpha.png: mode 'LA' \(greyscale with alpha\), expected 8-bit"),
+        "RGB": ("rgb.png", r"rgb.png: mode 'RGB' \(colour\), expected 8-bit"),
+    }
+    for mode, (name, message) in cases.items():
+        Image.fromarray(grey).convert(mode).save(tmp_path / name)
+        # Decoded afresh and in place (the stitch step's path) alike.
+        for out in (None, np.zeros((1, 8, 8), np.uint8)):
+            with pytest.raises(ImageReadError, match=message):
+                read_site([str(tmp_path / name)], 8, 1, dtype=np.uint8, out=out)
+    four = tmp_path / "four.png"
+    Image.fromarray(grey >> 4).save(four, bits=4)
+    with pytest.raises(ImageReadError, match=r"four.png: 4-bit greyscale, expected 8-bit"):
+        read_site([str(four)], 8)
+    assert png_header_dtype(str(tmp_path / "one.png")) is None and png_header_dtype(str(four)) is None
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    assert (read_site([str(tmp_path / "grey.png")], 8) == grey).all()
+
+
+def test_a_missing_file_says_whether_its_folder_is_missing(tmp_path):
+    with pytest.raises(ImageReadError, match=r"Plate2/A01_s1_w1.png: file not found \(its folder \S+Plate2 does not exist\)"):
+        read_site([str(tmp_path / "Plate2" / "A01_s1_w1.png")], 8)
+    with pytest.raises(ImageReadError, match=r"A01_s1_w1.png: file not found$"):
+        read_site([str(tmp_path / "A01_s1_w1.png")], 8)
+
+
+def as_16_bit(tmp_path, names=None, keep=()):
+    """Rewrite the plate's PNGs (all, or those named) as 16-bit (value * 100), but ``keep``."""
+    for path in sorted((tmp_path / "E" / "Plate1").glob("*.png")):
+        if (names is None or path.name in names) and path.name not in keep:
+            write_png(path, np.asarray(Image.open(path)).astype(np.uint16) * 100)
+
+
+RESCALE = {"low_percentile": 0.0, "high_percentile": 100.0, "reference_wells": 8}
+
+
+def test_majority_pixel_type_takes_the_common_type_or_names_a_mix():
+    u8, u16 = np.dtype(np.uint8), np.dtype(np.uint16)
+    assert majority_pixel_type({"a.png": u8, "b.png": u16, "c.png": u16}, "P", "drop") == u16
+    assert majority_pixel_type({"a.png": u16, "b.png": u8}, "P", "drop") == u16  # a tie: the first file's
+    assert majority_pixel_type({"a.png": u8, "b.png": u8}, "P", "error") == u8
+    with pytest.raises(ImageReadError, match=r"plate P mixes 8-bit and 16-bit images .*uint8 \(8-bit\): a.png; uint16 \(16-bit\): b.png, c.png, d.png and 1 more"):
+        majority_pixel_type({"a.png": u8, "b.png": u16, "c.png": u16, "d.png": u16, "e.png": u16}, "P", "error")
+
+
+def test_a_16_bit_plate_whose_first_file_is_8_bit_drops_that_site_only(tmp_path):
+    """issue: the first file alone set the plate's type, so every other site was dropped
+    as 'pixel type uint16, but the plate's other images are uint8'."""
+    sites, pattern = make_plate(tmp_path)
+    as_16_bit(tmp_path, keep={"A01_s1_w1.png"})
+    by_well = site_paths_by_well(sites, pattern, [1, 2])
+    assert plate_pixel_type("P", by_well, "drop") == np.uint16
+    store = create_plate_store(tmp_path / "p.zarr", ["A01", "A02", "B01"], ["a", "b"], 8, LAYOUT)
+    with ThreadPoolExecutor(2) as pool:
+        dropped = stitch_plate(sites, store, pattern, [1, 2], "drop", pool, rescale=RESCALE)
+    assert [(d["well"], d["site"]) for d in dropped] == [("A01", 1)]
+    assert "A01_s1_w1.png: pixel type uint8, but the plate's other images are uint16" in dropped[0]["reason"]
+    assert store.group.attrs["intensity"]["source_dtype"] == "uint16" and store.site_valid.sum() == 11
+    # With on_bad_image: error the mix is named, with files of each type.
+    with ThreadPoolExecutor(2) as pool, pytest.raises(ImageReadError, match=r"plate 1 \(experiment E\) mixes 8-bit and 16-bit images .*uint8 \(8-bit\): \S+A01_s1_w1.png; uint16 \(16-bit\): \S+A01_s1_w2.png"):
+        stitch_plate(sites, store, pattern, [1, 2], "error", pool, rescale=RESCALE)
+
+
+def test_a_plate_whose_nuclear_channel_alone_is_16_bit_is_named_as_mixed(tmp_path):
+    sites, pattern = make_plate(tmp_path)
+    as_16_bit(tmp_path, names={f"{well}_s{site}_w1.png" for well in ("A01", "A02", "B01") for site in range(1, 5)})
+    store = create_plate_store(tmp_path / "p.zarr", ["A01", "A02", "B01"], ["a", "b"], 8, LAYOUT)
+    with ThreadPoolExecutor(2) as pool, pytest.raises(ImageReadError, match=r"plate 1 \(experiment E\) mixes .*uint16 \(16-bit\): \S+A01_s1_w1.png, \S+A02_s1_w1.png, \S+B01_s1_w1.png; uint8 \(8-bit\): \S+A01_s1_w2.png"):
+        stitch_plate(sites, store, pattern, [1, 2], "error", pool, rescale=RESCALE)
+    # Dropping the odd files leaves no site: an error that says why, not an empty store.
+    with ThreadPoolExecutor(2) as pool, pytest.raises(ImageReadError, match=r"plate 1 \(experiment E\): .*first reasons: \S+_w2.png: pixel type uint8, but the plate's other images are uint16"):
+        stitch_plate(sites, store, pattern, [1, 2], "drop", pool, rescale=RESCALE)
+
+
+def test_a_plate_with_no_readable_image_is_an_error_naming_it_not_an_empty_store(tmp_path):
+    sites, pattern = make_plate(tmp_path)
+    by_well = site_paths_by_well(sites, pattern, [1, 2])
+    (tmp_path / "E" / "Plate1").rename(tmp_path / "E" / "elsewhere")
+    store = create_plate_store(tmp_path / "p.zarr", ["A01", "A02", "B01"], ["a", "b"], 8, LAYOUT)
+    message = r"plate 1 \(experiment E\): no image of it could be read \(24 files of 12 sites tried\), so it cannot be stitched .*first reasons: \S+A01_s1_w1.png: file not found \(its folder \S+Plate1 does not exist\);"
+    with pytest.raises(ImageReadError, match=message):
+        plate_pixel_type("1 (experiment E)", by_well, "drop")
+    with ThreadPoolExecutor(2) as pool, pytest.raises(ImageReadError, match=message):
+        stitch_plate(sites, store, pattern, [1, 2], "drop", pool)
+    # Sampled files unreadable, another readable: the plate's type comes from that one.
+    (tmp_path / "E" / "elsewhere").rename(tmp_path / "E" / "Plate1")
+    for path in (tmp_path / "E" / "Plate1").glob("*_s1_*.png"):
+        path.unlink()
+    assert plate_pixel_type("P", by_well, "drop") == np.uint8
+    with pytest.raises(ImageReadError, match="A01_s1_w1.png: file not found$"):
+        plate_pixel_type("P", by_well, "error")
+    # Every site unreadable although files are (a channel missing everywhere): an error too.
+    for path in (tmp_path / "E" / "Plate1").glob("*_w2.png"):
+        path.unlink()
+    with ThreadPoolExecutor(2) as pool, pytest.raises(ImageReadError, match=r"plate 1 \(experiment E\): none of its 12 sites could be read \(every one was dropped\)"):
+        stitch_plate(sites, store, pattern, [1, 2], "drop", pool)
+    assert "complete" not in store.group.attrs
+
+
+def test_the_stitch_job_of_an_unreadable_plate_fails_in_its_log_and_leaves_no_store(tmp_path):
+    """issue: a plate whose image folder was missing got a store of dropped sites that
+    said it was complete, and its nuclei job then failed (and restitched) forever."""
+    sites, pattern = make_plate(tmp_path)
+    (tmp_path / "E" / "Plate1").rename(tmp_path / "E" / "elsewhere")
+    columns = {"plate_id": "E_1", "well_id": sites["well"], "cell_type": "c", "disease_condition": None, "treatment": None, "treatment_conc": None}
+    sites.assign(**columns).to_parquet(tmp_path / "sites.parquet")
+    params = {
+        "dataset": {"images": pattern, "site_size": 8, "site_layout": LAYOUT, "channels": [1, 2], "channel_names": ["a", "b"], "channel_axis": 0, "on_bad_image": "drop"},
+        "store": {"codec": "lz4", "clevel": 5, "shuffle": "bitshuffle", "rescale": RESCALE},
+    }
+    script = tmp_path / "run.py"
+    script.write_text(
+        f"import sys; sys.path.insert(0, {str(SCRIPTS)!r})\n"
+        "from stitch_plate import main\n"
+        f"main({str(tmp_path / 'sites.parquet')!r}, 'E_1', 'out/E_1.zarr', 'out/E_1.qc.parquet', {params!r}, 2, 'stitch.log')\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1
+    log = (tmp_path / "stitch.log").read_text()
+    assert "ERROR failed: ImageReadError: plate E_1: no image of it could be read" in log and "Plate1 does not exist" in log
+    assert not (tmp_path / "out" / "E_1.zarr").exists() and not (tmp_path / "out" / "E_1.qc.parquet").exists()
+    assert "complete" not in zarr.open_group(str(tmp_path / "out" / "E_1.zarr.tmp"), mode="r").attrs

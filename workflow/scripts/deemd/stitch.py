@@ -49,13 +49,41 @@ def image_path(pattern: str, experiment: str, plate, well: str, site: int, chann
 
 # PNG samples a pixel -> the colour mode they mean (PIL's names, which users know).
 PNG_COLOUR_MODES = {2: "LA", 3: "RGB", 4: "RGBA"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_GREY_DEPTHS = {8: np.dtype(np.uint8), 16: np.dtype(np.uint16)}
+# A PNG's IHDR colour type -> PIL's mode and what it is, for the error message.
+PNG_COLOUR_TYPES = {2: ("RGB", "colour"), 3: ("P", "palette colour"), 4: ("LA", "greyscale with alpha"), 6: ("RGBA", "colour with alpha")}
+GREYSCALE_EXPECTED = "expected 8-bit ('L') or 16-bit ('I;16') greyscale"
+
+
+def png_header(head: bytes) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's first 33 bytes (signature and IHDR); None
+    where they are not a PNG's (the decoder then names the fault)."""
+    if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def png_format_error(path: str, bit_depth: int, colour_type: int) -> str | None:
+    """Why a PNG of this bit depth and colour type is not a site image (only 8- or 16-bit
+    greyscale is), naming ``path``; None where it is one. Checked before decoding:
+    libpng widens a 1-bit image to 0/255 uint8 and a palette one to RGB, which would hide
+    what the file is."""
+    if colour_type == 0:
+        if bit_depth in PNG_GREY_DEPTHS:
+            return None
+        mode = " (mode '1', black and white)" if bit_depth == 1 else ""
+        return f"{path}: {bit_depth}-bit greyscale{mode}, {GREYSCALE_EXPECTED}"
+    mode, what = PNG_COLOUR_TYPES.get(colour_type, (f"colour type {colour_type}", "not greyscale"))
+    return f"{path}: mode {mode!r} ({what}), {GREYSCALE_EXPECTED}"
 
 
 def read_image(path: str, out: np.ndarray | None = None) -> np.ndarray:
     """Decode one image file as stored: a PNG through imagecodecs (libpng; 8- or 16-bit
-    greyscale), a .tif/.tiff through tifffile (its first series: (y, x), or (pages, y, x)
-    for a multi-page or multi-channel file). Every failure is an ImageReadError naming the
-    file; never returns zeros in place of an image.
+    greyscale, its header checked first: png_format_error), a .tif/.tiff through tifffile
+    (its first series: (y, x), or (pages, y, x) for a multi-page or multi-channel file).
+    Every failure is an ImageReadError naming the file; never returns zeros in place of an
+    image.
 
     ``out``, where given, is a (y, x) array (a view into a stitched well may be strided)
     that a PNG of its size and pixel type is decoded straight into, and returned: the
@@ -70,40 +98,48 @@ def read_image(path: str, out: np.ndarray | None = None) -> np.ndarray:
             return array
         with open(path, "rb") as handle:
             data = handle.read()
+        header = png_header(data[:33])
+        if header is not None and (fault := png_format_error(path, *header)):
+            raise ImageReadError(fault)
         if out is not None:
             try:
                 return imagecodecs.png_decode(data, out=out)
             except ValueError:  # another size or pixel type (or not a PNG): decode afresh
                 pass
         array = imagecodecs.png_decode(data)
-        if array.ndim != 2:
+        if array.ndim != 2:  # e.g. a greyscale PNG with transparency, which libpng widens
             mode = PNG_COLOUR_MODES.get(array.shape[-1], f"{array.shape[-1]} samples a pixel")
-            raise ImageReadError(f"{path}: mode {mode!r}, expected 8-bit ('L') or 16-bit ('I;16') greyscale")
+            raise ImageReadError(f"{path}: mode {mode!r}, {GREYSCALE_EXPECTED}")
         return array
     except FileNotFoundError as error:
-        raise ImageReadError(f"{path}: file not found") from error
+        raise ImageReadError(missing_file_reason(path)) from error
     except ImageReadError:
         raise
     except (imagecodecs.PngError, OSError, ValueError, tifffile.TiffFileError) as error:
         raise ImageReadError(f"{path}: corrupt or truncated {kind} ({error})") from error
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_GREY_DEPTHS = {8: np.dtype(np.uint8), 16: np.dtype(np.uint16)}
+def missing_file_reason(path: str) -> str:
+    """"file not found", and whether its whole folder is missing (a plate's folder not
+    copied, a misspelt pattern), which says more than the file's name."""
+    folder = os.path.dirname(path)
+    if folder and not os.path.isdir(folder):
+        return f"{path}: file not found (its folder {folder} does not exist)"
+    return f"{path}: file not found"
 
 
 def png_header_dtype(path: str) -> np.dtype | None:
     """The pixel type of a greyscale PNG read from its IHDR header alone (33 bytes, no
-    decoding); None where the file is not a PNG, not greyscale, or the header is not as
-    expected (the caller then decodes it, which names any fault)."""
+    decoding); None where the file is not a PNG, not 8- or 16-bit greyscale, or the header
+    is not as expected (the caller then decodes it, which names any fault)."""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(33)
+            header = png_header(handle.read(33))
     except OSError:
         return None
-    if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR" or head[25] != 0:
+    if header is None or header[1] != 0:
         return None
-    return PNG_GREY_DEPTHS.get(head[24])
+    return PNG_GREY_DEPTHS.get(header[0])
 
 
 def as_channel_pages(array: np.ndarray, path: str, pages: int, channel_axis: int) -> np.ndarray:
@@ -302,50 +338,151 @@ def reference_wells(plate_sites, wells: list[str], n: int) -> list[str]:
     return [wells[i] for i in estimate_wells(untreated, n)]
 
 
-def well_histogram(well_sites, site_size: int, n_channels: int, channel_axis: int) -> np.ndarray:
-    """(channel, 65536) pixel counts of the readable 16-bit sites of one well (a site that
-    cannot be read is left out here; the stitching pass reports or drops it)."""
+def well_histogram(well_sites, site_size: int, n_channels: int, channel_axis: int) -> tuple[np.ndarray, list[str]]:
+    """(channel, 65536) pixel counts of the readable 16-bit sites of one well, and why each
+    other site could not be read (it is left out here; the stitching pass reports or drops
+    it)."""
     hist = np.zeros((n_channels, 65536), dtype=np.int64)
+    reasons = []
     for _, _, paths in well_sites:
         try:
             site = read_site(paths, site_size, n_channels, channel_axis, np.uint16)
-        except ImageReadError:
+        except ImageReadError as error:
+            reasons.append(str(error))
             continue
         for channel, pixels in enumerate(site):
             hist[channel] += np.bincount(pixels.ravel(), minlength=65536)
-    return hist
+    return hist, reasons
+
+
+# How many wells' first sites (every file of each) decide a plate's pixel type, and how
+# many example files and reasons an error message shows.
+PIXEL_TYPE_WELLS = 8
+EXAMPLES = 3
+
+
+def plate_name(plate_sites) -> str:
+    """How a message names the plate of ``plate_sites``: its plate_id, else experiment and
+    plate."""
+    if "plate_id" in plate_sites.columns:
+        return ", ".join(map(str, dict.fromkeys(plate_sites["plate_id"].tolist())))
+    pairs = dict.fromkeys(zip(plate_sites["experiment"].tolist(), plate_sites["plate"].tolist()))
+    return ", ".join(f"{plate} (experiment {experiment})" for experiment, plate in pairs)
+
+
+def file_pixel_type(path: str) -> np.dtype:
+    """The pixel type (uint8 or uint16) of one image file, from its header where it can
+    be (a greyscale PNG's IHDR, a TIFF's first series) and otherwise by decoding it; a
+    file that cannot be read, or of another type, is an ImageReadError naming it."""
+    dtype = png_header_dtype(path)
+    if dtype is None and path.lower().endswith(TIFF_SUFFIXES):
+        try:
+            with tifffile.TiffFile(path) as tiff:
+                dtype = np.dtype(tiff.series[0].dtype)
+        except (OSError, ValueError, IndexError, tifffile.TiffFileError):
+            dtype = None  # read_image below names the fault
+    if dtype is None:
+        dtype = read_image(path).dtype
+    if dtype not in IMAGE_DTYPES:
+        raise ImageReadError(f"{path}: pixel type {dtype}, expected 8-bit (uint8) or 16-bit (uint16) greyscale")
+    return dtype
+
+
+def no_readable_image_error(plate: str, what: str, reasons: list[str]) -> ImageReadError:
+    """The error for a plate of which nothing could be read (``what``, e.g. "no image of it
+    could be read"): the job stops rather than write a store of dropped sites only, which
+    every later step would refuse; the first ``reasons`` say why (a missing folder, a
+    pattern that names no file)."""
+    shown = "; ".join(reasons[:EXAMPLES]) + (f"; and {len(reasons) - EXAMPLES} more" if len(reasons) > EXAMPLES else "")
+    return ImageReadError(
+        f"plate {plate}: {what}, so it cannot be stitched (on_bad_image: drop drops bad sites, "
+        f"not a whole plate); first reasons: {shown}"
+    )
+
+
+def majority_pixel_type(types: dict[str, np.dtype], plate: str, on_bad_image: str) -> np.dtype:
+    """The pixel type of a plate from ``types`` (file -> uint8 or uint16, a sample of its
+    files, in plate order). Where both occur the plate mixes 8- and 16-bit images: with
+    ``on_bad_image == "error"`` an ImageReadError naming the plate and example files of
+    each type; with "drop" the more common type (a tie: the first file's), so that the
+    stitching pass drops the sites of the other type, each naming its file."""
+    by_type: dict[np.dtype, list[str]] = {}
+    for path, dtype in types.items():
+        by_type.setdefault(np.dtype(dtype), []).append(path)
+    if not by_type:
+        raise ValueError(f"plate {plate}: no file to take the pixel type from")
+    if len(by_type) > 1 and on_bad_image != "drop":
+        examples = "; ".join(
+            f"{dtype} ({dtype.itemsize * 8}-bit): " + ", ".join(paths[:EXAMPLES]) + (f" and {len(paths) - EXAMPLES} more" if len(paths) > EXAMPLES else "")
+            for dtype, paths in by_type.items()
+        )
+        raise ImageReadError(
+            f"plate {plate} mixes 8-bit and 16-bit images among the {len(types)} files sampled (the first site of "
+            f"up to {PIXEL_TYPE_WELLS} wells, every channel): {examples}; a plate's images must all be one pixel type"
+        )
+    # max keeps the first of equal counts: dicts keep the order the files were read in.
+    return max(by_type, key=lambda dtype: len(by_type[dtype]))
+
+
+def plate_pixel_type(plate: str, by_well: dict, on_bad_image: str, n_wells: int = PIXEL_TYPE_WELLS) -> np.dtype:
+    """Whether a plate's images are uint8 or uint16 (majority_pixel_type), from every file
+    of the first site of up to ``n_wells`` wells spread over the plate (``by_well`` as from
+    site_paths_by_well): one file alone would decide wrongly where it is the odd one, or
+    where one channel alone differs. An unreadable file stops the job (``on_bad_image ==
+    "error"``, the ImageReadError naming it) or is passed over; where no sampled file can be
+    read, the plate's other files are tried in order until one can, and where none can the
+    plate is an ImageReadError naming it (no_readable_image_error). Headers are read where
+    they say the type (file_pixel_type): decoding one whole site here, on one thread
+    before the pool starts, cost about 2.5 % of a 1024 px plate's stitch."""
+    wells = list(by_well)
+    sampled = [by_well[wells[i]][0] for i in estimate_wells(np.ones(len(wells), dtype=bool), n_wells) if by_well[wells[i]]]
+    types, reasons, tried = {}, [], set()
+
+    def try_file(path):
+        tried.add(path)
+        try:
+            types[path] = file_pixel_type(path)
+        except ImageReadError as error:
+            if on_bad_image != "drop":
+                raise
+            reasons.append(str(error))
+
+    for _, _, paths in sampled:
+        for path in paths:
+            try_file(path)
+    if not types:
+        for path in (path for sites in by_well.values() for _, _, paths in sites for path in paths if path not in tried):
+            try_file(path)
+            if types:
+                break
+    if not types:
+        n_sites = sum(map(len, by_well.values()))
+        raise no_readable_image_error(plate, f"no image of it could be read ({len(tried)} files of {n_sites} sites tried)", reasons)
+    return majority_pixel_type(types, plate, on_bad_image)
 
 
 def plate_intensity_rule(plate_sites, wells, by_well, site_size: int, n_channels: int, channel_axis: int, rescale: dict | None, on_bad_image: str, pool) -> IntensityRule:
-    """The plate's IntensityRule: its first readable site says whether its images are 8-bit
-    (stored as read: AS_READ) or 16-bit (rescale_rule over its reference_wells, with
-    ``rescale``'s low_percentile, high_percentile and reference_wells, the config's
-    store.rescale). A plate must not mix the two (read_site then names the odd file).
-    A greyscale PNG's type is read from its header (png_header_dtype): decoding a whole
-    site here, on one thread before the pool starts, cost about 2.5 % of a 1024 px
-    plate's stitch."""
-    dtype = None
-    for well_sites in by_well.values():
-        for _, _, paths in well_sites:
-            try:
-                dtype = png_header_dtype(paths[0])
-                if dtype is None:
-                    dtype = read_site(paths, site_size, n_channels, channel_axis).dtype
-                break
-            except ImageReadError:
-                if on_bad_image != "drop":
-                    raise
-        if dtype is not None:
-            break
-    if dtype is None or dtype == np.uint8:
+    """The plate's IntensityRule: its pixel type (plate_pixel_type) says whether its images
+    are 8-bit (stored as read: AS_READ) or 16-bit (rescale_rule over its reference_wells,
+    with ``rescale``'s low_percentile, high_percentile and reference_wells, the config's
+    store.rescale). A file of the other type is then an error naming it, or its site is
+    dropped (read_site)."""
+    plate = plate_name(plate_sites)
+    dtype = plate_pixel_type(plate, by_well, on_bad_image)
+    if dtype == np.uint8:
         return AS_READ
     if rescale is None:
-        raise ValueError("the plate's images are 16-bit: stitching them needs a rescale rule (store.rescale)")
+        raise ValueError(f"plate {plate}: its images are 16-bit: stitching them needs a rescale rule (store.rescale)")
     references = reference_wells(plate_sites, wells, rescale["reference_wells"])
-    parts = pool.map(lambda well: well_histogram(by_well.get(well, []), site_size, n_channels, channel_axis), references)
-    hist = sum(parts, np.zeros((n_channels, 65536), dtype=np.int64))
+    parts = list(pool.map(lambda well: well_histogram(by_well.get(well, []), site_size, n_channels, channel_axis), references))
+    hist = sum((part for part, _ in parts), np.zeros((n_channels, 65536), dtype=np.int64))
     if (hist.sum(axis=1) == 0).any():
-        raise ImageReadError(f"no readable 16-bit site in the reference wells {references} to set the plate's intensity rule from")
+        reasons = [reason for _, why in parts for reason in why]
+        shown = "; ".join(reasons[:EXAMPLES]) or "they list no site"
+        raise ImageReadError(
+            f"plate {plate}: no readable 16-bit site in the reference wells {references} to set the plate's "
+            f"intensity rule from; first reasons: {shown}"
+        )
     return rescale_rule(hist, rescale["low_percentile"], rescale["high_percentile"], references)
 
 
@@ -370,7 +507,9 @@ def stitch_plate(
     at a time into a buffer of the thread's own, and each is compressed and written as
     its chunk at once (stitch_well_fields, PlateStore.write_field): memory is one site a
     thread, and no thread waits on another. ``progress(done, total)`` is called in plate
-    order. Returns the QC records of dropped sites.
+    order. Returns the QC records of dropped sites; a plate none of whose sites could be
+    read is an ImageReadError naming it (no_readable_image_error), before its store is
+    finished.
     """
     wells = store.wells
     by_well = site_paths_by_well(plate_sites, pattern, channels)
@@ -395,7 +534,10 @@ def stitch_plate(
         dropped.extend(dict(record, well=wells[index]) for record in bad)
         if progress is not None:
             progress(index + 1, len(wells))
-    store.group["site_valid"][:] = valid_all
+    if not valid_all.any():  # every site dropped: no store (see no_readable_image_error)
+        what = f"none of its {len(dropped)} sites could be read (every one was dropped)"
+        raise no_readable_image_error(plate_name(plate_sites), what, [record["reason"] for record in dropped])
+    store.write_site_valid(valid_all)
     store.group.attrs["intensity"] = rule.attrs
     return dropped
 

@@ -46,6 +46,18 @@ class StoreIntegrityError(OSError):
     """A chunk of a finished plate store is missing or fails its checksum."""
 
 
+# zarr (3.1.6) keeps an array's write_empty_chunks on the handle create_array returns only,
+# not in the stored array: a reopened handle skips a chunk equal to the fill value (an
+# all-False site_valid, an all-dark site), and every verified read then finds it missing.
+WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
+
+
+def writing_every_chunk(array: zarr.Array) -> zarr.Array:
+    """``array`` (a handle of any origin) set to store every chunk it writes, the fill
+    value's too, so that a missing chunk always means damage."""
+    return array.with_config(WRITE_EVERY_CHUNK)
+
+
 def damage_marker(path: str | Path) -> Path:
     """The file that marks a damaged store for restitching (an input of the stitch rule)."""
     return Path(str(path).rstrip("/") + ".damaged")
@@ -133,13 +145,14 @@ class ChunkCodec:
 class VerifiedArray:
     """A zarr array whose every read checks its chunks: a missing chunk (which zarr would
     read as the fill value) or a checksum mismatch is a StoreIntegrityError naming the
-    store, the well and (for a chunk of one site) the site. Writes and every other
-    attribute (shape, dtype, ...) go to the array unchanged."""
+    store, the well and (for a chunk of one site) the site. Writes store every chunk
+    they touch (writing_every_chunk); they and every other attribute (shape, dtype, ...)
+    go to the array unchanged."""
 
     def __init__(self, array: zarr.Array, store_path: Path, group: zarr.Group):
         # The group's "wells" and "site_layout" attributes name what a chunk holds (only
         # needed for an error message).
-        self._array, self._path, self._group = array, Path(store_path), group
+        self._array, self._path, self._group = writing_every_chunk(array), Path(store_path), group
         self._chunk_shape = tuple(int(c) for c in array.chunks)
 
     def __getattr__(self, name):
@@ -225,6 +238,11 @@ class PlateStore:
     @property
     def site_valid(self) -> np.ndarray:
         return VerifiedArray(self.group["site_valid"], self.path, self.group)[:]
+
+    def write_site_valid(self, valid: np.ndarray) -> None:
+        """Write the whole (well, site) ``site_valid``, its chunk stored even where every
+        site was dropped (all False, the fill value: writing_every_chunk)."""
+        VerifiedArray(self.group["site_valid"], self.path, self.group)[:] = valid
 
     @property
     def wells(self) -> list[str]:
@@ -338,7 +356,8 @@ def create_plate_store(
     # One chunk per field of the layout (a site's channels, or a gap: see the module's
     # docstring). Flat chunk keys (no directory per chunk) and no all-fill-value test per
     # chunk: both cost more CPU than compressing a small site (benchmarks/stitch.py).
-    # Every chunk is written, so a missing one means damage.
+    # Every chunk is written, so a missing one means damage (a reopened handle must be set
+    # so again: writing_every_chunk).
     group.create_array(
         "images",
         shape=shape,
