@@ -614,8 +614,9 @@ def export_stage(spec: dict) -> dict:
                         before={"export": lambda: shutil.rmtree(target, ignore_errors=True)})
     files, size = tree_size(target)
     shutil.rmtree(target, ignore_errors=True)
+    # One thread a job, so Snakemake runs as many plates' exports at once as it has cores.
     return {"sites": len(sites), "fields": written["fields"], "levels": written["levels"], **median_times(times),
-            "export_files": files, "export_bytes": size, "store_bytes": tree_bytes(Path(spec["store_path"]))}
+            "parallel_jobs": spec["threads"], "export_files": files, "export_bytes": size, "store_bytes": tree_bytes(Path(spec["store_path"]))}
 
 
 def torch_setup(spec: dict):
@@ -1041,7 +1042,7 @@ def measured_rates(results: dict) -> Rates:
         train_steps_s=t["steps_s"] if ok(t) else None,
         efficacy_s_treatment=e["efficacy_s"] / e["treatments"] if ok(e) else None,
         efficacy_start_s=e["r_start_s"] if ok(e) else None,
-        export_fields_s=x["fields"] / x["export_s"] if ok(x) else None,
+        export_fields_s=x["parallel_jobs"] * x["fields"] / x["export_s"] if ok(x) else None,
     )
 
 
@@ -1104,7 +1105,7 @@ def rate_rows(results: dict, threads: int) -> list[list[str]]:
                      f"{r['decode_s'] / r['read_s']:.1f}x the decode [m]"])
     x = results.get("export", {})
     if ok(x):
-        rows.append(["HCS export (1 thread)", f"{x['fields'] / x['export_s']:.1f} fields/s [m] (levels {'/'.join(map(str, x['levels']))} px)",
+        rows.append(["HCS export (1 thread)", f"{x['fields'] / x['export_s']:.1f} fields/s [m] a job, a job a core ({'/'.join(map(str, x['levels']))} px)",
                      f"{x['sites'] / x['decode_s']:.1f} sites/s [m] bare PNG decode, 1 thread",
                      f"{x['decode_s'] / x['export_s']:.2f} [m]; {x['export_bytes'] / x['store_bytes']:.2f}x the store's bytes, {x['export_files']:,} files [m]"])
     if ok(i):

@@ -109,18 +109,20 @@ def gather(results: Path, world: str, seed: int, seconds: float) -> tuple[pd.Dat
 
 def readout_scores(results: Path, config: dict, readouts: list[str], world: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per model and readout its shards hold: the inhibition statistics recomputed from the
-    run's shards with that readout, scored against the truth (docs/method.md §10), and
+    run's shards and nucleus counts with that readout, scored against the truth (docs/method.md §10), and
     the recomputed per-plate QC rows (plate_id, model, readout, zprime, ssmd, ...)."""
     from deemd.efficacy import efficacy_tables, sign_test_intervals
     from deemd.inhibition import TREATED, inhibition_settings, quantitative_efficacy
+    from deemd.nuclei import flag_wells
     from deemd.truth import quantitative_truth_scores, truth_classes, truth_efficacy_column
 
     compounds = pd.read_csv(results.parents[1] / "resources" / config["dataset"]["name"] / "truth" / "compounds.csv")
     classes = truth_classes(compounds, config["figures"]["truth_effective_threshold"], truth_efficacy_column(compounds))
-    nuclei = pd.read_parquet(results / "nuclei" / "wells.parquet")
     # A run's config as this checkout's schema reads it: keys added since take their defaults.
     config = copy.deepcopy(config)
     validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"), set_default=True)
+    # The run's counts with this checkout's QC flags (deemd.nuclei.flag_wells).
+    nuclei = flag_wells(pd.read_parquet(results / "nuclei" / "wells.parquet"), config["nuclei"]["toxicity"])
     settings = inhibition_settings(config["efficacy"], config["qc"])
     rows, plate_rows = [], []
     for model_dir in sorted((results / "inference").iterdir()):

@@ -157,6 +157,7 @@ def test_stages_on_a_tiny_plate(scale, tmp_path):
     export = results["export"]
     assert export["fields"] == 24 and export["levels"] == [64] and export["export_files"] > 24 and export["export_bytes"] > 0
     assert export["export_s"] > 0 and export["decode_s"] > 0 and not (tmp_path / "store.ome.zarr").exists()
+    assert export["parallel_jobs"] == 1  # one single-threaded job a core
     for result in results.values():
         result["peak_rss_mb"] = scale.peak_rss_mb()
     rates = scale.measured_rates(results)
