@@ -338,3 +338,9 @@ def test_glue_main_end_to_end(tmp_path):
     # A shard without the chosen readout (written before W kept its logit) is named.
     with pytest.raises(ValueError, match=r"E_1\.parquet.*readout 'logit'.*rerun"):
         main(paths, str(nuclei_path), output, str(tmp_path / "log.txt"), efficacy, qc, "logit", "M")
+    # A bad z on a control site (plate QC reads them) is an error naming it, as on a treated one.
+    bad = sites.copy()
+    bad.loc[bad["site_id"] == "infected_control00", "z"] = -0.1
+    bad.to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match=r"1 sites have z outside \[0, 1\].*infected_control00"):
+        main([str(tmp_path / "bad.parquet")], str(nuclei_path), output, str(tmp_path / "log.txt"), efficacy, qc, "a", "M")

@@ -255,6 +255,16 @@ def test_curve_of_an_effective_compound_is_a_hit(seed):
     assert curve["n_wells_tested"] == len(c)
 
 
+def test_a_curve_that_falls_with_dose_has_no_ec50():
+    """Probe: a compound that makes infection worse got an EC50 qualified "="."""
+    c = np.repeat(CONCENTRATIONS, 3)
+    y = logistic4(np.log10(c), 0.0, -0.8, np.log10(0.3), 1.5) + np.random.default_rng(0).normal(0, 0.03, len(c))
+    curve = inhibition_curve(c, y, 0.5)
+    assert curve["inhibition_emax"] < curve["inhibition_bottom"] and curve["inhibition_status"] == "ok"
+    assert np.isnan(curve["inhibition_ec50_um"]) and curve["inhibition_ec50_qualifier"] == ""
+    assert np.isnan(curve["inhibition_log_ec50_se"]) and curve["hit_p_value"] > 0.5
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_curve_of_an_inactive_compound_is_not(seed):
     c, y = noisy_wells(0.0, seed=seed, sd=0.1)
@@ -523,6 +533,16 @@ def test_a_hit_that_kills_at_high_doses_gets_a_cc50_and_a_selectivity_index():
     assert 1.0 < good["viability_cc50_um"] < 10.0
     assert good["selectivity_index"] == pytest.approx(good["viability_cc50_um"] / good["inhibition_ec50_um"])
     assert np.isnan(treatments.loc["Null", "selectivity_index"])  # not a hit: no window
+
+
+def test_a_well_without_readout_values_says_so_not_that_the_controls_fail():
+    """Probe: a treated well whose every site lacks the readout was blamed on the controls."""
+    sites, nuclei, settings = screen()
+    missing = sites["well_id"] == "E_1_C03"
+    sites.loc[missing, "a"] = np.nan
+    wells = quantitative_efficacy(sites, nuclei, "M", "a", settings, reference_intervals)["wells"].set_index("well_id")
+    assert wells.loc["E_1_C03", "reason"] == "no a value on any of its sites" and not wells.loc["E_1_C03", "used"]
+    assert (wells.loc[wells.index != "E_1_C03", "reason"] != "no a value on any of its sites").all()
 
 
 def test_failing_plate_informs_the_estimates_but_not_the_hit_test():

@@ -7,7 +7,7 @@ import logging
 
 import pandas as pd
 
-from deemd.efficacy import efficacy_tables, sign_test_intervals
+from deemd.efficacy import check_z, efficacy_tables, sign_test_intervals
 from deemd.inhibition import TREATED, inhibition_settings, quantitative_efficacy, rank_by_hit
 from deemd.io import write_parquet_atomic
 from deemd.logs import start_rule_log
@@ -36,6 +36,8 @@ def main(inference_tables, nuclei_path, output, log, efficacy, qc, readout, mode
             raise ValueError(f"inference tables of model {model} hold rows of model(s) {other}")
     if "role" not in sites.columns:
         raise ValueError(f"inference tables of model {model} have no 'role' column; rerun the infer rule")
+    if "z" in sites.columns:
+        check_z(sites)  # the controls' too: plate QC reads them
     treated = sites[sites["role"] == TREATED]
     zeta, confidence = efficacy["zeta"], efficacy["confidence"]
     logging.info(

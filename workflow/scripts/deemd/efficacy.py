@@ -149,16 +149,23 @@ def sign_test_intervals(group: np.ndarray, z: np.ndarray, conf_level: float) -> 
 IntervalFunction = Callable[[np.ndarray, np.ndarray, float], pd.DataFrame]
 
 
-def check_sites(sites: pd.DataFrame) -> pd.DataFrame:
-    """The columns efficacy needs, with z checked to lie in [0, 1] (a NaN z is an upstream
-    bug, not a site to drop quietly)."""
-    missing = [column for column in SITE_COLUMNS if column not in sites.columns]
-    if missing:
-        raise ValueError(f"site table lacks columns {missing}")
+def check_z(sites: pd.DataFrame) -> np.ndarray:
+    """The z column of a site table as float, checked to lie in [0, 1]: a NaN or
+    out-of-range z is an upstream bug, not a site to drop quietly; the error names the
+    first such sites."""
     z = sites["z"].to_numpy(dtype=np.float64)
     bad = ~np.isfinite(z) | (z < 0) | (z > 1)
     if bad.any():
         raise ValueError(f"{int(bad.sum())} sites have z outside [0, 1] or not finite, e.g. {sites.loc[bad].head(3).to_dict('records')}")
+    return z
+
+
+def check_sites(sites: pd.DataFrame) -> pd.DataFrame:
+    """The columns efficacy needs, with z checked (check_z)."""
+    missing = [column for column in SITE_COLUMNS if column not in sites.columns]
+    if missing:
+        raise ValueError(f"site table lacks columns {missing}")
+    z = check_z(sites)
     if sites["treatment"].isna().any() or (sites["treatment"].astype(str).str.strip() == "").any():
         raise ValueError("site table holds untreated sites (empty treatment)")
     return sites[SITE_COLUMNS].assign(z=z)

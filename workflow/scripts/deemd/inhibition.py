@@ -486,15 +486,19 @@ def inhibition_curve(concentrations, well_inhibition, bar: float, noise: dict | 
     p_value = float(stats.t.sf((values[best] - bar) / se, df)) if np.isfinite(se) and se > 0 else np.nan
     covariance = np.asarray(fit["covariance"])
     status = OK if np.isfinite(p_value) else "fit without a finite standard error"
+    # An EC50 is where inhibition rises half-way to its Emax; a curve that falls with dose
+    # (the compound makes the readout worse) has none, whatever its midpoint.
+    rises = fit["top"] > fit["bottom"]
+    ec50 = fit["ec50_um"] if rises else np.nan
     return {
         # The truth lies in [0, 1], so holding the estimate there never moves it further
         # from it; above 1 is a well reading cleaner than the non-infected controls.
         "inhibition_max": float(np.clip(values[best], 0.0, 1.0)),
         "inhibition_max_se": se,
         "inhibition_best_conc_um": float(levels[best]),
-        "inhibition_ec50_um": fit["ec50_um"],
-        "inhibition_ec50_qualifier": ec50_qualifier(fit["ec50_um"], levels.min(), levels.max()),
-        "inhibition_log_ec50_se": float(np.sqrt(covariance[2, 2])) if covariance[2, 2] >= 0 else np.nan,
+        "inhibition_ec50_um": ec50,
+        "inhibition_ec50_qualifier": ec50_qualifier(ec50, levels.min(), levels.max()),
+        "inhibition_log_ec50_se": float(np.sqrt(covariance[2, 2])) if rises and covariance[2, 2] >= 0 else np.nan,
         "inhibition_emax": fit["top"],
         "inhibition_emax_se": float(np.sqrt(covariance[1, 1])) if covariance[1, 1] >= 0 else np.nan,
         "inhibition_bottom": fit["bottom"],
@@ -551,7 +555,8 @@ def plate_qc(wells: pd.DataFrame, model: str, readouts: list[str], decisive: str
 def usable_wells(wells: pd.DataFrame, doses: pd.DataFrame, qc: pd.DataFrame, readout: str, min_zprime: float) -> pd.DataFrame:
     """``used``, ``plate_passes_qc`` and ``reason`` for every well. A treated well is used
     for its treatment's curve unless its dose is toxic or its inhibition is undefined
-    (the reason says which); control wells are references, never used. A used well on a
+    (the reason says which: no value of ``readout`` on any of its sites, or its plate's
+    controls do not separate); control wells are references, never used. A used well on a
     plate that fails QC (the Z' of ``readout``, the one inhibition is computed from, below
     ``min_zprime``) stays in the curve's estimates but not in its hit test
     (:func:`treatment_curves`); its reason names the Z'."""
@@ -562,7 +567,11 @@ def usable_wells(wells: pd.DataFrame, doses: pd.DataFrame, qc: pd.DataFrame, rea
     reason = np.full(len(wells), "", dtype=object)
     treated = (wells["role"] == TREATED).to_numpy()
     reason[~treated] = "control"
-    reason[treated & wells["inhibition"].isna().to_numpy()] = "controls do not separate"
+    undefined = treated & wells["inhibition"].isna().to_numpy()
+    column = f"median_{readout}"  # well_medians'
+    no_readout = wells[column].isna().to_numpy() if column in wells else np.zeros(len(wells), dtype=bool)
+    reason[undefined] = "controls do not separate"
+    reason[undefined & no_readout] = f"no {readout} value on any of its sites"
     failing = ~wells["plate_id"].map(passes).fillna(False).astype(bool).to_numpy()
     reason[treated & toxic & (reason == "")] = "toxic dose"
     used = reason == ""
