@@ -592,6 +592,22 @@ def test_inhibition_panel_draws_the_treatments_own_curve(tmp_path):
     save(figure, tmp_path / "one.png")
 
 
+def test_inhibition_panel_draws_a_falling_curve_from_its_midpoint(tmp_path):
+    """A curve that falls with dose has no EC50; it is still drawn, from its midpoint."""
+    doses, treatments, wells = inhibition_doses(), inhibition_treatments(), efficacy_wells()
+    c = treatments["treatment"] == "C"
+    treatments["inhibition_midpoint_um"] = treatments["inhibition_ec50_um"]
+    treatments.loc[c, "inhibition_ec50_um"] = np.nan
+    figure = inhibition_dose_response_figure(doses, wells, top_treatments(treatments, 1, score="inhibition_max"), bar=0.5)
+    ax = figure.axes[0]
+    x, y = next(line for line in ax.get_lines() if line.get_label() == "4PL fit").get_data()
+    row = treatments[c].iloc[0]
+    expected = logistic4(np.log10(x), row["inhibition_bottom"], row["inhibition_emax"], np.log10(row["inhibition_midpoint_um"]), row["inhibition_hill"])
+    assert np.allclose(y, expected)
+    assert any(text.get_text() == "no EC50: falls with dose" for text in ax.texts)
+    save(figure, tmp_path / "falling.png")
+
+
 @pytest.mark.parametrize("params", [(0.1, 0.9, -0.5, 1.3), (0.0, 1.0, 1.5, 8.0), (0.2, -0.1, -2.0, 0.3), (0.0, 1.0, 0.0, 60.0)])
 def test_logistic4_jacobian_matches_central_differences(params):
     """The closed-form Jacobian the fits use, against central differences of logistic4,

@@ -262,6 +262,7 @@ def test_a_curve_that_falls_with_dose_has_no_ec50():
     curve = inhibition_curve(c, y, 0.5)
     assert curve["inhibition_emax"] < curve["inhibition_bottom"] and curve["inhibition_status"] == "ok"
     assert np.isnan(curve["inhibition_ec50_um"]) and curve["inhibition_ec50_qualifier"] == ""
+    assert 0.1 < curve["inhibition_midpoint_um"] < 1.0  # still drawn: the figures take the midpoint
     assert np.isnan(curve["inhibition_log_ec50_se"]) and curve["hit_p_value"] > 0.5
 
 

@@ -86,6 +86,7 @@ CURVE_COLUMNS = {
     "inhibition_max_se": "float64",
     "inhibition_best_conc_um": "float64",
     "inhibition_ec50_um": "float64",
+    "inhibition_midpoint_um": "float64",
     "inhibition_ec50_qualifier": "object",
     "inhibition_log_ec50_se": "float64",
     "inhibition_emax": "float64",
@@ -497,6 +498,9 @@ def inhibition_curve(concentrations, well_inhibition, bar: float, noise: dict | 
         "inhibition_max_se": se,
         "inhibition_best_conc_um": float(levels[best]),
         "inhibition_ec50_um": ec50,
+        # The 4PL's midpoint whichever way it runs: with bottom, emax and hill it draws
+        # the fitted curve, a falling one too.
+        "inhibition_midpoint_um": fit["ec50_um"],
         "inhibition_ec50_qualifier": ec50_qualifier(ec50, levels.min(), levels.max()),
         "inhibition_log_ec50_se": float(np.sqrt(covariance[2, 2])) if rises and covariance[2, 2] >= 0 else np.nan,
         "inhibition_emax": fit["top"],

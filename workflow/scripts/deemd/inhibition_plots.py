@@ -37,8 +37,11 @@ INHIBITION_LIMITS = (-0.5, 1.5)
 
 def fitted_inhibition(treatment, concentrations) -> np.ndarray | None:
     """The treatment's fitted 4PL inhibition at ``concentrations`` (µM), with emax as the
-    top asymptote; None when its fit failed or a parameter is missing."""
-    params = [getattr(treatment, name, np.nan) for name in ("inhibition_bottom", "inhibition_emax", "inhibition_ec50_um", "inhibition_hill")]
+    top asymptote and its midpoint (the EC50 where the curve rises; a falling curve has a
+    midpoint but no EC50); None when its fit failed or a parameter is missing."""
+    midpoint = getattr(treatment, "inhibition_midpoint_um", getattr(treatment, "inhibition_ec50_um", np.nan))
+    params = [getattr(treatment, "inhibition_bottom", np.nan), getattr(treatment, "inhibition_emax", np.nan), midpoint,
+              getattr(treatment, "inhibition_hill", np.nan)]
     if getattr(treatment, "inhibition_status", "ok") != "ok" or not np.all(np.isfinite(params)) or params[2] <= 0:
         return None
     bottom, top, ec50, hill = params
@@ -105,7 +108,9 @@ def inhibition_dose_response_figure(doses: pd.DataFrame, wells: pd.DataFrame, tr
         curve = fitted_inhibition(top, grid)
         if curve is not None:
             ax.plot(grid, curve, color=HIT_COLOUR, linewidth=1.3, label="4PL fit", zorder=4)
-            ax.text(0.03, 0.95, f"EC50 {top.inhibition_ec50_um:.3g} µM", transform=ax.transAxes, va="top", fontsize=7, bbox=TEXT_BOX)
+            ec50 = top.inhibition_ec50_um
+            label = f"EC50 {ec50:.3g} µM" if np.isfinite(ec50) else "no EC50: falls with dose"
+            ax.text(0.03, 0.95, label, transform=ax.transAxes, va="top", fontsize=7, bbox=TEXT_BOX)
         else:
             status = getattr(top, "inhibition_status", "")
             ax.text(0.03, 0.95, f"no fit: {status}", transform=ax.transAxes, va="top", fontsize=6, color="grey", bbox=TEXT_BOX)
