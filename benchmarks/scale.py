@@ -893,8 +893,7 @@ def efficacy_stage(spec: dict) -> dict:
     rstatix, paid once a job), the sign tests (the rstatix call in R, for e(t,c) and for
     the per-dose inhibition intervals) and the 4PL fits (viability and inhibition curves). Also the
     hits against the screen's truth."""
-    import importlib.util
-
+    import efficacy as script  # the rule's script (workflow/scripts/ is on the path), as synthesise imports synth_plate
     from deemd import efficacy as deemd_efficacy
     from deemd import inhibition
 
@@ -907,9 +906,6 @@ def efficacy_stage(spec: dict) -> dict:
     started = time.perf_counter()
     r_sign_test = deemd_efficacy._r_sign_test()
     r_start_s = time.perf_counter() - started
-    script_spec = importlib.util.spec_from_file_location("efficacy_rule_script", REPO / "workflow" / "scripts" / "efficacy.py")
-    script = importlib.util.module_from_spec(script_spec)
-    script_spec.loader.exec_module(script)
     seconds, calls, groups = collections.Counter(), collections.Counter(), collections.Counter()
 
     def timed(name, function):

@@ -242,9 +242,14 @@ def _plate_digests(path, mtime):
     return plate_digests(sites), store_digests(sites)
 
 
-def plate_digests_now():
+def _digests_now():
+    """(plate digests, store digests) of the sites table as it is now."""
     path = sites_table()
-    return _plate_digests(path, Path(path).stat().st_mtime)[0]
+    return _plate_digests(path, Path(path).stat().st_mtime)
+
+
+def plate_digests_now():
+    return _digests_now()[0]
 
 
 def plate_ids():
@@ -259,8 +264,7 @@ def plate_digest(wildcards):
 
 def store_digest(wildcards):
     """Content hash of what one plate's store depends on (deemd.metadata.store_digests)."""
-    path = sites_table()
-    return _plate_digests(path, Path(path).stat().st_mtime)[1][wildcards.plate_id]
+    return _digests_now()[1][wildcards.plate_id]
 
 
 def plate_sites_input(wildcards):

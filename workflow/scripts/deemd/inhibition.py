@@ -572,8 +572,7 @@ def usable_wells(wells: pd.DataFrame, doses: pd.DataFrame, qc: pd.DataFrame, rea
     treated = (wells["role"] == TREATED).to_numpy()
     reason[~treated] = "control"
     undefined = treated & wells["inhibition"].isna().to_numpy()
-    column = f"median_{readout}"  # well_medians'
-    no_readout = wells[column].isna().to_numpy() if column in wells else np.zeros(len(wells), dtype=bool)
+    no_readout = wells[f"median_{readout}"].isna().to_numpy()  # the well's median (well_medians)
     reason[undefined] = "controls do not separate"
     reason[undefined & no_readout] = f"no {readout} value on any of its sites"
     failing = ~wells["plate_id"].map(passes).fillna(False).astype(bool).to_numpy()
